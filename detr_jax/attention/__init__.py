@@ -1,0 +1,11 @@
+"""Encoder self-attention variants behind one interface (see ``base``)."""
+
+from detr_jax.attention.base import (AttentionSpec, EncoderAttention, MultiHeadAttention,
+                                     masked_softmax_attention)
+from detr_jax.attention.exact import Exact, ExactAttention
+from detr_jax.attention.registry import parse_attention, register_attention, valid_forms
+
+__all__ = [
+    "AttentionSpec", "EncoderAttention", "MultiHeadAttention", "masked_softmax_attention",
+    "Exact", "ExactAttention", "parse_attention", "register_attention", "valid_forms",
+]

@@ -1,0 +1,26 @@
+"""Exact softmax attention: the encoder attention of the official DETR."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flax import nnx
+
+from detr_jax.attention.base import AttentionSpec, EncoderAttention
+
+
+class ExactAttention(EncoderAttention):
+    """Full softmax attention over all keys (the default ``attend``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Exact(AttentionSpec):
+    """Spec for exact attention (``--attention exact``)."""
+
+    name = "exact"
+
+    def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
+              dtype: Any = None, rngs: nnx.Rngs) -> EncoderAttention:
+        del num_layers
+        return ExactAttention(d_model, num_heads, layer_index=layer_index, dtype=dtype, rngs=rngs)

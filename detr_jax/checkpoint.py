@@ -1,0 +1,105 @@
+"""Model checkpoints on disk: an Orbax checkpoint of the parameters plus ``config.json``.
+
+A checkpoint directory holds ``config.json`` (the model config) and ``state/`` (Orbax).
+Writes go to a temporary sibling directory that is renamed into place only when
+complete, so an interrupted save never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from detr_jax.convert.errors import CheckpointError
+from detr_jax.models.build import build_model, set_variables, unloaded_paths, variable_paths
+from detr_jax.models.config import model_config
+
+CONFIG_FILE = "config.json"
+STATE_DIR = "state"
+
+
+def _jsonable(value):
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _flat_arrays(model) -> dict[str, np.ndarray]:
+    return {"/".join(map(str, path)): np.asarray(var.value)
+            for path, var in nnx.to_flat_state(nnx.state(model))}
+
+
+def save_model(model, directory: str, *, overwrite: bool = False, metadata: dict | None = None):
+    """Write ``model`` (config and all variables) to ``directory`` atomically."""
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and not overwrite:
+        raise FileExistsError(f"{directory} exists; pass overwrite=True (--overwrite) to replace it")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+    try:
+        config = dict(model.config)
+        payload = {"model": _jsonable(config), "metadata": metadata or {}}
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(os.path.join(tmp, STATE_DIR), _flat_arrays(model))
+        if os.path.exists(directory):
+            old = directory + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def read_config(directory: str) -> ml_collections.ConfigDict:
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{directory}: not a detr_jax checkpoint (no {CONFIG_FILE})")
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+        model = payload["model"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable config: {err}") from None
+    backbone = dict(model.pop("backbone", {}))
+    if "stages" in backbone:
+        backbone["stages"] = tuple(backbone["stages"])
+    return model_config(backbone=backbone, **model)
+
+
+def load_model(directory: str, *, encoder_attention=None, dtype: str | None = None):
+    """Load a checkpoint written by :func:`save_model` (or ``convert_torch_weights.py``)."""
+    directory = os.path.abspath(directory)
+    cfg = read_config(directory)
+    if dtype is not None:
+        cfg.dtype = dtype
+    model = build_model(cfg, encoder_attention=encoder_attention, abstract=True)
+    state_dir = os.path.join(directory, STATE_DIR)
+    target = {"/".join(map(str, path)): jax.ShapeDtypeStruct(var.value.shape, var.value.dtype)
+              for path, var in nnx.to_flat_state(nnx.state(model))}
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            arrays = checkpointer.restore(state_dir, target)
+    except Exception as err:
+        raise CheckpointError(f"{state_dir}: cannot restore the model state: "
+                              f"{type(err).__name__}: {err}") from None
+    set_variables(model, {path: arrays["/".join(map(str, path))] for path in variable_paths(model)})
+    if unloaded_paths(model):
+        raise CheckpointError(f"{directory}: some variables were not restored")
+    return model

@@ -1,0 +1,43 @@
+"""``load_torch_checkpoint``: official PyTorch (or Hugging Face) weights -> a ready model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detr_jax.attention import parse_attention
+from detr_jax.convert.errors import CheckpointError, first
+from detr_jax.convert.official import assign_official_state, infer_config
+from detr_jax.convert.reader import read_state_dict
+from detr_jax.models.build import build_model, unloaded_paths
+
+
+def load_torch_checkpoint(path_or_state_dict: Any, *, encoder_attention=None,
+                          dilation: bool | None = None, num_heads: int = 8,
+                          dtype: str = "float32"):
+    """Load an official DETR checkpoint into a ready :class:`detr_jax.models.DETR`.
+
+    Args:
+      path_or_state_dict: a ``.pth`` file (``{"model": state_dict}``), a bare state dict
+        (torch tensors or numpy arrays), a ``.safetensors``/``.npz`` file, or a Hugging Face
+        DETR checkpoint (file or directory).
+      encoder_attention: an attention spec (``detr_jax.ACT(...)``) or string
+        (``"act:L=32"``); exact attention when None.
+      dilation: DC5 (dilated last stage). When None: "dc5" in the file name.
+      num_heads: attention heads (not visible in tensor shapes; 8 in all official models).
+      dtype: compute dtype, ``float32`` or ``bfloat16``.
+    Architecture (ResNet-50/101, widths, layers, classes, queries) is read from the shapes.
+    Raises CheckpointError naming the file and the first offending keys; nothing is
+    half-loaded.
+    """
+    state, source = read_state_dict(path_or_state_dict)
+    cfg = infer_config(state, source, dilation=dilation, num_heads=num_heads)
+    spec = parse_attention(encoder_attention)
+    cfg.encoder_attention = spec.to_string()
+    cfg.dtype = dtype
+    model = build_model(cfg, encoder_attention=spec, abstract=True)
+    assign_official_state(model, state, source)
+    left = unloaded_paths(model)
+    if left:
+        raise CheckpointError(f"{source}: model variables not in the checkpoint: "
+                              f"{first('.'.join(map(str, p)) for p in left)}")
+    return model

@@ -1,0 +1,33 @@
+"""The official PostProcess: scores, labels and absolute xyxy boxes (no NMS)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def box_cxcywh_to_xyxy(boxes: jax.Array) -> jax.Array:
+    cx, cy, w, h = jnp.moveaxis(boxes, -1, 0)
+    return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+
+
+@jax.jit
+def postprocess_arrays(pred_logits: jax.Array, pred_boxes: jax.Array, original_sizes: jax.Array):
+    """(B, Q, K+1) logits, (B, Q, 4) cxcywh boxes, (B, 2) (height, width) ->
+    scores (B, Q), labels (B, Q) (class index = COCO category id for COCO models), boxes
+    (B, Q, 4) xyxy in original pixels."""
+    probs = jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)[..., :-1]
+    scores = probs.max(-1)
+    labels = probs.argmax(-1)
+    h, w = original_sizes[:, 0].astype(jnp.float32), original_sizes[:, 1].astype(jnp.float32)
+    scale = jnp.stack([w, h, w, h], axis=-1)[:, None, :]
+    return scores, labels, box_cxcywh_to_xyxy(pred_boxes.astype(jnp.float32)) * scale
+
+
+def postprocess(outputs, original_sizes) -> list[dict[str, np.ndarray]]:
+    """Per image ``{"scores": (Q,), "labels": (Q,), "boxes": (Q, 4)}`` as numpy arrays."""
+    scores, labels, boxes = postprocess_arrays(outputs["pred_logits"], outputs["pred_boxes"],
+                                               jnp.asarray(original_sizes))
+    scores, labels, boxes = map(np.asarray, (scores, labels, boxes))
+    return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, boxes)]

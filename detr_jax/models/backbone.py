@@ -1,0 +1,124 @@
+"""ResNet v1.5 backbone (torchvision layout) with frozen BatchNorm, NHWC.
+
+The stride sits on the 3x3 convolution (v1.5). With ``dilation=True`` (DC5) the last
+stage keeps stride 16: its first block has stride 1 and dilation 1, the later blocks
+dilation 2 and padding 2, as torchvision's ``replace_stride_with_dilation``. All
+convolutions use explicit symmetric padding, never 'SAME'.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Frozen(nnx.Variable):
+    """A fixed buffer: loaded from checkpoints, never updated by the optimizer."""
+
+
+class FrozenBatchNorm(nnx.Module):
+    """BatchNorm with fixed statistics: ``x * scale + (b - mean * scale)``,
+    ``scale = w * rsqrt(var + eps)`` (DETR's FrozenBatchNorm2d). x: (..., C)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        self.weight = Frozen(jnp.ones((num_features,), jnp.float32))
+        self.bias = Frozen(jnp.zeros((num_features,), jnp.float32))
+        self.running_mean = Frozen(jnp.zeros((num_features,), jnp.float32))
+        self.running_var = Frozen(jnp.ones((num_features,), jnp.float32))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.weight.value * jax.lax.rsqrt(self.running_var.value + self.eps)
+        shift = self.bias.value - self.running_mean.value * scale
+        return x * scale.astype(x.dtype) + shift.astype(x.dtype)
+
+
+def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, dilation: int = 1,
+         dtype: Any = None, rngs: nnx.Rngs) -> nnx.Conv:
+    """Bias-free convolution with torch's symmetric padding ``dilation * (kernel // 2)``."""
+    pad = dilation * (kernel // 2)
+    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride,
+                    padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
+                    use_bias=False, dtype=dtype, rngs=rngs)
+
+
+class Downsample(nnx.Module):
+    """1x1 strided projection shortcut (torch ``downsample.0`` conv, ``downsample.1`` BN)."""
+
+    def __init__(self, in_ch, out_ch, stride, eps, dtype, rngs):
+        self.conv = conv(in_ch, out_ch, 1, stride=stride, dtype=dtype, rngs=rngs)
+        self.bn = FrozenBatchNorm(out_ch, eps)
+
+    def __call__(self, x):
+        return self.bn(self.conv(x))
+
+
+class Bottleneck(nnx.Module):
+    """ResNet v1.5 bottleneck: 1x1 -> 3x3 (stride, dilation) -> 1x1 (x4), residual, ReLU."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, planes: int, *, stride: int, dilation: int,
+                 downsample: bool, eps: float, dtype: Any, rngs: nnx.Rngs):
+        out_ch = planes * self.expansion
+        self.conv1 = conv(in_ch, planes, 1, dtype=dtype, rngs=rngs)
+        self.bn1 = FrozenBatchNorm(planes, eps)
+        self.conv2 = conv(planes, planes, 3, stride=stride, dilation=dilation, dtype=dtype, rngs=rngs)
+        self.bn2 = FrozenBatchNorm(planes, eps)
+        self.conv3 = conv(planes, out_ch, 1, dtype=dtype, rngs=rngs)
+        self.bn3 = FrozenBatchNorm(out_ch, eps)
+        self.downsample = Downsample(in_ch, out_ch, stride, eps, dtype, rngs) if downsample else None
+
+    def __call__(self, x):
+        out = jax.nn.relu(self.bn1(self.conv1(x)))
+        out = jax.nn.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        return jax.nn.relu(out + shortcut)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """torch ``MaxPool2d(3, stride=2, padding=1)``: padding never wins the max."""
+    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class ResNet(nnx.Module):
+    """ResNet body up to the last stage. Input (B, H, W, 3) -> (B, H/32, W/32, 32*width)
+    (H/16 with ``dilation``)."""
+
+    def __init__(self, stages=(3, 4, 6, 3), *, width: int = 64, dilation: bool = False,
+                 bn_eps: float = 1e-5, dtype: Any = None, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(3, width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
+                              use_bias=False, dtype=dtype, rngs=rngs)
+        self.bn1 = FrozenBatchNorm(width, bn_eps)
+        in_ch = width
+        current_dilation = 1
+        for index, blocks in enumerate(stages):
+            planes = width * 2 ** index
+            stride = 1 if index == 0 else 2
+            previous_dilation = current_dilation
+            if dilation and index == len(stages) - 1:
+                current_dilation *= stride
+                stride = 1
+            layer = []
+            for block in range(blocks):
+                layer.append(Bottleneck(
+                    in_ch, planes, stride=stride if block == 0 else 1,
+                    dilation=previous_dilation if block == 0 else current_dilation,
+                    downsample=(block == 0 and (stride != 1 or in_ch != planes * 4)),
+                    eps=bn_eps, dtype=dtype, rngs=rngs))
+                in_ch = planes * Bottleneck.expansion
+            setattr(self, f"layer{index + 1}", nnx.List(layer))
+        self.num_stages = len(stages)
+        self.out_channels = in_ch
+        self.stride = 2 ** (len(stages) + 1) // (2 if dilation else 1)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = max_pool_3x3_s2(jax.nn.relu(self.bn1(self.conv1(x))))
+        for index in range(self.num_stages):
+            for block in getattr(self, f"layer{index + 1}"):
+                x = block(x)
+        return x

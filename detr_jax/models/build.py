@@ -1,0 +1,35 @@
+"""Build a DETR from a config, concretely (random init) or as an empty shell to be loaded."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from detr_jax.models.detr import DETR
+
+
+def build_model(cfg, *, encoder_attention=None, seed: int = 0, abstract: bool = False) -> DETR:
+    """A DETR for ``cfg``. ``abstract=True`` allocates nothing (values are shapes only);
+    use it when every variable is about to be loaded from a checkpoint."""
+    make = lambda: DETR(cfg, encoder_attention=encoder_attention, rngs=nnx.Rngs(seed))
+    return nnx.eval_shape(make) if abstract else make()
+
+
+def unloaded_paths(model: nnx.Module) -> list[tuple]:
+    """Paths of variables that still hold abstract shapes (never loaded)."""
+    return [path for path, var in nnx.to_flat_state(nnx.state(model))
+            if isinstance(var.value, jax.ShapeDtypeStruct)]
+
+
+def variable_paths(model: nnx.Module) -> list[tuple]:
+    """Paths of every variable of the model, in ``nnx.state`` order."""
+    return [path for path, _ in nnx.to_flat_state(nnx.state(model))]
+
+
+def set_variables(model: nnx.Module, values: dict) -> None:
+    """Set variables in place from ``{path: array}`` (paths as in ``nnx.state``)."""
+    for path, value in values.items():
+        target = model
+        for part in path[:-1]:
+            target = target[part] if isinstance(part, int) else getattr(target, part)
+        getattr(target, str(path[-1])).value = value

@@ -1,0 +1,63 @@
+"""Model configuration: an ml_collections ConfigDict with every size of the detector."""
+
+from __future__ import annotations
+
+import ml_collections
+
+RESNET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+    """The official DETR-R50 configuration; keyword arguments override top-level fields.
+
+    Fields:
+      backbone.stages: blocks per ResNet stage (3, 4, 6, 3) = R50, (3, 4, 23, 3) = R101.
+      backbone.width: channels of the stem (64 for torchvision ResNets); stage i has
+        ``width * 2**i`` bottleneck channels and 4x that at its output.
+      backbone.dilation: DC5 (dilated last stage, stride 16 instead of 32).
+      backbone.bn_eps: frozen BatchNorm epsilon.
+      hidden_dim, num_heads, enc_layers, dec_layers, ffn_dim, dropout: transformer sizes.
+      num_queries: object queries; num_classes: highest class id (91 for COCO), the class
+        head has ``num_classes + 1`` outputs, the last being no-object.
+      encoder_attention: encoder-attention setting string (``exact``, ``act:L=32``, ...).
+      dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
+    """
+    cfg = ml_collections.ConfigDict()
+    cfg.backbone = ml_collections.ConfigDict(
+        dict(stages=(3, 4, 6, 3), width=64, dilation=False, bn_eps=1e-5))
+    cfg.hidden_dim = 256
+    cfg.num_heads = 8
+    cfg.enc_layers = 6
+    cfg.dec_layers = 6
+    cfg.ffn_dim = 2048
+    cfg.dropout = 0.1
+    cfg.num_queries = 100
+    cfg.num_classes = 91
+    cfg.layer_norm_eps = 1e-5
+    cfg.position_temperature = 10000.0
+    cfg.encoder_attention = "exact"
+    cfg.dtype = "float32"
+    for key, value in overrides.items():
+        if isinstance(value, dict) and key in cfg and isinstance(cfg[key], ml_collections.ConfigDict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
+    """A very small DETR (same code) for unit tests and CPU demos."""
+    base = dict(backbone=dict(stages=(1, 1, 1, 1), width=8, dilation=False), hidden_dim=32,
+                num_heads=4, enc_layers=2, dec_layers=2, ffn_dim=64, num_queries=10,
+                num_classes=5)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return model_config(**base)
+
+
+def backbone_channels(cfg) -> int:
+    """Channels of the last backbone stage (2048 for ResNet-50/101)."""
+    return cfg.backbone.width * 8 * 4

@@ -1,0 +1,126 @@
+"""DETR's post-norm transformer: encoder with a swappable self-attention, and decoder.
+
+Sequences are (B, N, d) with row-major flattening of the (h, w) feature map, the same
+token order as the official ``flatten(2).permute(2, 0, 1)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from detr_jax.attention import AttentionSpec, MultiHeadAttention
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout with an explicit key; identity when ``rng`` is None or rate is 0."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _keys(rng, count):
+    return [None] * count if rng is None else list(jax.random.split(rng, count))
+
+
+def layer_norm(d, eps, dtype, rngs):
+    return nnx.LayerNorm(d, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+
+
+class EncoderLayer(nnx.Module):
+    """Post-norm encoder layer; ``self_attn`` is whatever the attention spec builds."""
+
+    def __init__(self, cfg, spec: AttentionSpec, layer_index: int, dtype: Any, rngs: nnx.Rngs):
+        d = cfg.hidden_dim
+        self.self_attn = spec.build(d, cfg.num_heads, layer_index=layer_index,
+                                    num_layers=cfg.enc_layers, dtype=dtype, rngs=rngs)
+        self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, rngs=rngs)
+        self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, rngs=rngs)
+        self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.norm2 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.rate = cfg.dropout
+
+    def __call__(self, src, pos, mask, *, attn_rng=None, dropout_rng=None):
+        d1, d2, d3 = _keys(dropout_rng, 3)
+        qk = src + pos
+        attended, stats = self.self_attn(qk, qk, src, mask, attn_rng)
+        src = self.norm1(src + dropout(attended, self.rate, d1))
+        hidden = dropout(jax.nn.relu(self.linear1(src)), self.rate, d2)
+        src = self.norm2(src + dropout(self.linear2(hidden), self.rate, d3))
+        return src, stats
+
+
+class DecoderLayer(nnx.Module):
+    """Post-norm decoder layer: self-attention, cross-attention to memory, FFN."""
+
+    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs):
+        d = cfg.hidden_dim
+        self.self_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, rngs=rngs)
+        self.multihead_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, rngs=rngs)
+        self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, rngs=rngs)
+        self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, rngs=rngs)
+        self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.norm2 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.norm3 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.rate = cfg.dropout
+
+    def __call__(self, tgt, memory, query_pos, pos, mask, *, dropout_rng=None):
+        d1, d2, d3, d4 = _keys(dropout_rng, 4)
+        qk = tgt + query_pos
+        attended, _ = self.self_attn(qk, qk, tgt)
+        tgt = self.norm1(tgt + dropout(attended, self.rate, d1))
+        attended, _ = self.multihead_attn(tgt + query_pos, memory + pos, memory, mask)
+        tgt = self.norm2(tgt + dropout(attended, self.rate, d2))
+        hidden = dropout(jax.nn.relu(self.linear1(tgt)), self.rate, d3)
+        tgt = self.norm3(tgt + dropout(self.linear2(hidden), self.rate, d4))
+        return tgt
+
+
+class Encoder(nnx.Module):
+    def __init__(self, cfg, spec: AttentionSpec, dtype: Any, rngs: nnx.Rngs):
+        self.layers = nnx.List([EncoderLayer(cfg, spec, i, dtype, rngs)
+                                for i in range(cfg.enc_layers)])
+
+    def __call__(self, src, pos, mask, *, rng=None, train=False):
+        """src, pos (B, N, d); mask (B, N). Returns memory (B, N, d) and per-layer stats.
+
+        ``rng`` drives the attention variant (for example ACT's hash draws, fresh per
+        layer) and, when ``train``, dropout.
+        """
+        stats = []
+        for index, layer in enumerate(self.layers):
+            attn_rng = drop_rng = None
+            if rng is not None:
+                attn_rng, drop_rng = jax.random.split(jax.random.fold_in(rng, index))
+            src, layer_stats = layer(src, pos, mask, attn_rng=attn_rng,
+                                     dropout_rng=drop_rng if train else None)
+            stats.append(layer_stats)
+        return src, stats
+
+
+class Decoder(nnx.Module):
+    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs):
+        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs) for _ in range(cfg.dec_layers)])
+        self.norm = layer_norm(cfg.hidden_dim, cfg.layer_norm_eps, dtype, rngs)
+
+    def __call__(self, memory, pos, mask, query_pos, *, rng=None, train=False):
+        """Returns every layer's output through the shared final norm: (L, B, Q, d)."""
+        batch = memory.shape[0]
+        query_pos = jnp.broadcast_to(query_pos[None], (batch, *query_pos.shape)).astype(memory.dtype)
+        tgt = jnp.zeros_like(query_pos)
+        outputs = []
+        for index, layer in enumerate(self.layers):
+            drop_rng = jax.random.fold_in(rng, 1000 + index) if (train and rng is not None) else None
+            tgt = layer(tgt, memory, query_pos, pos, mask, dropout_rng=drop_rng)
+            outputs.append(self.norm(tgt))
+        return jnp.stack(outputs)
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg, spec: AttentionSpec, dtype: Any, rngs: nnx.Rngs):
+        self.encoder = Encoder(cfg, spec, dtype, rngs)
+        self.decoder = Decoder(cfg, dtype, rngs)

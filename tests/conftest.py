@@ -1,0 +1,27 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """Trimmed official DETR-DC5 / ACT reference vectors (tests/data/README.md)."""
+    with np.load(os.path.join(DATA, "detr_r50_dc5_official.npz")) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def recipe_weights():
+    from detr_jax.convert.recipe import recipe_state_dict
+    return recipe_state_dict()
+
+
+@pytest.fixture(scope="session")
+def dc5_model(recipe_weights):
+    import detr_jax
+    return detr_jax.load_torch_checkpoint(recipe_weights, dilation=True)
