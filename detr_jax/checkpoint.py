@@ -35,7 +35,7 @@ def _jsonable(value):
 
 
 def _flat_arrays(model) -> dict[str, np.ndarray]:
-    return {"/".join(map(str, path)): np.asarray(var.value)
+    return {"/".join(map(str, path)): np.asarray(var.get_value())
             for path, var in nnx.to_flat_state(nnx.state(model))}
 
 
@@ -91,7 +91,7 @@ def load_model(directory: str, *, encoder_attention=None, dtype: str | None = No
         cfg.dtype = dtype
     model = build_model(cfg, encoder_attention=encoder_attention, abstract=True)
     state_dir = os.path.join(directory, STATE_DIR)
-    target = {"/".join(map(str, path)): jax.ShapeDtypeStruct(var.value.shape, var.value.dtype)
+    target = {"/".join(map(str, path)): jax.ShapeDtypeStruct(var.get_value().shape, var.get_value().dtype)
               for path, var in nnx.to_flat_state(nnx.state(model))}
     try:
         with ocp.StandardCheckpointer() as checkpointer:

@@ -69,8 +69,8 @@ def expected_official_shapes(model: nnx.Module) -> dict[str, tuple]:
     """Every official key the model needs, with its full official shape."""
     shapes: dict[str, tuple] = {}
     for path, var in nnx.to_flat_state(nnx.state(model)):
-        key, qkv = official_target(path, var.value.ndim)
-        shape = to_official_layout(tuple(var.value.shape), path)
+        key, qkv = official_target(path, var.get_value().ndim)
+        shape = to_official_layout(tuple(var.get_value().shape), path)
         if qkv is not None:
             shape = (shape[0] * 3,) + shape[1:]
         shapes[key] = shape
@@ -145,7 +145,7 @@ def assign_official_state(model: nnx.Module, state: Mapping[str, np.ndarray], so
     flat = nnx.to_flat_state(nnx.state(model))
     new_values = []
     for path, var in flat:
-        key, qkv = official_target(path, var.value.ndim)
+        key, qkv = official_target(path, var.get_value().ndim)
         value = np.asarray(state[key])
         if qkv is not None:
             rows = value.shape[0] // 3
@@ -153,5 +153,5 @@ def assign_official_state(model: nnx.Module, state: Mapping[str, np.ndarray], so
         value = from_official(value, path)
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"{source}: {key} holds non-finite values")
-        new_values.append((path, jnp.asarray(value, dtype=var.value.dtype)))
+        new_values.append((path, jnp.asarray(value, dtype=var.get_value().dtype)))
     set_variables(model, dict(new_values))

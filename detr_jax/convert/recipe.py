@@ -61,3 +61,13 @@ def recipe_state_dict(spec=None, seed: int | None = None) -> dict[str, np.ndarra
         seed = default_seed if seed is None else seed
     return {name: recipe_tensor(name, shape, index, seed)
             for index, (name, shape) in enumerate(spec)}
+
+
+def recipe_state_for_config(cfg, seed: int = 1) -> dict[str, np.ndarray]:
+    """Recipe-style random weights in the official layout for any model config
+    (for example a tiny DETR for tests and demos)."""
+    from detr_jax.convert.official import expected_official_shapes
+    from detr_jax.models.build import build_model
+    shapes = expected_official_shapes(build_model(cfg, abstract=True))
+    return {name: recipe_tensor(name, shape, index, seed)
+            for index, (name, shape) in enumerate(sorted(shapes.items()))}

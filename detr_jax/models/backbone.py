@@ -31,8 +31,8 @@ class FrozenBatchNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.weight.value * jax.lax.rsqrt(self.running_var.value + self.eps)
-        shift = self.bias.value - self.running_mean.value * scale
+        scale = self.weight[...] * jax.lax.rsqrt(self.running_var[...] + self.eps)
+        shift = self.bias[...] - self.running_mean[...] * scale
         return x * scale.astype(x.dtype) + shift.astype(x.dtype)
 
 

@@ -18,7 +18,7 @@ def build_model(cfg, *, encoder_attention=None, seed: int = 0, abstract: bool = 
 def unloaded_paths(model: nnx.Module) -> list[tuple]:
     """Paths of variables that still hold abstract shapes (never loaded)."""
     return [path for path, var in nnx.to_flat_state(nnx.state(model))
-            if isinstance(var.value, jax.ShapeDtypeStruct)]
+            if isinstance(var.get_value(), jax.ShapeDtypeStruct)]
 
 
 def variable_paths(model: nnx.Module) -> list[tuple]:
@@ -32,4 +32,25 @@ def set_variables(model: nnx.Module, values: dict) -> None:
         target = model
         for part in path[:-1]:
             target = target[part] if isinstance(part, int) else getattr(target, part)
-        getattr(target, str(path[-1])).value = value
+        getattr(target, str(path[-1])).set_value(value)
+
+
+def with_encoder_attention(model: DETR, encoder_attention) -> DETR:
+    """The same parameters behind another encoder attention (no copy of the arrays).
+
+    Works for every variant that adds no variables (exact, ACT, K-means); the model
+    state must have the same structure under both specs.
+    """
+    from detr_jax.models.config import model_config
+    cfg = model_config()
+    cfg.update(model.config)
+    cfg.backbone.stages = tuple(cfg.backbone.stages)
+    new = build_model(cfg, encoder_attention=encoder_attention, abstract=True)
+    old_state = nnx.state(model)
+    new_paths = set(variable_paths(new))
+    old_paths = {path for path, _ in nnx.to_flat_state(old_state)}
+    if new_paths != old_paths:
+        raise ValueError(f"{encoder_attention!r} changes the model's variables; build it with "
+                         "build_model and load the checkpoint instead")
+    set_variables(new, {path: var.get_value() for path, var in nnx.to_flat_state(old_state)})
+    return new

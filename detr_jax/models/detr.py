@@ -96,7 +96,7 @@ class DETR(nnx.Module):
         batch = memory.shape[0]
         flat_mask = mask.reshape(batch, -1)
         flat_pos = pos.reshape(batch, flat_mask.shape[1], -1).astype(memory.dtype)
-        hs = self.transformer.decoder(memory, flat_pos, flat_mask, self.query_embed.embedding.value,
+        hs = self.transformer.decoder(memory, flat_pos, flat_mask, self.query_embed.embedding[...],
                                       rng=rng, train=train)
         logits = self.class_embed(hs).astype(jnp.float32)
         boxes = jax.nn.sigmoid(self.bbox_embed(hs).astype(jnp.float32))

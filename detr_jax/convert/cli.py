@@ -1,0 +1,58 @@
+"""``convert_torch_weights.py``: official PyTorch / Hugging Face DETR weights -> detr_jax checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Convert an official DETR checkpoint (facebookresearch/detr .pth, or a "
+                    "Hugging Face DETR pytorch_model.bin / model.safetensors / directory) "
+                    "into a detr_jax checkpoint directory (Orbax state + config.json).")
+    parser.add_argument("--checkpoint", required=True, help="input checkpoint file or directory")
+    parser.add_argument("--output", required=True, help="output checkpoint directory")
+    dc5 = parser.add_mutually_exclusive_group()
+    dc5.add_argument("--dilation", dest="dilation", action="store_true", default=None,
+                     help="DC5 model (dilated last stage); default: 'dc5' in the file name")
+    dc5.add_argument("--no-dilation", dest="dilation", action="store_false")
+    parser.add_argument("--num-heads", type=int, default=8,
+                        help="attention heads (not visible in the shapes; 8 for official models)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from detr_jax.checkpoint import save_model
+    from detr_jax.convert.errors import CheckpointError
+    from detr_jax.convert.load import load_torch_checkpoint
+    from flax import nnx
+
+    start = time.perf_counter()
+    try:
+        model = load_torch_checkpoint(args.checkpoint, dilation=args.dilation,
+                                      num_heads=args.num_heads)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cfg = model.config
+    params = sum(int(np.prod(v.get_value().shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    try:
+        path = save_model(model, args.output, overwrite=args.overwrite,
+                          metadata={"source": str(args.checkpoint)})
+    except FileExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    stages = tuple(cfg["backbone"]["stages"])
+    depth = {(3, 4, 6, 3): "ResNet-50", (3, 4, 23, 3): "ResNet-101"}.get(stages, f"ResNet{stages}")
+    print(f"converted {args.checkpoint} -> {path}")
+    print(f"  backbone {depth}{' DC5' if cfg['backbone']['dilation'] else ''}, "
+          f"{cfg['enc_layers']}+{cfg['dec_layers']} layers, d={cfg['hidden_dim']}, "
+          f"{cfg['num_queries']} queries, {cfg['num_classes'] + 1} class outputs, "
+          f"{params / 1e6:.2f} M parameters ({time.perf_counter() - start:.1f} s)")
+    return 0
