@@ -65,3 +65,13 @@ def test_bad_arrays_are_rejected():
         detr_jax.preprocess([np.zeros((4, 4, 3), np.float32)])
     with pytest.raises(ValueError, match="at least one"):
         detr_jax.preprocess([])
+
+
+def test_bucket_counts_collapse_sizes():
+    from detr_jax.data.buckets import bucket_counts, sweep_sizes
+    sizes = [(480, 640), (427, 640), (428, 640), (375, 500), (640, 480)]
+    assert len(bucket_counts(sizes, None)) == 4      # 480x640 and 375x500 share 800x1066
+    counts = bucket_counts(sizes, 64)
+    assert counts == {(832, 1088): 2, (832, 1216): 2, (1088, 832): 1}
+    sweep = sweep_sizes()
+    assert len(bucket_counts(sweep, 64)) < len(bucket_counts(sweep, 32)) < len(bucket_counts(sweep, None))
