@@ -7,6 +7,7 @@ projections are rows [0:d], [d:2d], [2d:3d] of the packed ``in_proj_weight``/``i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, Mapping
@@ -83,6 +84,23 @@ def _count(keys, pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
+def detect_dilation(source: str) -> bool:
+    """DC5 for a checkpoint file: a Hugging Face ``config.json`` beside it (``"dilation"``),
+    else "dc5" anywhere in its path (hub caches keep the name in a parent directory)."""
+    path = str(source)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    config = os.path.join(folder, "config.json")
+    if os.path.isfile(config):
+        try:
+            with open(config) as f:
+                value = json.load(f).get("dilation")
+            if isinstance(value, bool):
+                return value
+        except (OSError, ValueError, AttributeError):
+            pass
+    return "dc5" in path.lower()
+
+
 REQUIRED_KEYS = ("class_embed.weight", "query_embed.weight", "input_proj.weight",
                  "backbone.0.body.conv1.weight")
 
@@ -113,7 +131,7 @@ def infer_config(state: Mapping[str, np.ndarray], source: str, *, dilation: bool
     if ffn_key not in state:
         raise CheckpointError(f"{source}: missing {ffn_key!r}: cannot read the FFN width")
     if dilation is None:
-        dilation = "dc5" in os.path.basename(str(source)).lower()
+        dilation = detect_dilation(source)
     return model_config(
         backbone=dict(stages=stages, width=int(state["backbone.0.body.conv1.weight"].shape[0]),
                       dilation=bool(dilation)),

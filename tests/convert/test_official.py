@@ -121,3 +121,19 @@ def test_safetensors_and_npz_official_layout(tiny_state, tmp_path):
     a = detr_jax.load_torch_checkpoint(str(tmp_path / "w.safetensors"))
     b = detr_jax.load_torch_checkpoint(str(tmp_path / "w.npz"))
     np.testing.assert_array_equal(a.class_embed.kernel[...], b.class_embed.kernel[...])
+
+
+def test_dc5_detected_from_hf_config_or_parent_directory(tiny_state, tmp_path):
+    from safetensors.numpy import save_file
+    from detr_jax.convert.official import detect_dilation
+    cache = tmp_path / "models--facebook--detr-resnet-50-dc5" / "snapshots" / "abc"
+    cache.mkdir(parents=True)
+    save_file(tiny_state, str(cache / "model.safetensors"))
+    assert detect_dilation(str(cache / "model.safetensors"))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    save_file(tiny_state, str(plain / "model.safetensors"))
+    assert not detect_dilation(str(plain / "model.safetensors"))
+    (plain / "config.json").write_text('{"dilation": true, "model_type": "detr"}')
+    assert detect_dilation(str(plain / "model.safetensors"))
+    assert detect_dilation(str(plain))
