@@ -7,9 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def box_cxcywh_to_xyxy(boxes: jax.Array) -> jax.Array:
-    cx, cy, w, h = jnp.moveaxis(boxes, -1, 0)
-    return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+from detr_jax.boxes import cxcywh_to_xyxy as box_cxcywh_to_xyxy
 
 
 @jax.jit

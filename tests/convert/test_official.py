@@ -123,7 +123,7 @@ def test_safetensors_and_npz_official_layout(tiny_state, tmp_path):
     np.testing.assert_array_equal(a.class_embed.kernel[...], b.class_embed.kernel[...])
 
 
-def test_dc5_detected_from_hf_config_or_parent_directory(tiny_state, tmp_path):
+def test_dilation_detected_from_hf_config_or_hub_cache_path(tiny_state, tmp_path):
     from safetensors.numpy import save_file
     from detr_jax.convert.official import detect_dilation
     cache = tmp_path / "models--facebook--detr-resnet-50-dc5" / "snapshots" / "abc"

@@ -1,0 +1,1 @@
+"""Training: matching, losses (and, as they land, optimizer, loop, checkpoints)."""

@@ -1,0 +1,71 @@
+"""DETR's set criterion: cross-entropy (no-object weight), L1 and GIoU on matched boxes.
+
+Losses are computed over the global batch (under ``jax.jit`` with a sharded batch this
+is the sum over all devices and hosts): the box losses are divided by the total number
+of real target boxes (at least 1), the classification loss is the no-object-weighted
+mean over all queries, and every decoder layer (final and auxiliary) adds its own terms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from detr_jax.boxes import cxcywh_to_xyxy, generalized_iou
+from detr_jax.training.matcher import match
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    ce: float = 1.0
+    bbox: float = 5.0
+    giou: float = 2.0
+    eos_coef: float = 0.1  # weight of the no-object class in cross-entropy
+    aux: bool = True
+
+
+def layer_losses(pred_logits, pred_boxes, targets, weights: LossWeights) -> dict:
+    """Unweighted loss terms of one decoder layer's predictions.
+
+    pred_logits (B, Q, K+1) (last = no-object), pred_boxes (B, Q, 4); targets dict with
+    ``labels`` (B, T), ``boxes`` (B, T, 4), ``valid`` (B, T).
+    """
+    labels, boxes, valid = targets["labels"], targets["boxes"], targets["valid"]
+    num_classes = pred_logits.shape[-1] - 1
+    query = match(pred_logits, pred_boxes, labels, boxes, valid, class_weight=weights.ce,
+                  bbox_weight=weights.bbox, giou_weight=weights.giou)  # (B, T)
+    batch = jnp.arange(labels.shape[0])[:, None]
+    target_classes = jnp.full(pred_logits.shape[:2], num_classes, jnp.int32)
+    target_classes = target_classes.at[batch, query].set(jnp.where(valid, labels, num_classes))
+    ce = optax.softmax_cross_entropy_with_integer_labels(pred_logits.astype(jnp.float32), target_classes)
+    class_weight = jnp.where(target_classes == num_classes, weights.eos_coef, 1.0)
+    loss_ce = (ce * class_weight).sum() / class_weight.sum()
+
+    matched = pred_boxes[batch, query]  # (B, T, 4)
+    num_boxes = jnp.maximum(valid.sum(), 1).astype(jnp.float32)
+    l1 = jnp.where(valid[..., None], jnp.abs(matched - boxes), 0.0).sum() / num_boxes
+    giou = generalized_iou(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(boxes))
+    loss_giou = jnp.where(valid, 1.0 - giou, 0.0).sum() / num_boxes
+    return {"loss_ce": loss_ce, "loss_bbox": l1, "loss_giou": loss_giou}
+
+
+def set_criterion(outputs: dict, targets: dict, weights: LossWeights = LossWeights()):
+    """Total weighted loss over the final and auxiliary decoder outputs, and its parts.
+
+    Returns (loss, metrics) where metrics holds the final layer's unweighted terms,
+    the auxiliary layers' weighted sum and the total.
+    """
+    layers = [outputs] + (list(outputs.get("aux_outputs", [])) if weights.aux else [])
+    total = 0.0
+    metrics = {}
+    for index, layer in enumerate(layers):
+        terms = layer_losses(layer["pred_logits"], layer["pred_boxes"], targets, weights)
+        weighted = weights.ce * terms["loss_ce"] + weights.bbox * terms["loss_bbox"] + weights.giou * terms["loss_giou"]
+        total = total + weighted
+        if index == 0:
+            metrics.update(terms)
+    metrics["loss"] = total
+    return total, metrics
