@@ -25,3 +25,14 @@ def recipe_weights():
 def dc5_model(recipe_weights):
     import detr_jax
     return detr_jax.load_torch_checkpoint(recipe_weights, dilation=True)
+
+
+def pytest_configure(config):
+    """Share compiled programs between tests that rebuild the same jitted functions
+    (training tests build several trainers), through JAX's persistent cache."""
+    import tempfile
+
+    import jax
+    cache = os.environ.get("DETR_JAX_TEST_CACHE") or tempfile.mkdtemp(prefix="detr_jax_jit_cache_")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -1,0 +1,74 @@
+"""The official DETR training transforms, deterministic given a numpy Generator.
+
+Horizontal flip (p = 0.5); then with p = 0.5 a multi-scale resize of the shortest side
+to one of ``scales`` (longest side at most ``max_size``), otherwise a resize to one of
+``crop_resize_scales``, a random crop of ``crop_min``..``crop_max`` pixels per side and
+the multi-scale resize. Boxes are absolute xyxy; cropping clips them and drops those
+left with no area.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+from detr_jax.data.transforms import resized_size
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    scales: tuple = tuple(range(480, 801, 32))
+    max_size: int = 1333
+    crop_resize_scales: tuple = (400, 500, 600)
+    crop_min: int = 384
+    crop_max: int = 600
+    flip: bool = True
+
+
+def hflip(image: Image.Image, boxes: np.ndarray):
+    w = image.width
+    flipped = boxes[:, [2, 1, 0, 3]] * np.array([-1, 1, -1, 1], np.float32) + np.array([w, 0, w, 0], np.float32)
+    return image.transpose(Image.FLIP_LEFT_RIGHT), flipped
+
+
+def resize(image: Image.Image, boxes: np.ndarray, size: int, max_size: int | None):
+    h, w = resized_size(image.height, image.width, size, max_size)
+    if (h, w) == (image.height, image.width):
+        return image, boxes
+    ratio = np.array([w / image.width, h / image.height] * 2, np.float32)
+    return image.resize((w, h), Image.BILINEAR), boxes * ratio
+
+
+def crop(image: Image.Image, boxes: np.ndarray, labels: np.ndarray, top, left, height, width):
+    image = image.crop((left, top, left + width, top + height))
+    shifted = boxes - np.array([left, top, left, top], np.float32)
+    shifted = np.minimum(shifted.reshape(-1, 2, 2), np.array([width, height], np.float32))
+    shifted = np.clip(shifted, 0, None)
+    keep = np.all(shifted[:, 1, :] > shifted[:, 0, :], axis=1)
+    return image, shifted.reshape(-1, 4)[keep], labels[keep]
+
+
+def random_size_crop(rng, image, boxes, labels, min_size, max_size):
+    w = int(rng.integers(min_size, min(image.width, max_size) + 1)) if image.width > min_size else image.width
+    h = int(rng.integers(min_size, min(image.height, max_size) + 1)) if image.height > min_size else image.height
+    top = int(rng.integers(0, image.height - h + 1))
+    left = int(rng.integers(0, image.width - w + 1))
+    return crop(image, boxes, labels, top, left, h, w)
+
+
+def train_transform(rng: np.random.Generator, image: Image.Image, boxes: np.ndarray,
+                    labels: np.ndarray, cfg: AugmentConfig = AugmentConfig()):
+    """(PIL image, (N, 4) xyxy boxes, (N,) labels) -> augmented (image, boxes, labels)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    labels = np.asarray(labels, np.int32)
+    if cfg.flip and rng.random() < 0.5:
+        image, boxes = hflip(image, boxes)
+    if rng.random() < 0.5:
+        image, boxes = resize(image, boxes, int(rng.choice(cfg.scales)), cfg.max_size)
+    else:
+        image, boxes = resize(image, boxes, int(rng.choice(cfg.crop_resize_scales)), None)
+        image, boxes, labels = random_size_crop(rng, image, boxes, labels, cfg.crop_min, cfg.crop_max)
+        image, boxes = resize(image, boxes, int(rng.choice(cfg.scales)), cfg.max_size)
+    return image, boxes, labels

@@ -1,0 +1,83 @@
+"""``train.py``: train or fine-tune DETR from a config on one or many devices and hosts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train DETR. Resumes from the newest checkpoint in --workdir.",
+        epilog="Any config field can be overridden as --config.path.to.field=value "
+               "(e.g. --config.train.global_batch=16).")
+    parser.add_argument("--config", required=True, help="config file, e.g. configs/synthetic_demo.py")
+    parser.add_argument("--workdir", required=True, help="checkpoints, logs, TensorBoard, final model")
+    parser.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host GPU/CPU)")
+    parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def build_model_from_config(cfg):
+    from detr_jax.checkpoint import load_model
+    from detr_jax.models.build import build_model
+    if cfg.train.init_checkpoint:
+        return load_model(cfg.train.init_checkpoint)
+    return build_model(cfg.model, seed=cfg.train.seed)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    from detr_jax.config_cli import apply_overrides, load_config_file
+    try:
+        cfg = load_config_file(args.config)
+        apply_overrides(cfg, rest)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    from detr_jax.training.distributed import initialize
+    initialize(args.coordinator, args.num_processes, args.process_id)
+
+    import jax
+    from detr_jax.checkpoint import save_model
+    from detr_jax.data.augment import AugmentConfig
+    from detr_jax.training.data import CocoTrainSource, TrainLoader
+    from detr_jax.training.losses import LossWeights
+    from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        source = CocoTrainSource(cfg.data.train_annotations, cfg.data.train_images)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    augment = AugmentConfig(scales=tuple(cfg.data.scales), max_size=cfg.data.max_size,
+                            crop_resize_scales=tuple(cfg.data.crop_resize_scales),
+                            crop_min=cfg.data.crop_min, crop_max=cfg.data.crop_max)
+    loader = TrainLoader(source, global_batch=cfg.train.global_batch, seed=cfg.train.seed,
+                         augment=augment, granularity=cfg.data.granularity,
+                         max_targets=cfg.train.max_targets, process_index=jax.process_index(),
+                         process_count=jax.process_count(), num_workers=cfg.train.num_workers,
+                         prefetch=cfg.train.prefetch)
+    steps_per_epoch = loader.steps_per_epoch()
+    num_steps = cfg.train.num_steps or cfg.train.epochs * steps_per_epoch
+    model = build_model_from_config(cfg)
+    trainer = Trainer(model, cfg.train, LossWeights(**cfg.loss.to_dict()), steps_per_epoch=steps_per_epoch)
+    print(f"training {num_steps} steps ({steps_per_epoch} per epoch) on {jax.device_count()} "
+          f"devices in {jax.process_count()} processes, global batch {cfg.train.global_batch}")
+    try:
+        summary = train(trainer, loader, workdir=args.workdir, num_steps=num_steps,
+                        progress=not args.no_progress)
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    if jax.process_index() == 0:
+        path = save_model(trainer.model(), os.path.join(args.workdir, "model"), overwrite=True,
+                          metadata={"step": summary["final_step"], "config": args.config})
+        print(f"model at step {summary['final_step']} -> {path}"
+              + (" (stopped early by SIGTERM; run again to resume)" if summary["stopped_early"] else ""))
+    return 0

@@ -1,0 +1,249 @@
+"""The training loop: a jitted, sharded step over ``nnx.split`` state, Orbax checkpoints,
+resumption, preemption handling and logging.
+
+The global batch is sharded over a 1-D device mesh (axis ``data``) spanning every device
+of every process; parameters and optimizer state are replicated. Each process feeds
+only its own slice of the global batch. The loss sees the whole global batch, so the box
+normalization counts boxes over all devices and hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from detr_jax.training.checkpoints import TrainCheckpoints, abstract_like
+from detr_jax.training.losses import LossWeights, set_criterion
+from detr_jax.training.optimizer import is_trainable, make_optimizer
+
+log = logging.getLogger(__name__)
+
+BATCH_KEYS = ("pixel_values", "padding_mask", "labels", "boxes", "valid")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradients became non-finite; the message names the step and images."""
+
+
+class Trainer:
+    """Holds the model split into (graphdef, trainable, rest), the optimizer and the mesh.
+
+    ``step_fn`` computes the loss of one global batch, updates the trainable parameters
+    (skipping the update when the loss or gradient norm is not finite) and returns
+    scalar metrics. ``compiles`` counts traces of the step.
+    """
+
+    def __init__(self, model, train_cfg, loss_weights: LossWeights = LossWeights(), *,
+                 steps_per_epoch: int = 1):
+        self.cfg = train_cfg
+        self.model_config = dict(model.config)
+        if train_cfg.max_targets > self.model_config["num_queries"]:
+            raise ValueError(f"train.max_targets={train_cfg.max_targets} exceeds the model's "
+                             f"{self.model_config['num_queries']} queries")
+        devices = np.array(jax.devices())
+        self.mesh = Mesh(devices, ("data",))
+        self.batch_sharding = NamedSharding(self.mesh, P("data"))
+        self.replicated = NamedSharding(self.mesh, P())
+        frozen = tuple(train_cfg.frozen)
+        self.graphdef, trainable, rest = nnx.split(
+            model, is_trainable(frozen, train_cfg.lr_backbone), ...)
+        drop_steps = [int(e * steps_per_epoch) for e in train_cfg.lr_drop_epochs]
+        self.tx = make_optimizer(trainable, lr=train_cfg.lr, lr_backbone=train_cfg.lr_backbone,
+                                 weight_decay=train_cfg.weight_decay, clip_norm=train_cfg.clip_norm,
+                                 drop_steps=drop_steps)
+        self.lr_schedule = optax.piecewise_constant_schedule(
+            train_cfg.lr, {s: 0.1 for s in drop_steps if s > 0})
+        state = {"trainable": trainable, "opt_state": self.tx.init(trainable),
+                 "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(train_cfg.seed)}
+        self.state = jax.device_put(state, self.replicated)
+        self.rest = jax.device_put(rest, self.replicated)
+        self.loss_weights = loss_weights
+        self.compiles = 0
+        self._step = jax.jit(self._train_step, donate_argnums=(0,))
+
+    # -- the step ---------------------------------------------------------------------
+    def _train_step(self, state, rest, batch):
+        self.compiles += 1  # trace time only
+        step_rng = jax.random.fold_in(state["rng"], state["step"])
+        targets = {"labels": batch["labels"], "boxes": batch["boxes"], "valid": batch["valid"]}
+
+        def loss_fn(trainable):
+            model = nnx.merge(self.graphdef, trainable, rest)
+            outputs = model(batch["pixel_values"], batch["padding_mask"], rng=step_rng, train=True)
+            return set_criterion(outputs, targets, self.loss_weights)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["trainable"])
+        trainable = optax.apply_updates(state["trainable"], updates)
+        keep = lambda new, old: jnp.where(finite, new, old)
+        new_state = {"trainable": jax.tree.map(keep, trainable, state["trainable"]),
+                     "opt_state": jax.tree.map(keep, opt_state, state["opt_state"]),
+                     "step": state["step"] + 1, "rng": state["rng"]}
+        metrics = dict(metrics, grad_norm=grad_norm, finite=finite,
+                       num_boxes=batch["valid"].sum())
+        return new_state, metrics
+
+    def global_batch(self, local: dict) -> dict:
+        """Host-local numpy batch -> global arrays sharded over the data axis."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local[k]))
+                for k in BATCH_KEYS}
+
+    def step(self, local_batch: dict):
+        self.state, metrics = self._step(self.state, self.rest, self.global_batch(local_batch))
+        return metrics
+
+    # -- model access ------------------------------------------------------------------
+    def model(self):
+        """The current model (shares the trainer's arrays)."""
+        return nnx.merge(self.graphdef, self.state["trainable"], self.rest)
+
+    def checkpoint_item(self):
+        return {"state": self.state, "rest": self.rest}
+
+    def load_item(self, item):
+        self.state = item["state"]
+        self.rest = item["rest"]
+
+
+def _install_sigterm():
+    flag = {"set": False}
+
+    def handler(signum, frame):
+        flag["set"] = True
+        log.warning("SIGTERM received: saving a checkpoint and stopping after this step")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return flag, previous
+
+
+def _any_process(flag: bool) -> bool:
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(np.asarray(multihost_utils.process_allgather(np.array([flag]))).any())
+
+
+def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
+          eval_fn: Callable | None = None, progress: bool = True) -> dict:
+    """Run (or resume) training to ``num_steps``; returns the last logged metrics.
+
+    Checkpoints go to ``workdir/checkpoints`` every ``cfg.checkpoint_every`` steps (the
+    last ``cfg.keep`` kept); on SIGTERM a checkpoint is saved and the loop stops cleanly.
+    Metrics go to the console (progress bar), ``workdir/metrics.jsonl`` and TensorBoard
+    event files in ``workdir/tensorboard``. A non-finite loss raises NonFiniteLoss naming
+    the step and image ids (the update of that step is skipped, so checkpoints stay finite).
+    """
+    cfg = trainer.cfg
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"),
+                                   save_every=cfg.checkpoint_every, keep=cfg.keep,
+                                   async_save=cfg.async_checkpoints)
+    start, item = checkpoints.restore_latest(abstract_like(trainer.checkpoint_item()))
+    if item is not None:
+        trainer.load_item(item)
+        log.info("resumed from step %d in %s", start, checkpoints.directory)
+    start = start or 0
+    if is_main:
+        with open(os.path.join(workdir, "model_config.json"), "w") as f:
+            json.dump(trainer.model_config, f, indent=2, default=list)
+    writer = None
+    if is_main:
+        try:
+            from tensorboardX import SummaryWriter
+            writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:
+            log.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
+    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+    sigterm, previous_handler = _install_sigterm()
+    bar = None
+    if progress and is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
+    pending = []  # (step, image ids, metrics on device): checked one step behind
+    last = {}
+    window_start, window_images = time.perf_counter(), 0
+
+    def check(entry):
+        step, image_ids, metrics = entry
+        values = jax.device_get(metrics)
+        if not bool(values["finite"]):
+            raise NonFiniteLoss(f"non-finite loss at step {step} (loss {float(values['loss'])}, "
+                                f"grad norm {float(values['grad_norm'])}); image ids of this "
+                                f"process's batch: {list(map(int, image_ids))}")
+        return step, values
+
+    stopped_early = False
+    try:
+        for batch in loader.iterate(start, num_steps):
+            step = batch["step"]
+            metrics = trainer.step(batch)
+            window_images += len(batch["image_ids"]) * jax.process_count()
+            pending.append((step, batch["image_ids"], metrics))
+            if len(pending) > 1:
+                done_step, values = check(pending.pop(0))
+                if (done_step + 1) % cfg.log_every == 0:
+                    elapsed = time.perf_counter() - window_start
+                    last = {k: float(v) for k, v in values.items() if k != "finite"}
+                    last.update(step=done_step + 1, lr=float(trainer.lr_schedule(done_step)),
+                                images_per_s=window_images / max(elapsed, 1e-9),
+                                step_time_s=elapsed / max(cfg.log_every, 1),
+                                compiles=trainer.compiles, epoch=int(batch["epoch"]))
+                    window_start, window_images = time.perf_counter(), 0
+                    if writer is not None:
+                        for k, v in last.items():
+                            writer.add_scalar(f"train/{k}", v, done_step + 1)
+                    if metrics_file is not None:
+                        metrics_file.write(json.dumps(last) + "\n")
+                        metrics_file.flush()
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.1e}",
+                                        img_s=f"{last['images_per_s']:.1f}", compiles=trainer.compiles)
+            checkpoints.save(step + 1, trainer.checkpoint_item())
+            if bar is not None:
+                bar.update(1)
+            if eval_fn is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                results = eval_fn(trainer.model(), step + 1)
+                if writer is not None:
+                    for k, v in (results or {}).items():
+                        if isinstance(v, (int, float)):
+                            writer.add_scalar(f"eval/{k}", v, step + 1)
+            if jax.process_count() == 1:
+                stop = sigterm["set"]
+            else:  # every process must take part in the same all-gathers
+                stop = (step + 1) % max(1, cfg.preemption_check_every) == 0 and _any_process(sigterm["set"])
+            if stop:
+                checkpoints.save(step + 1, trainer.checkpoint_item(), force=True)
+                stopped_early = True
+                break
+        while pending:
+            check(pending.pop(0))
+        final_step = int(trainer.state["step"])
+        if final_step not in checkpoints.steps():
+            checkpoints.save(final_step, trainer.checkpoint_item(), force=True)
+    finally:
+        checkpoints.close()
+        signal.signal(signal.SIGTERM, previous_handler)
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        if metrics_file is not None:
+            metrics_file.close()
+    last["stopped_early"] = stopped_early
+    last["final_step"] = int(trainer.state["step"])
+    return last

@@ -1,0 +1,126 @@
+"""Training loop: resume equals uninterrupted, damaged checkpoints fall back, non-finite stops."""
+
+import logging
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from detr_jax.config_cli import load_config_file
+from detr_jax.data.augment import AugmentConfig
+from detr_jax.models.build import build_model
+from detr_jax.training.data import CocoTrainSource, TrainLoader
+from detr_jax.training.losses import LossWeights
+from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def setup(synthetic_root):
+    cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
+    source = CocoTrainSource(str(synthetic_root / "annotations" / "instances_train.json"),
+                             str(synthetic_root / "train"))
+    d = cfg.data
+    augment = AugmentConfig(scales=tuple(d.scales), max_size=d.max_size,
+                            crop_resize_scales=tuple(d.crop_resize_scales), crop_min=d.crop_min,
+                            crop_max=d.crop_max)
+    return cfg, source, augment
+
+
+def make(cfg, source, augment):
+    loader = TrainLoader(source, global_batch=cfg.train.global_batch, seed=cfg.train.seed,
+                         augment=augment, granularity=cfg.data.granularity,
+                         max_targets=cfg.train.max_targets, num_workers=2)
+    trainer = Trainer(build_model(cfg.model, seed=0), cfg.train, LossWeights(),
+                      steps_per_epoch=loader.steps_per_epoch())
+    return trainer, loader
+
+
+def params(trainer):
+    return {"/".join(map(str, p)): np.asarray(v.get_value())
+            for p, v in nnx.to_flat_state(trainer.state["trainable"])}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup, tmp_path_factory):
+    cfg, source, augment = setup
+    trainer, loader = make(cfg, source, augment)
+    workdir = str(tmp_path_factory.mktemp("full"))
+    summary = train(trainer, loader, workdir=workdir, num_steps=4, progress=False)
+    assert summary["final_step"] == 4 and trainer.compiles == 1
+    return params(trainer), workdir
+
+
+def test_training_changes_trainable_but_not_frozen_parameters(setup, uninterrupted):
+    cfg, source, augment = setup
+    trainer, _ = make(cfg, source, augment)
+    before = params(trainer)
+    after, _ = uninterrupted
+    assert not any(k.startswith("backbone/layer1") or k.startswith("backbone/conv1") for k in after)
+    unchanged = {k for k in after if np.array_equal(after[k], before[k])}
+    # The first decoder layer's self-attention sees tgt = 0, so all its values equal the
+    # v bias and its q/k/v kernels get exactly zero gradient (as in the official DETR);
+    # every other trainable parameter must move.
+    zero_grad = {f"transformer/decoder/layers/0/self_attn/{p}_proj/kernel" for p in "qkv"}
+    assert unchanged <= zero_grad
+
+
+def test_resume_gives_the_same_parameters(setup, uninterrupted, tmp_path):
+    cfg, source, augment = setup
+    trainer, loader = make(cfg, source, augment)
+    first = train(trainer, loader, workdir=str(tmp_path), num_steps=2, progress=False)
+    assert first["final_step"] == 2
+    trainer, loader = make(cfg, source, augment)  # a fresh process would start like this
+    second = train(trainer, loader, workdir=str(tmp_path), num_steps=4, progress=False)
+    assert second["final_step"] == 4
+    expected, _ = uninterrupted
+    resumed = params(trainer)
+    for k in expected:
+        np.testing.assert_allclose(resumed[k], expected[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous(setup, uninterrupted, tmp_path, caplog):
+    cfg, source, augment = setup
+    _, workdir = uninterrupted
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    latest = copy / "checkpoints" / "4"
+    for dirpath, _, files in os.walk(latest):  # damage every data file of the newest step
+        for name in files:
+            if not name.startswith("_") and "metadata" not in name.lower():
+                with open(os.path.join(dirpath, name), "wb") as f:
+                    f.write(b"garbage")
+    trainer, loader = make(cfg, source, augment)
+    with caplog.at_level(logging.WARNING):
+        summary = train(trainer, loader, workdir=str(copy), num_steps=4, progress=False)
+    assert "step 4" in caplog.text and "falling back" in caplog.text
+    assert summary["final_step"] == 4
+    expected, _ = uninterrupted
+    resumed = params(trainer)
+    for k in expected:  # resumed from step 2 and retrained steps 3-4 identically
+        np.testing.assert_allclose(resumed[k], expected[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+class NaNLoader:
+    """Wraps a loader and poisons the pixels of one step's batch."""
+
+    def __init__(self, loader, bad_step):
+        self.loader, self.bad_step = loader, bad_step
+
+    def iterate(self, start, num_steps):
+        for batch in self.loader.iterate(start, num_steps):
+            if batch["step"] == self.bad_step:
+                batch = dict(batch, pixel_values=np.full_like(batch["pixel_values"], np.nan))
+            yield batch
+
+
+def test_non_finite_loss_stops_with_step_and_images(setup, tmp_path):
+    cfg, source, augment = setup
+    trainer, loader = make(cfg, source, augment)
+    with pytest.raises(NonFiniteLoss, match=r"step 1 .*image ids"):
+        train(trainer, NaNLoader(loader, 1), workdir=str(tmp_path), num_steps=4, progress=False)
+    assert all(np.isfinite(v).all() for v in params(trainer).values())  # update was skipped
