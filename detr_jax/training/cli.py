@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host GPU/CPU)")
     parser.add_argument("--num-processes", type=int, default=None)
     parser.add_argument("--process-id", type=int, default=None)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     return parser
 
 
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
           f"devices in {jax.process_count()} processes, global batch {cfg.train.global_batch}")
     try:
         summary = train(trainer, loader, workdir=args.workdir, num_steps=num_steps,
-                        progress=not args.no_progress)
+                        progress=None if args.no_progress else True)
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

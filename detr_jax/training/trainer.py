@@ -138,13 +138,14 @@ def _any_process(flag: bool) -> bool:
 
 
 def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
-          eval_fn: Callable | None = None, progress: bool = True) -> dict:
+          eval_fn: Callable | None = None, progress: bool | None = True) -> dict:
     """Run (or resume) training to ``num_steps``; returns the last logged metrics.
 
     Checkpoints go to ``workdir/checkpoints`` every ``cfg.checkpoint_every`` steps (the
     last ``cfg.keep`` kept); on SIGTERM a checkpoint is saved and the loop stops cleanly.
     Metrics go to the console (progress bar), ``workdir/metrics.jsonl`` and TensorBoard
-    event files in ``workdir/tensorboard``. A non-finite loss raises NonFiniteLoss naming
+    event files in ``workdir/tensorboard``; ``progress=None`` prints log lines instead of a
+    progress bar (for logs of batch jobs). A non-finite loss raises NonFiniteLoss naming
     the step and image ids (the update of that step is skipped, so checkpoints stay finite).
     """
     cfg = trainer.cfg
@@ -210,6 +211,11 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
                     if metrics_file is not None:
                         metrics_file.write(json.dumps(last) + "\n")
                         metrics_file.flush()
+                    if bar is None and is_main and progress is None:
+                        print(f"step {done_step + 1}/{num_steps} loss {last['loss']:.4f} "
+                              f"(ce {last['loss_ce']:.3f} l1 {last['loss_bbox']:.3f} giou "
+                              f"{last['loss_giou']:.3f}) lr {last['lr']:.1e} "
+                              f"{last['images_per_s']:.1f} img/s compiles {trainer.compiles}", flush=True)
                     if bar is not None:
                         bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.1e}",
                                         img_s=f"{last['images_per_s']:.1f}", compiles=trainer.compiles)
