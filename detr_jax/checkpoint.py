@@ -34,6 +34,14 @@ def _jsonable(value):
     return value
 
 
+def _local_checkpointer():
+    """An Orbax checkpointer that involves this process only: model directories hold host
+    (numpy) arrays and are written by one process, so no cross-process barrier may run."""
+    index = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=index, active_processes={index}))
+
+
 def _flat_arrays(model) -> dict[str, np.ndarray]:
     return {"/".join(map(str, path)): np.asarray(var.get_value())
             for path, var in nnx.to_flat_state(nnx.state(model))}
@@ -52,7 +60,7 @@ def save_model(model, directory: str, *, overwrite: bool = False, metadata: dict
         payload = {"model": _jsonable(config), "metadata": metadata or {}}
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(payload, f, indent=2, sort_keys=True)
-        with ocp.StandardCheckpointer() as checkpointer:
+        with _local_checkpointer() as checkpointer:
             checkpointer.save(os.path.join(tmp, STATE_DIR), _flat_arrays(model))
         if os.path.exists(directory):
             old = directory + ".old"
@@ -94,7 +102,7 @@ def load_model(directory: str, *, encoder_attention=None, dtype: str | None = No
     target = {"/".join(map(str, path)): jax.ShapeDtypeStruct(var.get_value().shape, var.get_value().dtype)
               for path, var in nnx.to_flat_state(nnx.state(model))}
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
+        with _local_checkpointer() as checkpointer:
             arrays = checkpointer.restore(state_dir, target)
     except Exception as err:
         raise CheckpointError(f"{state_dir}: cannot restore the model state: "

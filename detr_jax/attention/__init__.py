@@ -4,8 +4,11 @@ from detr_jax.attention.base import (AttentionSpec, EncoderAttention, MultiHeadA
                                      masked_softmax_attention)
 from detr_jax.attention.exact import Exact, ExactAttention
 from detr_jax.attention.registry import parse_attention, register_attention, valid_forms
+from detr_jax.attention.act import ACT, ACTAttention
+from detr_jax.attention.kmeans import KMeans, KMeansAttention
 
 __all__ = [
-    "AttentionSpec", "EncoderAttention", "MultiHeadAttention", "masked_softmax_attention",
-    "Exact", "ExactAttention", "parse_attention", "register_attention", "valid_forms",
+    "ACT", "ACTAttention", "AttentionSpec", "EncoderAttention", "MultiHeadAttention",
+    "masked_softmax_attention", "Exact", "ExactAttention", "KMeans", "KMeansAttention",
+    "parse_attention", "register_attention", "valid_forms",
 ]

@@ -1,16 +1,53 @@
-"""``eval.py``: run a detr_jax checkpoint with one or more encoder-attention settings."""
+"""``eval.py``: run a detr_jax checkpoint with one or more encoder-attention settings.
+
+Two jobs:
+
+* COCO evaluation (the ACT paper's Table 1 in one command)::
+
+      python eval.py --checkpoint ckpt/detr-r50-dc5 --coco-dir /data/coco \\
+          --attention exact act:L=32 act:L=24 kmeans:C=100 --output-dir out/
+
+  or ``--annotations FILE --image-root DIR`` for any COCO-format dataset, or
+  ``--data-dir DIR`` for TFDS ``coco/2017`` (array_record). Writes COCO results JSON per
+  setting, ``report.md`` / ``report.csv`` / ``report.json`` and PNG plots.
+* Detections on your own images: ``--images a.jpg b.png`` (JSON + drawn PNG each).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+EVAL_DEFAULTS = dict(
+    batch_size=1,            # global batch (sharded over all devices when bucketing)
+    attention=("exact",),
+    score_threshold=0.7,     # --images drawing only; COCO evaluation keeps every query
+    seed=0,                  # PRNG key of every call (ACT / K-means draws)
+    num_workers=4,           # host threads decoding and resizing images
+    prefetch=4,              # batches prepared ahead
+    max_images=0,            # > 0: evaluate only the first N images (labelled partial)
+    flops_images=100,        # GFLOPs averaged over the first N images (the paper's protocol)
+    warmup_batches=1,        # batches left out of the time per image (besides compiles)
+    skip_bad_images=False,   # skip (and report) undecodable images instead of stopping
+    compilation_cache="~/.cache/detr_jax/jax_compilation_cache",  # "none" turns it off
+    plots=True,
+    cluster_map_images=2,    # Figure 6 maps for the first N images (clustered settings)
+    cluster_map_head=0,
+)
+DATA_DEFAULTS = dict(
+    size=800, max_size=1333, granularity=0,
+    coco_dir="", annotations="", image_root="", split="val2017",
+    tfds_data_dir="", tfds_name="coco/2017", tfds_split="validation",
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Evaluate a detr_jax checkpoint. With --images: detections on your own "
-                    "images (JSON + drawn PNG per image and attention setting).",
-        epilog="Any config field can be overridden as --config.path.to.field=value.")
+        description="Evaluate a detr_jax checkpoint: COCO metrics, GFLOPs, time and memory "
+                    "per encoder-attention setting (--coco-dir, --annotations/--image-root or "
+                    "--data-dir), or detections on your own images (--images).",
+        epilog="Any config field can be overridden as --config.path.to.field=value, e.g. "
+               "--config.data.granularity=64 --config.eval.batch_size=8.")
     parser.add_argument("--checkpoint", required=True,
                         help="detr_jax checkpoint directory (from convert_torch_weights.py or train.py)")
     parser.add_argument("--config", default=None,
@@ -18,32 +55,80 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", nargs="+", help="image files to run on")
     parser.add_argument("--output-dir", default="eval_out", help="where results are written")
     parser.add_argument("--attention", nargs="+", default=None,
-                        help="encoder-attention settings, e.g. exact act:L=32 (default: config)")
+                        help="encoder-attention settings, e.g. exact act:L=32 kmeans:C=100 "
+                             "(default: config eval.attention)")
     parser.add_argument("--threshold", type=float, default=None, help="score threshold for drawing")
+    data = parser.add_argument_group("COCO evaluation")
+    data.add_argument("--coco-dir", help="COCO directory: annotations/instances_<split>.json "
+                                         "and <split>/")
+    data.add_argument("--split", default=None, help="COCO split name (default val2017)")
+    data.add_argument("--annotations", help="COCO-format annotation JSON (overrides --coco-dir's)")
+    data.add_argument("--image-root", help="image directory (overrides --coco-dir's)")
+    data.add_argument("--data-dir", help="TFDS data directory holding coco/2017 as array_record")
+    data.add_argument("--tfds-name", default=None, help="TFDS dataset (default coco/2017)")
+    data.add_argument("--tfds-split", default=None, help="TFDS split (default validation)")
+    data.add_argument("--max-images", type=int, default=None,
+                      help="evaluate only the first N images (reported as partial)")
+    data.add_argument("--skip-bad-images", action="store_true", default=None,
+                      help="skip undecodable images (counted in the report) instead of stopping")
+    data.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    data.add_argument("--num-workers", type=int, default=None, help="image decoding threads")
+    data.add_argument("--compilation-cache", default=None,
+                      help="JAX persistent compilation cache directory, or 'none' "
+                           "(default: config eval.compilation_cache)")
+    data.add_argument("--no-progress", action="store_true", help="no progress bar")
+    data.add_argument("--distributed", action="store_true",
+                      help="call jax.distributed.initialize() first (multi-host runs)")
     return parser
 
 
 def default_config():
     import ml_collections
     cfg = ml_collections.ConfigDict()
-    cfg.data = ml_collections.ConfigDict(dict(size=800, max_size=1333, granularity=0))
-    cfg.eval = ml_collections.ConfigDict(dict(batch_size=1, attention=("exact",),
-                                              score_threshold=0.7, seed=0))
+    cfg.data = ml_collections.ConfigDict(dict(DATA_DEFAULTS))
+    cfg.eval = ml_collections.ConfigDict(dict(EVAL_DEFAULTS))
     return cfg
+
+
+def complete_config(cfg):
+    """Add the data / eval fields a config file does not set (older configs keep working)."""
+    import ml_collections
+    for name, defaults in (("data", DATA_DEFAULTS), ("eval", EVAL_DEFAULTS)):
+        if name not in cfg:
+            cfg[name] = ml_collections.ConfigDict()
+        for key, value in defaults.items():
+            if key not in cfg[name]:
+                cfg[name][key] = value
+    return cfg
+
+
+def _open_source(args, cfg):
+    """The dataset named by the flags (or config), or None when none is named."""
+    from detr_jax.data.coco import CocoSource, resolve_paths
+    coco_dir = args.coco_dir or cfg.data.coco_dir
+    annotations = args.annotations or cfg.data.annotations
+    image_root = args.image_root or cfg.data.image_root
+    data_dir = args.data_dir or cfg.data.tfds_data_dir
+    if data_dir:
+        from detr_jax.data.tfds_source import TfdsCocoSource
+        return TfdsCocoSource(data_dir, name=args.tfds_name or cfg.data.tfds_name,
+                              split=args.tfds_split or cfg.data.tfds_split,
+                              annotations=annotations or None)
+    if coco_dir or annotations or image_root:
+        return CocoSource(*resolve_paths(coco_dir or None, annotations or None,
+                                         image_root or None, args.split or cfg.data.split))
+    return None
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    from detr_jax.attention import parse_attention, valid_forms
-    from detr_jax.checkpoint import load_model
+    from detr_jax.attention import parse_attention
     from detr_jax.config_cli import apply_overrides, load_config_file
-    from detr_jax.convert.errors import CheckpointError
-    from detr_jax.evaluation.predict import predict_images
-    from detr_jax.models.build import with_encoder_attention
 
     try:
         cfg = load_config_file(args.config) if args.config else default_config()
+        complete_config(cfg)
         apply_overrides(cfg, rest)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
@@ -52,8 +137,40 @@ def main(argv=None) -> int:
         specs = [parse_attention(s) for s in settings]
     except ValueError as err:
         parser.error(f"{err}")
-    if not args.images:
-        parser.error("nothing to evaluate: give --images (COCO evaluation arrives with --coco-dir)")
+    for flag, field in (("max_images", "max_images"), ("batch_size", "batch_size"),
+                        ("num_workers", "num_workers"), ("skip_bad_images", "skip_bad_images"),
+                        ("compilation_cache", "compilation_cache")):
+        value = getattr(args, flag)
+        if value is not None:
+            cfg.eval[field] = value
+    if args.images:
+        return _predict(args, cfg, settings, specs)
+    try:
+        source = _open_source(args, cfg)
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if source is None:
+        parser.error("nothing to evaluate: give --coco-dir, --annotations with --image-root, "
+                     "--data-dir (TFDS), or --images")
+    return _evaluate(args, cfg, settings, source)
+
+
+def _setup_jax(args, cfg):
+    import jax
+    if args.distributed:
+        jax.distributed.initialize()
+    from detr_jax.evaluation.coco_eval import enable_compilation_cache
+    return enable_compilation_cache(cfg.eval.compilation_cache)
+
+
+def _predict(args, cfg, settings, specs) -> int:
+    from detr_jax.checkpoint import load_model
+    from detr_jax.convert.errors import CheckpointError
+    from detr_jax.evaluation.predict import predict_images
+    from detr_jax.models.build import with_encoder_attention
+
+    _setup_jax(args, cfg)
     try:
         base = load_model(args.checkpoint)
     except CheckpointError as err:
@@ -74,3 +191,70 @@ def main(argv=None) -> int:
                   f"(>= {threshold}) in {item['seconds'] * 1e3:.0f} ms -> {item['json']}")
         print(f"[{setting}] compiled shapes: {summary['compiles']}")
     return 0
+
+
+def _evaluate(args, cfg, settings, source) -> int:
+    import jax
+
+    from detr_jax.checkpoint import load_model
+    from detr_jax.convert.errors import CheckpointError
+    from detr_jax.data.coco import BadImageError
+    from detr_jax.evaluation.coco_eval import evaluate
+    from detr_jax.evaluation.report import write_report
+
+    cache = _setup_jax(args, cfg)
+    try:
+        model = load_model(args.checkpoint)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    e = cfg.eval
+    try:
+        result = evaluate(model, source, settings, batch_size=e.batch_size,
+                          granularity=cfg.data.granularity, size=cfg.data.size,
+                          max_size=cfg.data.max_size, seed=e.seed, num_workers=e.num_workers,
+                          prefetch=e.prefetch, max_images=e.max_images,
+                          skip_bad_images=e.skip_bad_images, flops_images=e.flops_images,
+                          warmup_rounds=e.warmup_batches, progress=not args.no_progress)
+    except BadImageError as err:
+        print(f"error: {err} (pass --skip-bad-images to skip such images)", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if jax.process_index() != 0:
+        return 0
+    details = {"attention settings": ", ".join(settings),
+               "input": f"shortest side {cfg.data.size}, longest at most {cfg.data.max_size}",
+               "compilation cache": cache or "off", "jax": jax.__version__,
+               "backend": jax.default_backend()}
+    out = write_report(args.output_dir, result, source.coco, model=model, source=source,
+                       meta={"dataset": source.describe(), "checkpoint": args.checkpoint,
+                             "details": details},
+                       plots=e.plots, cluster_map_images=e.cluster_map_images,
+                       cluster_map_head=e.cluster_map_head, size=cfg.data.size,
+                       max_size=cfg.data.max_size, seed=e.seed)
+    _print_summary(out["rows"], result)
+    for path in out["files"]:
+        print(f"wrote {path}")
+    return 0
+
+
+def _print_summary(rows, result) -> None:
+    from detr_jax.evaluation.report import status_line
+    print(status_line(result))
+    header = f"{'attention':<28} {'AP':>6} {'AP50':>6} {'AP75':>6} {'AP_S':>6} {'AP_M':>6} {'AP_L':>6}"
+    if rows and "gflops_total" in rows[0]:
+        header += f" {'GFLOPs':>8}"
+    header += f" {'ms/img':>8}"
+    print(header)
+    for row in rows:
+        cells = [f"{row['attention']:<28}"]
+        cells += [f"{row[n]:6.1f}" if row[n] is not None else f"{'n/a':>6}"
+                  for n in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")]
+        if "gflops_total" in row:
+            cells.append(f"{row['gflops_total']:8.1f}" if row["gflops_total"] is not None
+                         else f"{'n/a':>8}")
+        cells.append(f"{row['ms_per_image']:8.2f}" if row["ms_per_image"] is not None
+                     else f"{'n/a':>8}")
+        print(" ".join(cells))

@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from detr_jax.sharding import replicate
 from detr_jax.training.checkpoints import TrainCheckpoints, abstract_like
 from detr_jax.training.losses import LossWeights, set_criterion
 from detr_jax.training.optimizer import is_trainable, make_optimizer
@@ -31,6 +32,16 @@ from detr_jax.training.optimizer import is_trainable, make_optimizer
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("pixel_values", "padding_mask", "labels", "boxes", "valid")
+
+
+def pad_images(batch: dict, shape: tuple[int, int]) -> dict:
+    """Extend the bottom/right padding of a collated batch to ``shape`` (H, W)."""
+    h, w = batch["pixel_values"].shape[1:3]
+    if (h, w) == shape:
+        return batch
+    extra = ((0, 0), (0, shape[0] - h), (0, shape[1] - w))
+    return dict(batch, pixel_values=np.pad(batch["pixel_values"], extra + ((0, 0),)),
+                padding_mask=np.pad(batch["padding_mask"], extra, constant_values=True))
 
 
 class NonFiniteLoss(RuntimeError):
@@ -67,11 +78,13 @@ class Trainer:
             train_cfg.lr, {s: 0.1 for s in drop_steps if s > 0})
         state = {"trainable": trainable, "opt_state": self.tx.init(trainable),
                  "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(train_cfg.seed)}
-        self.state = jax.device_put(state, self.replicated)
-        self.rest = jax.device_put(rest, self.replicated)
+        self.state = replicate(state, self.replicated)
+        self.rest = replicate(rest, self.replicated)
         self.loss_weights = loss_weights
         self.compiles = 0
-        self._step = jax.jit(self._train_step, donate_argnums=(0,))
+        self._step = jax.jit(self._train_step, donate_argnums=(0,),
+                             in_shardings=(self.replicated, self.replicated, self.batch_sharding),
+                             out_shardings=(self.replicated, self.replicated))
 
     # -- the step ---------------------------------------------------------------------
     def _train_step(self, state, rest, batch):
@@ -98,7 +111,17 @@ class Trainer:
         return new_state, metrics
 
     def global_batch(self, local: dict) -> dict:
-        """Host-local numpy batch -> global arrays sharded over the data axis."""
+        """Host-local numpy batch -> global arrays sharded over the data axis.
+
+        Every process pads its images to its own maximum; with several processes the
+        padded shape is agreed first (the largest of all), so the global batch is one
+        consistent array, as if one process had collated all of it.
+        """
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            shapes = np.asarray(multihost_utils.process_allgather(
+                np.array(local["pixel_values"].shape[1:3], np.int32)))
+            local = pad_images(local, tuple(int(v) for v in shapes.reshape(-1, 2).max(0)))
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local[k]))
                 for k in BATCH_KEYS}
 
@@ -188,37 +211,41 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
                                 f"process's batch: {list(map(int, image_ids))}")
         return step, values
 
+    def record(done_step, values, epoch):
+        nonlocal last, window_start, window_images
+        if (done_step + 1) % cfg.log_every == 0:
+            elapsed = time.perf_counter() - window_start
+            last = {k: float(v) for k, v in values.items() if k != "finite"}
+            last.update(step=done_step + 1, lr=float(trainer.lr_schedule(done_step)),
+                        images_per_s=window_images / max(elapsed, 1e-9),
+                        step_time_s=elapsed / max(cfg.log_every, 1),
+                        compiles=trainer.compiles, epoch=epoch)
+            window_start, window_images = time.perf_counter(), 0
+            if writer is not None:
+                for k, v in last.items():
+                    writer.add_scalar(f"train/{k}", v, done_step + 1)
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(last) + "\n")
+                metrics_file.flush()
+            if bar is None and is_main and progress is None:
+                print(f"step {done_step + 1}/{num_steps} loss {last['loss']:.4f} "
+                      f"(ce {last['loss_ce']:.3f} l1 {last['loss_bbox']:.3f} giou "
+                      f"{last['loss_giou']:.3f}) lr {last['lr']:.1e} "
+                      f"{last['images_per_s']:.1f} img/s compiles {trainer.compiles}", flush=True)
+            if bar is not None:
+                bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.1e}",
+                                img_s=f"{last['images_per_s']:.1f}", compiles=trainer.compiles)
+
     stopped_early = False
+    current_epoch = 0
     try:
         for batch in loader.iterate(start, num_steps):
-            step = batch["step"]
+            step, current_epoch = batch["step"], int(batch["epoch"])
             metrics = trainer.step(batch)
             window_images += len(batch["image_ids"]) * jax.process_count()
             pending.append((step, batch["image_ids"], metrics))
             if len(pending) > 1:
-                done_step, values = check(pending.pop(0))
-                if (done_step + 1) % cfg.log_every == 0:
-                    elapsed = time.perf_counter() - window_start
-                    last = {k: float(v) for k, v in values.items() if k != "finite"}
-                    last.update(step=done_step + 1, lr=float(trainer.lr_schedule(done_step)),
-                                images_per_s=window_images / max(elapsed, 1e-9),
-                                step_time_s=elapsed / max(cfg.log_every, 1),
-                                compiles=trainer.compiles, epoch=int(batch["epoch"]))
-                    window_start, window_images = time.perf_counter(), 0
-                    if writer is not None:
-                        for k, v in last.items():
-                            writer.add_scalar(f"train/{k}", v, done_step + 1)
-                    if metrics_file is not None:
-                        metrics_file.write(json.dumps(last) + "\n")
-                        metrics_file.flush()
-                    if bar is None and is_main and progress is None:
-                        print(f"step {done_step + 1}/{num_steps} loss {last['loss']:.4f} "
-                              f"(ce {last['loss_ce']:.3f} l1 {last['loss_bbox']:.3f} giou "
-                              f"{last['loss_giou']:.3f}) lr {last['lr']:.1e} "
-                              f"{last['images_per_s']:.1f} img/s compiles {trainer.compiles}", flush=True)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.1e}",
-                                        img_s=f"{last['images_per_s']:.1f}", compiles=trainer.compiles)
+                record(*check(pending.pop(0)), current_epoch)
             checkpoints.save(step + 1, trainer.checkpoint_item())
             if bar is not None:
                 bar.update(1)
@@ -237,7 +264,7 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
                 stopped_early = True
                 break
         while pending:
-            check(pending.pop(0))
+            record(*check(pending.pop(0)), current_epoch)
         final_step = int(trainer.state["step"])
         if final_step not in checkpoints.steps():
             checkpoints.save(final_step, trainer.checkpoint_item(), force=True)

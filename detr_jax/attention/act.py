@@ -1,0 +1,260 @@
+"""Adaptive Clustering Transformer (ACT) encoder attention (Zheng et al., BMVC 2021).
+
+Per encoder layer and per (image, head) row, queries (and/or keys) are hashed with
+multi-round E2LSH; tokens sharing a hash form a cluster whose mean is its prototype.
+Prototypes attend to all keys and each query receives its prototype's output. The number
+of clusters is data dependent; the work runs at the smallest static capacity of a ladder
+that holds the largest count of the batch (``capacity``). ACT adds no parameters: a model
+built with it has exactly the variables of the exact model. See docs/act.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats, masked_softmax_attention
+from detr_jax.attention.capacity import (DEFAULT_LADDER, ladder_capacities, parse_ladder,
+                                         run_at_capacity)
+from detr_jax.attention.clustering import (broadcast_to_members, cluster_ids, cluster_means,
+                                           from_rows, row_valid, to_rows)
+from detr_jax.attention.e2lsh import MAX_ROUNDS, combine_rounds, draw_hash_params, round_hashes
+from detr_jax.attention.registry import register_attention
+
+GROUPS = ("Q", "K", "QK")
+# Logit bias of empty key-cluster slots: finite (a row of only empty slots stays finite).
+EMPTY_SLOT_BIAS = -1e30
+
+
+def frozen_array(value) -> Optional[np.ndarray]:
+    """A read-only float32 copy of ``value`` (None stays None)."""
+    if value is None:
+        return None
+    array = np.array(value, dtype=np.float32)
+    array.setflags(write=False)
+    return array
+
+
+def _field_key(value):
+    """Hashable stand-in for a spec field: arrays by shape, dtype and content digest."""
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.shape, value.dtype.str, hashlib.sha1(value.tobytes()).hexdigest())
+    return value
+
+
+class ArraySpecMixin:
+    """Equality and hash over dataclass fields with arrays compared by content, so specs
+    holding arrays stay valid static (jit) metadata."""
+
+    def _key(self):
+        return (type(self),) + tuple(_field_key(getattr(self, f.name))
+                                     for f in dataclasses.fields(self))
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+
+def layer_key(rng: jax.Array | None, seed: int, layer_index: int) -> jax.Array:
+    """The PRNG key of one layer's hash draws: ``rng`` (or ``key(seed)`` when None) folded
+    with the layer index, so layers get fresh draws and ``rng=None`` is deterministic."""
+    base = jax.random.key(seed) if rng is None else rng
+    return jax.random.fold_in(base, layer_index)
+
+
+def _format_number(x: float) -> str:
+    return f"{x:g}"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ACT(ArraySpecMixin, AttentionSpec):
+    """Spec of ACT encoder attention (``act:L=32,r=8``).
+
+    Args:
+      rounds: E2LSH rounds ``L`` for queries (1..32; the official code always uses 32).
+      bucket_width: ``r``, spacing of the hashing hyperplanes.
+      hash_weights: optional (layers, head_dim, rounds) query projections ``a`` per
+        encoder layer, shared by heads and images; used as given.
+      hash_biases: optional (layers, rounds) offsets ``b``; used as given (not rescaled).
+      group: what is clustered: ``"Q"`` queries (the paper's main method), ``"K"`` keys
+        and values (softmax weighted by cluster size), ``"QK"`` both.
+      key_rounds: E2LSH rounds for keys (groups K and QK); None: ``rounds``.
+      seed: seed of the hash draws when the call gets no PRNG key.
+      ladder: capacity fractions of N (or a divisor string such as ``"16/8/4/2/1"``); N is
+        always added, so no cluster is ever dropped.
+    Without hash arrays, each layer draws ``a ~ N(0, I)``, ``b ~ U(0, r)`` from the call's
+    key (or ``seed``) folded with the layer index.
+    """
+
+    name = "act"
+    rounds: int = 32
+    bucket_width: float = 8.0
+    hash_weights: Any = None
+    hash_biases: Any = None
+    group: str = "Q"
+    key_rounds: Optional[int] = None
+    seed: int = 0
+    ladder: Any = DEFAULT_LADDER
+
+    def __post_init__(self):
+        set_field = lambda k, v: object.__setattr__(self, k, v)
+        set_field("hash_weights", frozen_array(self.hash_weights))
+        set_field("hash_biases", frozen_array(self.hash_biases))
+        set_field("group", str(self.group).upper())
+        set_field("ladder", parse_ladder(self.ladder))
+        set_field("bucket_width", float(self.bucket_width))
+        if (self.hash_weights is None) != (self.hash_biases is None):
+            raise ValueError("ACT: pass both hash_weights and hash_biases, or neither")
+        if self.hash_weights is not None:
+            w, b = self.hash_weights, self.hash_biases
+            if w.ndim != 3 or b.ndim != 2 or w.shape[0] != b.shape[0] or w.shape[2] != b.shape[1]:
+                raise ValueError(f"ACT: hash_weights must be (layers, head_dim, rounds) and "
+                                 f"hash_biases (layers, rounds); got {w.shape} and {b.shape}")
+            if w.shape[2] != self.rounds:
+                set_field("rounds", int(w.shape[2]))
+        for label, value in (("rounds", self.rounds), ("key_rounds", self.effective_key_rounds)):
+            if not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_ROUNDS:
+                raise ValueError(f"ACT: {label} must be an integer in 1..{MAX_ROUNDS}, "
+                                 f"got {value!r}")
+        if self.group not in GROUPS:
+            raise ValueError(f"ACT: group must be one of {GROUPS}, got {self.group!r}")
+        if not self.bucket_width > 0:
+            raise ValueError(f"ACT: bucket_width must be positive, got {self.bucket_width}")
+        if not isinstance(self.seed, (int, np.integer)):
+            raise ValueError(f"ACT: seed must be an integer, got {self.seed!r}")
+
+    @property
+    def effective_key_rounds(self) -> int:
+        return self.rounds if self.key_rounds is None else self.key_rounds
+
+    def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
+              dtype: Any = None, rngs: nnx.Rngs) -> EncoderAttention:
+        if self.hash_weights is not None:
+            layers, head_dim, _ = self.hash_weights.shape
+            if layer_index >= layers:
+                raise ValueError(f"ACT: hash arrays cover {layers} layers, the encoder has "
+                                 f"{num_layers}")
+            if head_dim != d_model // num_heads:
+                raise ValueError(f"ACT: hash_weights head_dim {head_dim} != model head_dim "
+                                 f"{d_model // num_heads}")
+        return ACTAttention(d_model, num_heads, spec=self, layer_index=layer_index,
+                            dtype=dtype, rngs=rngs)
+
+    def to_string(self) -> str:
+        """``act:L=..,r=..`` plus non-default options. Hash arrays are not representable
+        in the string and are left out."""
+        parts = [f"L={self.rounds}", f"r={_format_number(self.bucket_width)}"]
+        if self.group != "Q":
+            parts.append(f"group={self.group}")
+        if self.key_rounds is not None:
+            parts.append(f"Lk={self.key_rounds}")
+        if self.seed != 0:
+            parts.append(f"seed={self.seed}")
+        if self.ladder != parse_ladder(DEFAULT_LADDER):
+            parts.append("ladder=" + "/".join(_format_number(1 / f) for f in reversed(self.ladder)))
+        return "act:" + ",".join(parts)
+
+
+class ACTAttention(EncoderAttention):
+    """ACT self-attention of one encoder layer (projections inherited, no new variables)."""
+
+    def __init__(self, d_model: int, num_heads: int, *, spec: ACT, layer_index: int = 0,
+                 dtype: Any = None, rngs: nnx.Rngs):
+        super().__init__(d_model, num_heads, layer_index=layer_index, dtype=dtype, rngs=rngs)
+        self.spec = spec
+
+    def hash_params(self, rng: jax.Array | None, side: str) -> tuple[jax.Array, jax.Array]:
+        """E2LSH ``(a (head_dim, rounds), b (rounds,))`` of this layer for ``side`` "Q" or "K"."""
+        spec = self.spec
+        if side == "Q" and spec.hash_weights is not None:
+            return (jnp.asarray(spec.hash_weights[self.layer_index]),
+                    jnp.asarray(spec.hash_biases[self.layer_index]))
+        rounds = spec.rounds if side == "Q" else spec.effective_key_rounds
+        key = jax.random.fold_in(layer_key(rng, spec.seed, self.layer_index), "QK".index(side))
+        return draw_hash_params(key, self.head_dim, rounds, spec.bucket_width)
+
+    def clusters(self, x: jax.Array, valid_rows: jax.Array, rng, side: str):
+        """Cluster ids (B*H, N) and counts (B*H,) of per-head vectors x (B, N, H, Dh)."""
+        weights, biases = self.hash_params(rng, side)
+        hashes = round_hashes(to_rows(x), weights, biases, self.spec.bucket_width)
+        return cluster_ids(*combine_rounds(hashes), valid_rows)
+
+    def attend(self, q, k, v, key_padding_mask, rng) -> tuple[jax.Array, Stats]:
+        """ACT attention core. q (B, N, H, Dh) scaled, k/v (B, N, H, Dh), key_padding_mask
+        (B, N) True on padding or None -> ((B, N, H, Dh), stats)."""
+        batch, n, heads, _ = q.shape
+        group = self.spec.group
+        valid = row_valid(key_padding_mask, batch, heads, n)
+        q_ids = k_ids = None
+        counts = []
+        stats: Stats = {}
+        if "Q" in group:
+            q_ids, q_count = self.clusters(q, valid, rng, "Q")
+            stats["num_clusters"] = q_count.reshape(batch, heads)
+            counts.append(q_count)
+        if "K" in group:
+            k_ids, k_count = self.clusters(k, valid, rng, "K")
+            stats["num_key_clusters" if q_ids is not None else "num_clusters"] = (
+                k_count.reshape(batch, heads))
+            counts.append(k_count)
+        needed = jnp.max(jnp.stack(counts))
+        capacities = ladder_capacities(n, self.spec.ladder)
+        out, used = run_at_capacity(
+            needed, capacities,
+            lambda capacity: clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity))
+        stats["num_valid"] = valid.reshape(batch, heads, n)[:, 0].sum(axis=-1, dtype=jnp.int32)
+        stats["capacity"] = used
+        return out, stats
+
+
+def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int) -> jax.Array:
+    """Attention with clustered queries and/or keys at a static cluster capacity.
+
+    Args:
+      q: (B, N, H, Dh) scaled queries; k, v: (B, N, H, Dh) keys and values.
+      key_padding_mask: (B, N) True on padding, or None.
+      q_ids: (B*H, N) query cluster ids (negative: none) or None (queries not clustered).
+      k_ids: (B*H, N) key cluster ids or None (keys not clustered).
+      capacity: static number of cluster slots, at least every row's cluster count.
+    Returns:
+      (B, N, H, Dh): each query's output is its prototype's attention output; with key
+      clusters, the softmax over key centroids is weighted by cluster size (logit +
+      log size), empty slots get no weight and padded keys belong to no cluster.
+    """
+    batch = q.shape[0]
+    queries = q
+    if q_ids is not None:
+        queries = from_rows(cluster_means(to_rows(q), q_ids, capacity)[0], batch)
+    keys, values, mask, bias = k, v, key_padding_mask, None
+    if k_ids is not None:
+        k_means, sizes = cluster_means(to_rows(k), k_ids, capacity)
+        v_means, _ = cluster_means(to_rows(v), k_ids, capacity)
+        keys, values, mask = from_rows(k_means, batch), from_rows(v_means, batch), None
+        log_sizes = jnp.where(sizes > 0, jnp.log(jnp.maximum(sizes, 1).astype(jnp.float32)),
+                              EMPTY_SLOT_BIAS)
+        bias = log_sizes.reshape(batch, -1, 1, capacity)
+    out = masked_softmax_attention(queries, keys, values, mask, key_bias=bias)
+    if q_ids is None:
+        return out
+    return from_rows(broadcast_to_members(to_rows(out), q_ids), batch)
+
+
+def _act_from_string(L=32, r=8.0, group="Q", Lk=None, seed=0, ladder=DEFAULT_LADDER) -> ACT:
+    try:
+        return ACT(rounds=L, bucket_width=r, group=group, key_rounds=Lk, seed=seed,
+                   ladder=ladder)
+    except ValueError as err:
+        raise ValueError(f"{err}; form: {ACT_USAGE}") from None
+
+
+ACT_USAGE = ("act[:L=<rounds 1..32>,r=<bucket width>,group=Q|K|QK,Lk=<key rounds>,seed=<int>,"
+             "ladder=<divisors of N, e.g. 16/8/4/2/1>]")
+register_attention("act", _act_from_string, ACT_USAGE)

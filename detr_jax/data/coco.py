@@ -1,0 +1,239 @@
+"""COCO-format datasets: an annotation JSON plus an image directory, read with pycocotools.
+
+``CocoSource`` gives random access to :class:`Example` records (decoded RGB image, boxes,
+COCO category ids) in increasing image-id order, and the pycocotools ``COCO`` ground truth
+that ``COCOeval`` needs. Images are decoded with PIL and converted to RGB exactly as the
+official DETR loader does (``Image.open(path).convert("RGB")``), so grayscale, palette and
+CMYK JPEGs work. The TFDS source (``tfds_source``) yields the same examples.
+
+Errors: a missing annotation file or image root raises ``FileNotFoundError`` naming the
+path when the source is opened; an image that is missing or cannot be decoded raises
+:class:`BadImageError` (naming its path and image id) when it is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+DEFAULT_SPLIT = "val2017"
+
+
+class BadImageError(ValueError):
+    """An image that is missing or cannot be decoded; names its path and image id."""
+
+    def __init__(self, path: str, image_id: int, reason: str):
+        self.path = path
+        self.image_id = int(image_id)
+        self.reason = reason
+        super().__init__(f"image {path} (id {image_id}) cannot be decoded: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """What is known of an image without decoding it. ``height``/``width`` come from the
+    annotation file (COCO) or the encoded image's header (TFDS)."""
+
+    index: int
+    image_id: int
+    file_name: str
+    path: str
+    height: int
+    width: int
+
+
+@dataclasses.dataclass
+class Example:
+    """One evaluation example.
+
+    image: (H, W, 3) uint8 RGB. boxes: (N, 4) float32 ``[x0, y0, x1, y1]`` in pixels of the
+    original image. labels: (N,) int64 COCO category ids. iscrowd: (N,) bool. area: (N,)
+    float32 (the annotation's area field). annotation_ids: (N,) int64.
+    """
+
+    image_id: int
+    file_name: str
+    image: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    iscrowd: np.ndarray
+    area: np.ndarray
+    annotation_ids: np.ndarray
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+def decode_rgb(data: bytes | str, *, path: str, image_id: int) -> np.ndarray:
+    """Decode encoded image bytes (or read a file) to an (H, W, 3) uint8 RGB array, as the
+    official loader does (PIL, ``convert("RGB")``). Raises :class:`BadImageError`."""
+    try:
+        if isinstance(data, str):
+            if not os.path.isfile(data):
+                raise BadImageError(path, image_id, "file does not exist")
+            opened = Image.open(data)
+        else:
+            opened = Image.open(io.BytesIO(data))
+        with opened as image:
+            image.load()
+            rgb = image.convert("RGB")
+        return np.asarray(rgb, dtype=np.uint8)
+    except BadImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise BadImageError(path, image_id, f"{type(err).__name__}: {err}") from None
+
+
+def image_size_from_bytes(data: bytes) -> tuple[int, int]:
+    """(height, width) from an encoded image's header (no full decode)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.height, image.width
+
+
+def empty_annotations():
+    return (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0,), bool),
+            np.zeros((0,), np.float32), np.zeros((0,), np.int64))
+
+
+def annotations_to_arrays(annotations: list[dict]):
+    """COCO annotation dicts -> (boxes xyxy, labels, iscrowd, area, ids), sorted by id."""
+    if not annotations:
+        return empty_annotations()
+    annotations = sorted(annotations, key=lambda a: a["id"])
+    xywh = np.array([a["bbox"] for a in annotations], np.float64).reshape(-1, 4)
+    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
+    labels = np.array([a["category_id"] for a in annotations], np.int64)
+    iscrowd = np.array([bool(a.get("iscrowd", 0)) for a in annotations], bool)
+    area = np.array([a.get("area", w * h) for a, (_, _, w, h) in zip(annotations, xywh)],
+                    np.float32)
+    ids = np.array([a["id"] for a in annotations], np.int64)
+    return boxes, labels, iscrowd, area, ids
+
+
+def load_coco(annotation_file: str):
+    """pycocotools ``COCO`` of a file, quietly; errors name the file."""
+    if not os.path.isfile(annotation_file):
+        raise FileNotFoundError(f"annotation file {annotation_file} does not exist")
+    try:
+        with open(annotation_file) as f:
+            dataset = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"annotation file {annotation_file} is not valid JSON: {err}") from None
+    if not isinstance(dataset, dict) or "images" not in dataset:
+        raise ValueError(f"annotation file {annotation_file} is not a COCO-format file "
+                         "(no 'images' list)")
+    dataset.setdefault("annotations", [])
+    dataset.setdefault("categories", [])
+    return coco_from_dict(dataset)
+
+
+def coco_from_dict(dataset: dict):
+    """A pycocotools ``COCO`` built from an in-memory dict (no printing)."""
+    from pycocotools.coco import COCO
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = dataset
+        coco.createIndex()
+    return coco
+
+
+def resolve_paths(coco_dir: str | None = None, annotations: str | None = None,
+                  image_root: str | None = None, split: str = DEFAULT_SPLIT) -> tuple[str, str]:
+    """The annotation file and image root of a COCO-format dataset.
+
+    ``coco_dir`` gives ``coco_dir/annotations/instances_<split>.json`` and
+    ``coco_dir/<split>/``; explicit ``annotations`` / ``image_root`` override either.
+    Raises FileNotFoundError naming the first missing path.
+    """
+    if coco_dir:
+        if not os.path.isdir(coco_dir):
+            raise FileNotFoundError(f"COCO directory {coco_dir} does not exist")
+        annotations = annotations or os.path.join(coco_dir, "annotations", f"instances_{split}.json")
+        image_root = image_root or os.path.join(coco_dir, split)
+    if not annotations or not image_root:
+        raise ValueError("a COCO-format dataset needs --coco-dir, or both --annotations and "
+                         "--image-root")
+    if not os.path.isfile(annotations):
+        raise FileNotFoundError(f"annotation file {annotations} does not exist")
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(f"image root {image_root} does not exist")
+    return annotations, image_root
+
+
+class CocoSource:
+    """Random access to a COCO-format dataset's examples, in increasing image-id order.
+
+    ``source[i]`` decodes image i; ``source.records[i]`` is its metadata; ``source.coco``
+    is the pycocotools ground truth for ``COCOeval``.
+    """
+
+    kind = "coco"
+
+    def __init__(self, annotations: str, image_root: str):
+        if not os.path.isfile(annotations):
+            raise FileNotFoundError(f"annotation file {annotations} does not exist")
+        if not os.path.isdir(image_root):
+            raise FileNotFoundError(f"image root {image_root} does not exist")
+        self.annotation_file = annotations
+        self.image_root = image_root
+        self.coco = load_coco(annotations)
+        records = []
+        for index, image_id in enumerate(sorted(self.coco.imgs)):
+            info = self.coco.imgs[image_id]
+            records.append(ImageRecord(index, int(image_id), info["file_name"],
+                                       os.path.join(image_root, info["file_name"]),
+                                       int(info.get("height", 0)), int(info.get("width", 0))))
+        self.records = records
+        self.category_ids = sorted(int(c) for c in self.coco.cats)
+        self.category_names = {int(c): v.get("name", str(c)) for c, v in self.coco.cats.items()}
+
+    @classmethod
+    def from_dir(cls, coco_dir: str | None = None, annotations: str | None = None,
+                 image_root: str | None = None, split: str = DEFAULT_SPLIT) -> "CocoSource":
+        return cls(*resolve_paths(coco_dir, annotations, image_root, split))
+
+    def describe(self) -> str:
+        return f"COCO-format {self.annotation_file} (images {self.image_root})"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image from the annotation file (from the file's header
+        where the annotation file gives none; (0, 0) when the file cannot be read)."""
+        sizes = []
+        for r in self.records:
+            if r.height > 0 and r.width > 0:
+                sizes.append((r.height, r.width))
+                continue
+            try:
+                with Image.open(r.path) as image:
+                    sizes.append((image.height, image.width))
+            except (OSError, UnidentifiedImageError, ValueError):
+                sizes.append((0, 0))
+        return sizes
+
+    def load_image(self, index: int) -> np.ndarray:
+        record = self.records[index]
+        return decode_rgb(record.path, path=record.path, image_id=record.image_id)
+
+    def annotations(self, index: int):
+        record = self.records[index]
+        return annotations_to_arrays(self.coco.imgToAnns.get(record.image_id, []))
+
+    def __getitem__(self, index: int) -> Example:
+        record = self.records[index]
+        image = self.load_image(index)
+        boxes, labels, iscrowd, area, ids = self.annotations(index)
+        return Example(record.image_id, record.file_name, image, boxes, labels, iscrowd, area, ids)

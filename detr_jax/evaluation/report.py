@@ -1,0 +1,358 @@
+"""The evaluation report: the ACT paper's Table 1 for each encoder-attention setting.
+
+Per setting: AP, AP50, AP75, AP_S, AP_M, AP_L (COCOeval), backbone and transformer GFLOPs
+averaged over the first ``flops_images`` images (the paper's protocol; from
+``detr_jax.flops.count_flops`` when that module is installed, with each image's input and
+valid size and that setting's encoder statistics), milliseconds per image (median over
+batches after warm-up, compiles excluded, divided by the batch size), peak device memory
+(``peak_bytes_in_use``; "n/a" where the device reports none, e.g. CPU), the XLA memory
+analysis of the setting's compiled functions, and the mean prototype ratio per encoder
+layer (clusters / valid tokens, averaged over images and heads; 1.0 for exact attention).
+
+Everything is written into a staging directory and moved into place at the end, the
+Markdown report last, so an interrupted run leaves nothing that looks complete. Runs over
+part of the dataset (``--max-images``) carry ``partial-N`` in every file name and say so
+at the top of the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+from detr_jax.evaluation.coco_eval import METRIC_NAMES, EvalResult, coco_metrics
+
+
+def setting_tag(setting: str) -> str:
+    """File-name form of a setting: ``act:L=32`` -> ``act_L32`` (as ``predict_images``)."""
+    return setting.replace(":", "_").replace(",", "_").replace("=", "").replace("/", "-")
+
+
+def file_suffix(result: EvalResult) -> str:
+    return f".partial-{result.num_planned}" if result.partial else ""
+
+
+def load_count_flops():
+    """``detr_jax.flops.count_flops`` or None when that module is not available."""
+    try:
+        from detr_jax.flops import count_flops
+    except ImportError:
+        return None
+    return count_flops
+
+
+def flops_summary(result: EvalResult, model_config, count_flops=None) -> dict | None:
+    """setting -> {"gflops_backbone", "gflops_transformer", "images"} averaged over the
+    first images, or None when no FLOPs counter is available."""
+    count_flops = count_flops or load_count_flops()
+    if count_flops is None or not result.flops_inputs:
+        return None
+    import ml_collections
+    config = ml_collections.ConfigDict(model_config)
+    summary = {}
+    for setting in result.settings:
+        backbone, transformer = [], []
+        for entry in result.flops_inputs:
+            if setting not in entry["stats"]:
+                continue
+            try:
+                out = count_flops(config, tuple(entry["input_hw"]), valid_hw=tuple(entry["valid_hw"]),
+                                  attention=setting, encoder_stats=entry["stats"][setting])
+            except Exception as err:  # report what we can; say why the column is empty
+                print(f"warning: count_flops failed for {setting}: {type(err).__name__}: {err}",
+                      file=sys.stderr)
+                return None
+            backbone.append(float(out["gflops_backbone"]))
+            transformer.append(float(out["gflops_transformer"]))
+        if backbone:
+            summary[setting] = {"gflops_backbone": float(np.mean(backbone)),
+                                "gflops_transformer": float(np.mean(transformer)),
+                                "images": len(backbone)}
+    return summary or None
+
+
+def build_rows(result: EvalResult, metrics: dict, flops: dict | None) -> list[dict]:
+    """One row per setting with every column of the report (AP values in percent)."""
+    rows = []
+    for setting in result.settings:
+        m = metrics[setting]
+        row = {"attention": setting}
+        for name in METRIC_NAMES:
+            row[name] = round(100.0 * m[name], 3) if m[name] >= 0 else None
+        if flops is not None:
+            f = flops.get(setting)
+            row["gflops_backbone"] = round(f["gflops_backbone"], 6) if f else None
+            row["gflops_transformer"] = round(f["gflops_transformer"], 6) if f else None
+            row["gflops_total"] = (round(f["gflops_backbone"] + f["gflops_transformer"], 6)
+                                   if f else None)
+        samples = result.ms_per_image.get(setting) or []
+        row["ms_per_image"] = round(float(np.median(samples)), 3) if samples else None
+        row["timed_batches"] = len(samples)
+        row["peak_mem_mb"] = (round(result.peak_bytes / 2**20, 1)
+                              if result.peak_bytes is not None else None)
+        xla = [result.xla_memory.get("backbone"), result.xla_memory.get(setting)]
+        xla = [v for v in xla if v is not None]
+        row["xla_mem_mb"] = round(max(xla) / 2**20, 1) if xla else None
+        ratios = result.prototype_ratios(setting)
+        if ratios is None:  # no clusters: exact attention keeps every token
+            ratios = [1.0] * (result.encoder_layers or _num_layers(result))
+        row["prototype_ratio"] = [round(r, 4) for r in ratios]
+        rows.append(row)
+    return rows
+
+
+def _num_layers(result: EvalResult) -> int:
+    for setting in result.settings:
+        ratios = result.prototype_ratios(setting)
+        if ratios:
+            return len(ratios)
+    return 0
+
+
+def _fmt(value, digits=1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if value and abs(value) < 0.5:  # tiny models: keep three significant digits
+            return f"{value:.3g}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def status_line(result: EvalResult) -> str:
+    evaluated = len(result.image_ids)
+    if result.partial:
+        text = (f"PARTIAL evaluation: the first {result.num_planned} of {result.dataset_size} "
+                f"images (--max-images); not comparable with full-dataset results.")
+    else:
+        text = f"Full evaluation: all {result.dataset_size} images of the dataset."
+    if result.skipped:
+        text += (f" {len(result.skipped)} image(s) could not be decoded and were skipped "
+                 f"(--skip-bad-images); metrics cover the {evaluated} evaluated images.")
+    return text
+
+
+def render_markdown(rows: list[dict], meta: dict, result: EvalResult) -> str:
+    has_flops = rows and "gflops_total" in rows[0]
+    lines = [f"# DETR evaluation: {meta['dataset']}", "", f"**{status_line(result)}**", ""]
+    lines += [f"- {key}: {value}" for key, value in meta["details"].items()]
+    lines.append("")
+    header = ["attention", "AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"]
+    if has_flops:
+        header += ["GFLOPs backbone", "GFLOPs transformer", "GFLOPs"]
+    header += ["ms/img", "peak mem (MB)", "XLA mem (MB)", "prototype ratio per layer"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("| " + " | ".join("---" for _ in header) + " |")
+    for row in rows:
+        cells = [f"`{row['attention']}`"] + [_fmt(row[n]) for n in METRIC_NAMES]
+        if has_flops:
+            cells += [_fmt(row["gflops_backbone"]), _fmt(row["gflops_transformer"]),
+                      _fmt(row["gflops_total"])]
+        cells += [_fmt(row["ms_per_image"], 2), _fmt(row["peak_mem_mb"]), _fmt(row["xla_mem_mb"]),
+                  " / ".join(f"{r:.3f}" for r in row["prototype_ratio"]) or "n/a"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Columns: AP values in percent (COCOeval, bbox). "
+              + ("GFLOPs: mean over the first "
+                 f"{meta.get('flops_images_used', 'n/a')} images of each image's input size and "
+                 "that setting's cluster counts. " if has_flops else
+                 "GFLOPs: not shown (detr_jax.flops is not available). ")
+              + "ms/img: median over timed batches (after warm-up, batches that compiled "
+              "excluded) of the batch time (shared backbone + this setting's encoder, decoder "
+              "and post-processing) divided by the batch size. peak mem: the device's "
+              "peak_bytes_in_use over the whole run (all settings; n/a on CPU). XLA mem: XLA's "
+              "memory analysis of this setting's compiled functions (arguments + outputs + "
+              "temporaries, largest of backbone and head). Prototype ratio: clusters / valid "
+              "tokens per encoder layer, mean over images and heads (1.0 = exact).", ""]
+    if result.skipped:
+        lines += ["## Skipped images", ""]
+        lines += [f"- id {s['image_id']}: {s['path']}: {s['reason']}" for s in result.skipped]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_csv(rows: list[dict]) -> str:
+    layers = max((len(r["prototype_ratio"]) for r in rows), default=0)
+    fields = [k for k in rows[0] if k != "prototype_ratio"] if rows else []
+    fields += [f"prototype_ratio_layer{i + 1}" for i in range(layers)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat = {k: ("" if v is None else v) for k, v in row.items() if k != "prototype_ratio"}
+        for i, r in enumerate(row["prototype_ratio"]):
+            flat[f"prototype_ratio_layer{i + 1}"] = r
+        writer.writerow(flat)
+    return buffer.getvalue()
+
+
+class Staging:
+    """Files written into a hidden temporary directory of ``output_dir`` and moved into
+    place by :meth:`commit` in the order they were added (put the report last)."""
+
+    def __init__(self, output_dir: str):
+        os.makedirs(output_dir, exist_ok=True)
+        self.output_dir = output_dir
+        self.directory = tempfile.mkdtemp(prefix=".incomplete-", dir=output_dir)
+        self.names: list[str] = []
+
+    def path(self, name: str) -> str:
+        full = os.path.join(self.directory, name)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        if name not in self.names:
+            self.names.append(name)
+        return full
+
+    def write_text(self, name: str, text: str) -> None:
+        with open(self.path(name), "w") as f:
+            f.write(text)
+
+    def write_json(self, name: str, value, indent=None) -> None:
+        with open(self.path(name), "w") as f:
+            json.dump(value, f, indent=indent)
+
+    def commit(self) -> list[str]:
+        written = []
+        for name in self.names:
+            source = os.path.join(self.directory, name)
+            if not os.path.exists(source):
+                continue
+            target = os.path.join(self.output_dir, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(source, target)
+            written.append(target)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        return written
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def write_report(output_dir: str, result: EvalResult, coco_gt, *, model=None,
+                 model_config=None, source=None, meta: dict | None = None,
+                 plots: bool = True, cluster_map_images: int = 0, cluster_map_head: int = 0,
+                 size: int = 800, max_size: int | None = 1333, seed: int = 0,
+                 count_flops=None) -> dict:
+    """Score every setting, write predictions, report (Markdown, CSV, JSON) and plots.
+
+    Returns {"rows", "metrics", "files"}.
+    """
+    suffix = file_suffix(result)
+    meta = dict(meta or {})
+    metrics = {s: coco_metrics(coco_gt, result.results_json(s), result.image_ids)
+               for s in result.settings}
+    config = model_config if model_config is not None else (model.config if model else None)
+    flops = flops_summary(result, config, count_flops) if config is not None else None
+    rows = build_rows(result, metrics, flops)
+    if flops:
+        meta["flops_images_used"] = max(f["images"] for f in flops.values())
+    staging = Staging(output_dir)
+    try:
+        for setting in result.settings:
+            staging.write_json(f"predictions.{setting_tag(setting)}{suffix}.json",
+                               result.results_json(setting))
+        if plots:
+            from detr_jax.evaluation import plots as figures
+            figures.plot_ap_vs_gflops(rows, staging.path(f"ap_vs_gflops{suffix}.png"))
+            if any(r["prototype_ratio"] for r in rows):
+                figures.plot_prototype_ratio(rows, staging.path(f"prototype_ratio{suffix}.png"))
+            if cluster_map_images and model is not None and source is not None:
+                write_cluster_maps(staging, model, source, result, count=cluster_map_images,
+                                   head=cluster_map_head, size=size, max_size=max_size,
+                                   seed=seed, suffix=suffix)
+        details = {
+            "checkpoint": meta.get("checkpoint", "n/a"),
+            "images": f"{len(result.image_ids)} evaluated of {result.dataset_size}"
+                      + (f" ({len(result.skipped)} skipped)" if result.skipped else ""),
+            "devices": f"{len(result.devices)} ({', '.join(result.devices[:4])}"
+                       + (", ..." if len(result.devices) > 4 else "") + ")"
+                       + (f" on each of {result.process_count} hosts"
+                          if result.layout == "per_device" and result.process_count > 1 else "")
+                       + (f" over {result.process_count} hosts"
+                          if result.layout == "sharded" and result.process_count > 1 else ""),
+            "layout": f"{result.layout}, batch size {result.batch_size}, granularity "
+                      f"{result.granularity or 'exact shapes'}",
+            "compiles": f"{result.compiles} ({result.compile_seconds:.1f} s)",
+            "wall time": f"{result.wall_seconds:.1f} s",
+            "seed": seed,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        details.update(meta.get("details", {}))
+        summary = {
+            "status": "partial" if result.partial else "complete",
+            "status_line": status_line(result), "dataset": meta.get("dataset", "n/a"),
+            "details": details, "rows": rows,
+            "metrics": {s: {k: v for k, v in m.items() if k != "summary"}
+                        for s, m in metrics.items()},
+            "skipped": result.skipped, "num_planned": result.num_planned,
+            "dataset_size": result.dataset_size, "image_count": len(result.image_ids),
+            "ms_per_image_samples": result.ms_per_image, "flops": flops,
+        }
+        staging.write_json(f"report{suffix}.json", _jsonable(summary), indent=2)
+        staging.write_text(f"report{suffix}.csv", render_csv(rows))
+        staging.write_text(f"report{suffix}.md", render_markdown(
+            rows, {"dataset": meta.get("dataset", "n/a"), "details": details,
+                   "flops_images_used": meta.get("flops_images_used")}, result))
+        files = staging.commit()
+    except BaseException:
+        staging.discard()
+        raise
+    return {"rows": rows, "metrics": metrics, "files": files}
+
+
+def write_cluster_maps(staging: Staging, model, source, result: EvalResult, *, count: int,
+                       head: int, size: int, max_size: int | None, seed: int, suffix: str):
+    """Figure 6 for the first ``count`` evaluated images and every clustered setting."""
+    import jax
+    from flax import nnx
+
+    from detr_jax.attention import parse_attention
+    from detr_jax.data.transforms import preprocess
+    from detr_jax.evaluation.plots import cluster_assignments, default_tokens, plot_cluster_maps
+    from detr_jax.models.build import with_encoder_attention
+
+    clustered = [s for s in result.settings if parse_attention(s) != parse_attention("exact")]
+    if not clustered:
+        return
+    evaluated = set(result.image_ids)
+    indices = [r.index for r in source.records if r.image_id in evaluated][:count]
+    encoder_key = jax.random.split(jax.random.key(seed))[0]
+    for setting in clustered:
+        variant = with_encoder_attention(model, parse_attention(setting))
+        graphdef, state = nnx.split(variant)
+        assign = jax.jit(lambda st, px, m, rng: cluster_assignments(nnx.merge(graphdef, st),
+                                                                    px, m, rng))
+        for index in indices:
+            example = source[index]
+            batch = preprocess([example.image], size=size, max_size=max_size)
+            ids, feature_hw = assign(state, batch.pixel_values, batch.padding_mask, encoder_key)
+            ids = [None if i is None else np.asarray(i)[0] for i in ids]
+            feature_hw = tuple(int(v) for v in feature_hw)
+            if all(i is None for i in ids):
+                continue
+            stride = int(round(batch.pixel_values.shape[1] / feature_hw[0]))
+            resized_hw = tuple(int(v) for v in batch.image_sizes[0])
+            tokens = default_tokens(example, resized_hw, feature_hw, stride)
+            name = f"cluster_maps{suffix}/{example.image_id}.{setting_tag(setting)}.png"
+            plot_cluster_maps(example.image, resized_hw, feature_hw, stride, ids, tokens,
+                              staging.path(name), head=head,
+                              title=f"{setting}, image {example.image_id}, head {head}")

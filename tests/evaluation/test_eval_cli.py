@@ -1,0 +1,92 @@
+"""``eval.py --coco-dir``: end to end on a converted tiny official-layout checkpoint."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from detr_jax.convert.recipe import recipe_state_for_config
+from detr_jax.models.config import tiny_model_config
+from tests.data.tiny_coco import prepare_tfds_coco, write_tiny_coco
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+torch = pytest.importorskip("torch")
+
+
+def run(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "eval.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from detr_jax.convert.cli import main as convert
+    tmp = tmp_path_factory.mktemp("eval_cli")
+    state = recipe_state_for_config(tiny_model_config(num_heads=8))
+    pth = tmp / "tiny.pth"
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in state.items()}}, pth)
+    ckpt = tmp / "tiny-ckpt"
+    assert convert(["--checkpoint", str(pth), "--output", str(ckpt)]) == 0
+    coco = tmp / "coco"
+    write_tiny_coco(str(coco))
+    return tmp, ckpt, coco
+
+
+def test_eval_coco_dir_writes_the_report(setup):
+    tmp, ckpt, coco = setup
+    out = tmp / "report"
+    result = run("--checkpoint", str(ckpt), "--coco-dir", str(coco), "--attention", "exact",
+                 "--config", "configs/tiny.py", "--output-dir", str(out),
+                 "--compilation-cache", "none", "--no-progress", "--config.eval.batch_size=8",
+                 "--config.data.size=96", "--config.data.max_size=160")
+    assert result.returncode == 0, result.stderr
+    assert "Full evaluation: all 5 images" in result.stdout
+    names = set(os.listdir(out))
+    assert {"report.md", "report.csv", "report.json", "predictions.exact.json",
+            "ap_vs_gflops.png", "prototype_ratio.png"} <= names
+    assert not any(n.startswith(".incomplete") for n in names)
+    predictions = json.loads((out / "predictions.exact.json").read_text())
+    assert len(predictions) == 5 * 10 and {p["image_id"] for p in predictions} == {3, 7, 15, 23, 42}
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [r["attention"] for r in rows] == ["exact"]
+    assert {"AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "ms_per_image", "peak_mem_mb",
+            "prototype_ratio_layer1", "prototype_ratio_layer2"} <= set(rows[0])
+    report = (out / "report.md").read_text()
+    assert "| `exact` |" in report and str(coco) in report
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["status"] == "complete" and summary["image_count"] == 5
+    # the TFDS copy of the same images gives the same predictions
+    pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("array_record")
+    prepare_tfds_coco(str(coco), str(tmp / "tfds"))
+    out_tfds = tmp / "report_tfds"
+    result = run("--checkpoint", str(ckpt), "--data-dir", str(tmp / "tfds"),
+                 "--config", "configs/tiny.py", "--output-dir", str(out_tfds),
+                 "--compilation-cache", "none", "--no-progress", "--config.eval.batch_size=8",
+                 "--config.data.size=96", "--config.data.max_size=160")
+    assert result.returncode == 0, result.stderr
+    from_tfds = json.loads((out_tfds / "predictions.exact.json").read_text())
+    assert len(from_tfds) == len(predictions)
+    for a, b in zip(from_tfds, predictions):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)
+        assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+    assert "TFDS coco/2017" in (out_tfds / "report.md").read_text()
+
+
+def test_eval_coco_bad_paths_stop_at_once(setup, tmp_path):
+    tmp, ckpt, coco = setup
+    missing = run("--checkpoint", str(ckpt), "--coco-dir", str(tmp_path / "nococo"))
+    assert missing.returncode == 2 and "nococo does not exist" in missing.stderr
+    no_root = run("--checkpoint", str(ckpt), "--annotations",
+                  str(coco / "annotations" / "instances_val2017.json"),
+                  "--image-root", str(tmp_path / "noimages"))
+    assert no_root.returncode == 2 and "image root" in no_root.stderr
+    assert "noimages does not exist" in no_root.stderr
+    wrong = run("--checkpoint", str(ckpt), "--coco-dir", str(coco), "--attention", "fast")
+    assert wrong.returncode == 2 and "valid forms" in wrong.stderr
