@@ -36,3 +36,6 @@ def pytest_configure(config):
     cache = os.environ.get("DETR_JAX_TEST_CACHE") or tempfile.mkdtemp(prefix="detr_jax_jit_cache_")
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # subprocesses started by the CLI and multi-process tests share it too
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
