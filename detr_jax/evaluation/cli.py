@@ -186,9 +186,10 @@ def _predict(args, cfg, settings, specs) -> int:
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        for item in summary["images"]:
+        for index, item in enumerate(summary["images"]):
+            note = " (first call: includes compiling)" if index == 0 else ""
             print(f"[{setting}] {item['image']}: {item['detections']} detections "
-                  f"(>= {threshold}) in {item['seconds'] * 1e3:.0f} ms -> {item['json']}")
+                  f"(>= {threshold}) in {item['seconds'] * 1e3:.0f} ms{note} -> {item['json']}")
         print(f"[{setting}] compiled shapes: {summary['compiles']}")
     return 0
 
