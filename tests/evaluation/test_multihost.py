@@ -5,7 +5,6 @@ About 30 s on 2 cores; set DETR_JAX_SKIP_MULTIHOST=1 to skip it locally.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,16 +14,10 @@ import pytest
 
 from detr_jax.data.coco import CocoSource
 from tests.data.tiny_coco import write_tiny_coco
+from tests.multiprocess import free_port, skip_unless_multihost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-pytestmark = pytest.mark.skipif(os.environ.get("DETR_JAX_SKIP_MULTIHOST") == "1",
-                                reason="DETR_JAX_SKIP_MULTIHOST=1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+pytestmark = skip_unless_multihost
 
 
 @pytest.mark.parametrize("layout", ["sharded", "per_device"])

@@ -2,7 +2,6 @@
 with the same global batch: the parameters after a few steps agree."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,16 +10,10 @@ import pytest
 from flax import nnx
 
 import detr_jax
+from tests.multiprocess import free_port, skip_unless_multihost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-pytestmark = pytest.mark.skipif(os.environ.get("DETR_JAX_SKIP_MULTIHOST") == "1",
-                                reason="DETR_JAX_SKIP_MULTIHOST=1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+pytestmark = skip_unless_multihost
 
 
 def train_cmd(synthetic_root, workdir, *extra):
