@@ -20,7 +20,7 @@ from flax import nnx
 
 from detr_jax.convert.errors import CheckpointError
 from detr_jax.models.build import build_model, set_variables, unloaded_paths, variable_paths
-from detr_jax.models.config import model_config
+from detr_jax.models.config import config_from_dict
 
 CONFIG_FILE = "config.json"
 STATE_DIR = "state"
@@ -85,10 +85,7 @@ def read_config(directory: str) -> ml_collections.ConfigDict:
         model = payload["model"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: unreadable config: {err}") from None
-    backbone = dict(model.pop("backbone", {}))
-    if "stages" in backbone:
-        backbone["stages"] = tuple(backbone["stages"])
-    return model_config(backbone=backbone, **model)
+    return config_from_dict(model)
 
 
 def load_model(directory: str, *, encoder_attention=None, dtype: str | None = None):

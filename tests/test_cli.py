@@ -8,12 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from detr_jax.convert.recipe import recipe_state_for_config
+from tests.tiny_checkpoint import write_tiny_pth
 from detr_jax.data.examples import example_image
-from detr_jax.models.config import tiny_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
 
 def run(*args):
@@ -24,9 +23,7 @@ def run(*args):
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
-    state = recipe_state_for_config(tiny_model_config(num_heads=8))
-    pth = tmp / "tiny.pth"
-    torch.save({"model": {k: torch.from_numpy(v) for k, v in state.items()}}, pth)
+    pth = write_tiny_pth(tmp / "tiny.pth")
     out = tmp / "tiny-ckpt"
     result = run("convert_torch_weights.py", "--checkpoint", str(pth), "--output", str(out))
     assert result.returncode == 0, result.stderr

@@ -24,7 +24,7 @@ from detr_jax.models.config import model_config
 _QKV = {"q_proj": 0, "k_proj": 1, "v_proj": 2}
 
 
-def official_target(path: tuple, ndim: int) -> tuple[str, int | None]:
+def official_target(path: tuple) -> tuple[str, int | None]:
     """Official key of one model parameter and, for q/k/v, the slice index in in_proj.
 
     path: the parameter's path in ``nnx.state(model)``, e.g.
@@ -70,7 +70,7 @@ def expected_official_shapes(model: nnx.Module) -> dict[str, tuple]:
     """Every official key the model needs, with its full official shape."""
     shapes: dict[str, tuple] = {}
     for path, var in nnx.to_flat_state(nnx.state(model)):
-        key, qkv = official_target(path, var.get_value().ndim)
+        key, qkv = official_target(path)
         shape = to_official_layout(tuple(var.get_value().shape), path)
         if qkv is not None:
             shape = (shape[0] * 3,) + shape[1:]
@@ -163,7 +163,7 @@ def assign_official_state(model: nnx.Module, state: Mapping[str, np.ndarray], so
     flat = nnx.to_flat_state(nnx.state(model))
     new_values = []
     for path, var in flat:
-        key, qkv = official_target(path, var.get_value().ndim)
+        key, qkv = official_target(path)
         value = np.asarray(state[key])
         if qkv is not None:
             rows = value.shape[0] // 3

@@ -41,11 +41,8 @@ def with_encoder_attention(model: DETR, encoder_attention) -> DETR:
     Works for every variant that adds no variables (exact, ACT, K-means); the model
     state must have the same structure under both specs.
     """
-    from detr_jax.models.config import model_config
-    cfg = model_config()
-    cfg.update(model.config)
-    cfg.backbone.stages = tuple(cfg.backbone.stages)
-    new = build_model(cfg, encoder_attention=encoder_attention, abstract=True)
+    from detr_jax.models.config import config_from_dict
+    new = build_model(config_from_dict(model.config), encoder_attention=encoder_attention, abstract=True)
     old_state = nnx.state(model)
     new_paths = set(variable_paths(new))
     old_paths = {path for path, _ in nnx.to_flat_state(old_state)}

@@ -45,6 +45,15 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
+def config_from_dict(values: dict) -> ml_collections.ConfigDict:
+    """A model config from a plain dict (``model.config``, a saved ``config.json``)."""
+    values = dict(values)
+    backbone = dict(values.pop("backbone", {}))
+    if "stages" in backbone:
+        backbone["stages"] = tuple(backbone["stages"])
+    return model_config(backbone=backbone, **values)
+
+
 def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
     """A very small DETR (same code) for unit tests and CPU demos."""
     base = dict(backbone=dict(stages=(1, 1, 1, 1), width=8, dilation=False), hidden_dim=32,

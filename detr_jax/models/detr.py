@@ -74,8 +74,7 @@ class DETR(nnx.Module):
     # several encoder-attention settings and tests can check each against the reference.
     def backbone_features(self, pixel_values, padding_mask):
         """-> (features (B, h, w, C), feature mask (B, h, w), position embedding (B, h, w, d))."""
-        features = self.backbone(pixel_values.astype(self.dtype) if self.dtype != jnp.float32
-                                 else pixel_values)
+        features = self.backbone(pixel_values.astype(self.dtype))
         mask = downsample_mask(padding_mask, features.shape[1:3])
         pos = sine_position_embedding(mask, self.config["hidden_dim"] // 2,
                                       self.position_temperature)

@@ -9,12 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from detr_jax.convert.recipe import recipe_state_for_config
-from detr_jax.models.config import tiny_model_config
+from tests.tiny_checkpoint import write_tiny_pth
 from tests.data.tiny_coco import prepare_tfds_coco, write_tiny_coco
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
 
 def run(*args):
@@ -27,9 +26,7 @@ def run(*args):
 def setup(tmp_path_factory):
     from detr_jax.convert.cli import main as convert
     tmp = tmp_path_factory.mktemp("eval_cli")
-    state = recipe_state_for_config(tiny_model_config(num_heads=8))
-    pth = tmp / "tiny.pth"
-    torch.save({"model": {k: torch.from_numpy(v) for k, v in state.items()}}, pth)
+    pth = write_tiny_pth(tmp / "tiny.pth")
     ckpt = tmp / "tiny-ckpt"
     assert convert(["--checkpoint", str(pth), "--output", str(ckpt)]) == 0
     coco = tmp / "coco"
