@@ -1,13 +1,17 @@
 """The bundled demo detector: a small DC5 DETR trained from scratch on the synthetic benchmark.
 
-    python -m detr_jax.data.synthetic --output data/synthetic --train 4000 --val 300
+    python -m detr_jax.data.synthetic --output data/synthetic --train 8000 --val 300
     python train.py --config configs/synthetic_demo.py --workdir runs/demo
+
+Training pads every batch to one shape (``train.pad_to``), so the step compiles once.
 """
 
 import ml_collections
 
 from detr_jax.data.synthetic import CLASSES
+from detr_jax.evaluation.defaults import eval_config
 from detr_jax.models.config import model_config
+from detr_jax.training.defaults import loss_config, train_config
 
 
 def get_config():
@@ -22,20 +26,17 @@ def get_config():
         train_images="data/synthetic/train",
         val_annotations="data/synthetic/annotations/instances_val.json",
         val_images="data/synthetic/val",
-        size=384, max_size=640, granularity=64,
-        scales=(288, 320, 352, 384, 416, 448), crop_resize_scales=(240, 300, 360),
-        crop_min=192, crop_max=360,
+        size=384, max_size=640, granularity=64,  # evaluation resize
+        scales=(256, 288, 320, 352, 384), crop_resize_scales=(240, 300, 360),  # training
+        max_train_size=512, crop_min=192, crop_max=360,
     ))
-    cfg.train = ml_collections.ConfigDict(dict(
-        seed=0, global_batch=32, epochs=60, num_steps=0,  # num_steps > 0 overrides epochs
-        lr=2e-4, lr_backbone=2e-4, weight_decay=1e-4, clip_norm=0.1, lr_drop_epochs=(45,),
+    cfg.train = train_config(
+        global_batch=32, epochs=40, lr=2e-4, lr_backbone=2e-4, lr_drop_epochs=(30,),
         frozen=(),  # trained from scratch: nothing frozen but BatchNorm (always frozen)
-        max_targets=30, num_workers=8, prefetch=4,
-        checkpoint_every=500, keep=3, async_checkpoints=True, log_every=20, eval_every=0,
-        preemption_check_every=10, init_checkpoint="",
-    ))
-    cfg.loss = ml_collections.ConfigDict(dict(ce=1.0, bbox=5.0, giou=2.0, eos_coef=0.1, aux=True))
-    cfg.eval = ml_collections.ConfigDict(dict(
+        max_targets=30, num_workers=14, pad_to=(512, 512),
+        checkpoint_every=500, log_every=50, eval_every=2500, eval_images=300)
+    cfg.loss = loss_config()
+    cfg.eval = eval_config(
         batch_size=8, attention=("exact", "act:L=32", "act:L=24", "act:L=20", "act:L=16"),
-        score_threshold=0.5, seed=0, granularity=64))
+        score_threshold=0.5, granularity=64)
     return cfg

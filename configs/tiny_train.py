@@ -2,7 +2,9 @@
 
 import ml_collections
 
+from detr_jax.evaluation.defaults import eval_config
 from detr_jax.models.config import tiny_model_config
+from detr_jax.training.defaults import loss_config, train_config
 
 
 def get_config():
@@ -16,14 +18,10 @@ def get_config():
         size=96, max_size=128, granularity=32,
         scales=(64, 80, 96), crop_resize_scales=(64, 80), crop_min=48, crop_max=80,
     ))
-    cfg.train = ml_collections.ConfigDict(dict(
-        seed=0, global_batch=4, epochs=1, num_steps=4, lr=1e-4, lr_backbone=1e-5,
-        weight_decay=1e-4, clip_norm=0.1, lr_drop_epochs=(), frozen=("backbone.conv1", "backbone.layer1"),
-        max_targets=10, num_workers=2, prefetch=2, checkpoint_every=2, keep=3,
-        async_checkpoints=True, log_every=1, eval_every=0, preemption_check_every=1,
-        init_checkpoint="",
-    ))
-    cfg.loss = ml_collections.ConfigDict(dict(ce=1.0, bbox=5.0, giou=2.0, eos_coef=0.1, aux=True))
-    cfg.eval = ml_collections.ConfigDict(dict(batch_size=2, attention=("exact",), score_threshold=0.0,
-                                              seed=0, granularity=32))
+    cfg.train = train_config(
+        global_batch=4, epochs=1, num_steps=4, lr_drop_epochs=(), max_targets=10,
+        num_workers=2, prefetch=2, workers="thread", checkpoint_every=2, log_every=1,
+        preemption_check_every=1)
+    cfg.loss = loss_config()
+    cfg.eval = eval_config(batch_size=2, attention=("exact",), score_threshold=0.0, granularity=32)
     return cfg

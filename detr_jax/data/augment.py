@@ -26,6 +26,14 @@ class AugmentConfig:
     crop_max: int = 600
     flip: bool = True
 
+    @classmethod
+    def from_data_config(cls, data) -> "AugmentConfig":
+        """From a config's ``data`` section; ``max_train_size`` (if set) bounds the
+        training resize instead of the evaluation's ``max_size``."""
+        return cls(scales=tuple(data.scales), max_size=data.get("max_train_size", data.max_size),
+                   crop_resize_scales=tuple(data.crop_resize_scales), crop_min=data.crop_min,
+                   crop_max=data.crop_max, flip=data.get("flip", True))
+
 
 def hflip(image: Image.Image, boxes: np.ndarray):
     w = image.width

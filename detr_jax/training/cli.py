@@ -30,6 +30,36 @@ def build_model_from_config(cfg):
     return build_model(cfg.model, seed=cfg.train.seed)
 
 
+def make_eval_fn(cfg):
+    """``eval_fn(model, step) -> metrics`` for periodic evaluation (exact attention) on
+    the config's validation split, or None when ``train.eval_every`` is 0 or there is no
+    validation split. ``train.eval_images`` > 0 limits it to the first N images (the
+    metric names then say ``partial``)."""
+    if not cfg.train.get("eval_every", 0):
+        return None
+    annotations, images = cfg.data.get("val_annotations", ""), cfg.data.get("val_images", "")
+    if not annotations or not os.path.exists(annotations):
+        logging.warning("train.eval_every is set but data.val_annotations (%r) does not exist: "
+                        "no periodic evaluation", annotations)
+        return None
+    from detr_jax.data.coco import CocoSource
+    from detr_jax.evaluation.coco_eval import METRIC_NAMES, coco_metrics, evaluate
+    source = CocoSource(annotations, images)
+    limit = int(cfg.train.get("eval_images", 0))
+    partial = 0 < limit < len(source)
+
+    def eval_fn(model, step):
+        result = evaluate(model, source, ["exact"], batch_size=cfg.eval.batch_size,
+                          granularity=cfg.data.granularity, size=cfg.data.size,
+                          max_size=cfg.data.max_size, seed=cfg.eval.seed, max_images=limit,
+                          flops_images=0, progress=False)
+        metrics = coco_metrics(source.coco, result.results_json("exact"), result.image_ids)
+        suffix = f"_first{limit}" if partial else ""
+        return {name + suffix: metrics[name] for name in METRIC_NAMES}
+
+    return eval_fn
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -55,14 +85,13 @@ def main(argv=None) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    augment = AugmentConfig(scales=tuple(cfg.data.scales), max_size=cfg.data.max_size,
-                            crop_resize_scales=tuple(cfg.data.crop_resize_scales),
-                            crop_min=cfg.data.crop_min, crop_max=cfg.data.crop_max)
+    augment = AugmentConfig.from_data_config(cfg.data)
     loader = TrainLoader(source, global_batch=cfg.train.global_batch, seed=cfg.train.seed,
                          augment=augment, granularity=cfg.data.granularity,
                          max_targets=cfg.train.max_targets, process_index=jax.process_index(),
                          process_count=jax.process_count(), num_workers=cfg.train.num_workers,
-                         prefetch=cfg.train.prefetch)
+                         prefetch=cfg.train.prefetch, workers=cfg.train.get("workers", "process"),
+                         pad_to=tuple(cfg.train.get("pad_to", ())) or None)
     steps_per_epoch = loader.steps_per_epoch()
     num_steps = cfg.train.num_steps or cfg.train.epochs * steps_per_epoch
     model = build_model_from_config(cfg)
@@ -71,7 +100,7 @@ def main(argv=None) -> int:
           f"devices in {jax.process_count()} processes, global batch {cfg.train.global_batch}")
     try:
         summary = train(trainer, loader, workdir=args.workdir, num_steps=num_steps,
-                        progress=None if args.no_progress else True)
+                        eval_fn=make_eval_fn(cfg), progress=None if args.no_progress else True)
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

@@ -1,24 +1,29 @@
-"""Training input: deterministic sampling, augmentation on host threads, padded batches.
+"""Training input: deterministic sampling, augmentation in worker processes, padded batches.
 
 The order is a function of (seed, epoch) only, so a run resumed at step s sees the same
 batches as an uninterrupted one. Each process reads only its slice of every global batch
 (``jax.process_index()``); per-example augmentation randomness is
-``default_rng([seed, epoch, index])``.
+``default_rng([seed, epoch, index])``, so worker count and kind never change a batch.
+
+Batches carry uint8 pixels (4x less to move between processes and to the device); the
+training step normalizes them on the device (``normalize_on_device``).
 """
 
 from __future__ import annotations
 
+import collections
+import multiprocessing
 import os
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from detr_jax.data.augment import AugmentConfig, train_transform
-from detr_jax.data.transforms import normalize, pad_batch, padded_shape
+from detr_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, padded_shape
 
 
 class DetectionSource(Protocol):
@@ -86,18 +91,28 @@ def global_batch_indices(step: int, num_examples: int, global_batch: int, seed: 
     return epoch, order[position * global_batch:(position + 1) * global_batch]
 
 
-def collate(examples: list[dict], *, granularity: int, max_targets: int) -> dict:
-    """Pad images to the batch maximum rounded up to ``granularity`` and targets to
-    ``max_targets``; boxes become cx-cy-w-h relative to each image's unpadded size."""
-    arrays = [normalize(e["image"]) for e in examples]
-    shape = padded_shape([a.shape[0] for a in arrays], [a.shape[1] for a in arrays], granularity)
-    pixels, mask = pad_batch(arrays, shape)
+def collate(examples: list[dict], *, granularity: int, max_targets: int,
+            pad_to: tuple[int, int] | None = None) -> dict:
+    """Pad uint8 images to the batch maximum rounded up to ``granularity`` (or to the fixed
+    ``pad_to`` (H, W)) and targets to ``max_targets``; boxes become cx-cy-w-h relative to
+    each image's unpadded size. Padded pixels are 0 and marked in ``padding_mask``."""
+    arrays = [np.asarray(e["image"], np.uint8) for e in examples]
+    heights, widths = [a.shape[0] for a in arrays], [a.shape[1] for a in arrays]
+    shape = padded_shape(heights, widths, granularity)
+    if pad_to:
+        if max(heights) > pad_to[0] or max(widths) > pad_to[1]:
+            raise ValueError(f"an augmented image of {max(heights)}x{max(widths)} exceeds "
+                             f"train.pad_to={tuple(pad_to)}; raise it or lower data.max_size")
+        shape = tuple(pad_to)
+    pixels = np.zeros((len(arrays), *shape, 3), np.uint8)
+    mask = np.ones((len(arrays), *shape), bool)
     labels = np.zeros((len(examples), max_targets), np.int32)
     boxes = np.zeros((len(examples), max_targets, 4), np.float32)
     valid = np.zeros((len(examples), max_targets), bool)
     for i, (e, a) in enumerate(zip(examples, arrays)):
-        n = min(len(e["labels"]), max_targets)
         h, w = a.shape[:2]
+        pixels[i, :h, :w], mask[i, :h, :w] = a, False
+        n = min(len(e["labels"]), max_targets)
         b = e["boxes"][:n]
         cxcywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h,
                            (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h], -1)
@@ -106,54 +121,113 @@ def collate(examples: list[dict], *, granularity: int, max_targets: int) -> dict
             "valid": valid, "image_ids": np.array([e["image_id"] for e in examples], np.int64)}
 
 
+def normalize_on_device(pixel_values, padding_mask):
+    """uint8 (B, H, W, 3) -> float32 ``(x / 255 - mean) / std`` with padding set to 0, as
+    the evaluation's host-side ``normalize`` + zero padding (float inputs pass through)."""
+    import jax.numpy as jnp
+    if pixel_values.dtype != jnp.uint8:
+        return pixel_values
+    x = pixel_values.astype(jnp.float32) / jnp.float32(255)
+    x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    return jnp.where(padding_mask[..., None], 0.0, x)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(source, seed: int, augment: AugmentConfig) -> None:
+    _WORKER.update(source=source, seed=seed, augment=augment)
+
+
+def augmented_example(source, seed: int, augment: AugmentConfig, epoch: int, index: int) -> dict:
+    """One training example: decoded, augmented with ``default_rng([seed, epoch, index])``."""
+    e = source.example(int(index))
+    rng = np.random.default_rng([seed, epoch, int(index)])
+    image, boxes, labels = train_transform(rng, e["image"], e["boxes"], e["labels"], augment)
+    return {"image": np.asarray(image, np.uint8), "image_id": e["image_id"], "boxes": boxes,
+            "labels": labels}
+
+
+def _worker_example(epoch: int, index: int) -> dict:
+    return augmented_example(_WORKER["source"], _WORKER["seed"], _WORKER["augment"], epoch, index)
+
+
 class TrainLoader:
-    """Iterates host-local batches from ``start_step`` on, prefetching on worker threads.
+    """Iterates host-local batches from ``start_step`` on, prepared ahead by workers.
 
     ``local_batch`` images per process: process p takes positions
-    [p * local_batch, (p + 1) * local_batch) of each global batch.
+    [p * local_batch, (p + 1) * local_batch) of each global batch. ``workers="process"``
+    decodes and augments in ``num_workers`` spawned processes (the GIL limits threads to
+    a few hundred images/s); ``"thread"`` uses threads (tests, tiny data). Up to
+    ``prefetch`` batches are in flight.
     """
 
     def __init__(self, source: DetectionSource, *, global_batch: int, seed: int,
                  augment: AugmentConfig, granularity: int, max_targets: int,
                  process_index: int = 0, process_count: int = 1, num_workers: int = 4,
-                 prefetch: int = 2):
+                 prefetch: int = 2, workers: str = "thread",
+                 pad_to: tuple[int, int] | None = None):
         if global_batch % process_count:
             raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+        if workers not in ("process", "thread"):
+            raise ValueError(f"workers={workers!r}: choose 'process' or 'thread'")
         self.source, self.global_batch, self.seed = source, global_batch, seed
         self.augment, self.granularity, self.max_targets = augment, granularity, max_targets
         self.local_batch = global_batch // process_count
         self.offset = process_index * self.local_batch
-        self.pool = ThreadPoolExecutor(max(1, num_workers))
-        self.prefetch = prefetch
+        self.num_workers, self.workers = max(1, num_workers), workers
+        self.prefetch = max(1, prefetch)
+        self.pad_to = tuple(pad_to) if pad_to else None
 
     def steps_per_epoch(self) -> int:
         return len(self.source) // self.global_batch
 
-    def _example(self, epoch: int, index: int) -> dict:
-        e = self.source.example(int(index))
-        rng = np.random.default_rng([self.seed, epoch, int(index)])
-        image, boxes, labels = train_transform(rng, e["image"], e["boxes"], e["labels"], self.augment)
-        return {"image": image, "image_id": e["image_id"], "boxes": boxes, "labels": labels}
-
-    def batch(self, step: int) -> dict:
+    def _indices(self, step: int):
         epoch, indices = global_batch_indices(step, len(self.source), self.global_batch, self.seed)
-        local = indices[self.offset:self.offset + self.local_batch]
-        examples = list(self.pool.map(lambda i: self._example(epoch, i), local))
-        out = collate(examples, granularity=self.granularity, max_targets=self.max_targets)
+        return epoch, indices[self.offset:self.offset + self.local_batch]
+
+    def _collate(self, step: int, epoch: int, examples: list[dict]) -> dict:
+        out = collate(examples, granularity=self.granularity, max_targets=self.max_targets,
+                      pad_to=self.pad_to)
         out["step"], out["epoch"] = step, epoch
         return out
+
+    def batch(self, step: int) -> dict:
+        """The batch of ``step``, computed in this thread."""
+        epoch, local = self._indices(step)
+        return self._collate(step, epoch, [
+            augmented_example(self.source, self.seed, self.augment, epoch, i) for i in local])
+
+    def _executor(self):
+        if self.workers == "thread":
+            pool = ThreadPoolExecutor(self.num_workers)
+            return pool, lambda epoch, i: pool.submit(
+                augmented_example, self.source, self.seed, self.augment, epoch, i)
+        pool = ProcessPoolExecutor(self.num_workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker,
+                                   initargs=(self.source, self.seed, self.augment))
+        return pool, lambda epoch, i: pool.submit(_worker_example, epoch, int(i))
 
     def iterate(self, start_step: int, num_steps: int):
         """Yield batches for steps [start_step, num_steps) with a bounded prefetch queue."""
         buffer: queue.Queue = queue.Queue(self.prefetch)
         stop = threading.Event()
+        pool, submit = self._executor()
 
         def produce():
+            pending = collections.deque()
             try:
                 for step in range(start_step, num_steps):
                     if stop.is_set():
                         return
-                    buffer.put(self.batch(step))
+                    epoch, local = self._indices(step)
+                    pending.append((step, epoch, [submit(epoch, i) for i in local]))
+                    if len(pending) > self.prefetch:
+                        step_, epoch_, futures = pending.popleft()
+                        buffer.put(self._collate(step_, epoch_, [f.result() for f in futures]))
+                while pending and not stop.is_set():
+                    step_, epoch_, futures = pending.popleft()
+                    buffer.put(self._collate(step_, epoch_, [f.result() for f in futures]))
                 buffer.put(None)
             except BaseException as err:  # surfaced in the consumer
                 buffer.put(err)
@@ -170,3 +244,9 @@ class TrainLoader:
                 yield item
         finally:
             stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full buffer
+                try:
+                    buffer.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -9,13 +9,14 @@ mean over all queries, and every decoder layer (final and auxiliary) adds its ow
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from detr_jax.boxes import cxcywh_to_xyxy, generalized_iou
-from detr_jax.training.matcher import match
+from detr_jax.training.matcher import hungarian_match, matching_cost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,16 +28,15 @@ class LossWeights:
     aux: bool = True
 
 
-def layer_losses(pred_logits, pred_boxes, targets, weights: LossWeights) -> dict:
-    """Unweighted loss terms of one decoder layer's predictions.
+def layer_losses(pred_logits, pred_boxes, targets, query, weights: LossWeights) -> dict:
+    """Unweighted loss terms of one decoder layer's predictions given its matching.
 
     pred_logits (B, Q, K+1) (last = no-object), pred_boxes (B, Q, 4); targets dict with
-    ``labels`` (B, T), ``boxes`` (B, T, 4), ``valid`` (B, T).
+    ``labels`` (B, T), ``boxes`` (B, T, 4), ``valid`` (B, T); query (B, T) the query
+    matched to each target.
     """
     labels, boxes, valid = targets["labels"], targets["boxes"], targets["valid"]
     num_classes = pred_logits.shape[-1] - 1
-    query = match(pred_logits, pred_boxes, labels, boxes, valid, class_weight=weights.ce,
-                  bbox_weight=weights.bbox, giou_weight=weights.giou)  # (B, T)
     batch = jnp.arange(labels.shape[0])[:, None]
     target_classes = jnp.full(pred_logits.shape[:2], num_classes, jnp.int32)
     target_classes = target_classes.at[batch, query].set(jnp.where(valid, labels, num_classes))
@@ -44,7 +44,7 @@ def layer_losses(pred_logits, pred_boxes, targets, weights: LossWeights) -> dict
     class_weight = jnp.where(target_classes == num_classes, weights.eos_coef, 1.0)
     loss_ce = (ce * class_weight).sum() / class_weight.sum()
 
-    matched = pred_boxes[batch, query]  # (B, T, 4)
+    matched = pred_boxes[batch, query].astype(jnp.float32)  # (B, T, 4)
     num_boxes = jnp.maximum(valid.sum(), 1).astype(jnp.float32)
     l1 = jnp.where(valid[..., None], jnp.abs(matched - boxes), 0.0).sum() / num_boxes
     giou = generalized_iou(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(boxes))
@@ -52,20 +52,38 @@ def layer_losses(pred_logits, pred_boxes, targets, weights: LossWeights) -> dict
     return {"loss_ce": loss_ce, "loss_bbox": l1, "loss_giou": loss_giou}
 
 
-def set_criterion(outputs: dict, targets: dict, weights: LossWeights = LossWeights()):
+def decoder_layers(outputs: dict, aux: bool = True):
+    """Stacked (final first, then auxiliary) logits (D, B, Q, K+1) and boxes (D, B, Q, 4)."""
+    layers = [outputs] + (list(outputs.get("aux_outputs", [])) if aux else [])
+    return (jnp.stack([layer["pred_logits"] for layer in layers]),
+            jnp.stack([layer["pred_boxes"] for layer in layers]))
+
+
+def match_layers(logits, boxes, targets, weights: LossWeights,
+                 assign: Callable | None = None) -> jax.Array:
+    """Hungarian matching of every decoder layer at once: (D, B, T) query per target.
+
+    ``assign`` maps a (D, B, Q, T) cost to (D, B, T) assignments; the default solves on
+    device with optax (see ``matcher.hungarian_match``).
+    """
+    cost = jax.vmap(lambda lg, bx: matching_cost(
+        lg, bx, targets["labels"], targets["boxes"], targets["valid"], class_weight=weights.ce,
+        bbox_weight=weights.bbox, giou_weight=weights.giou))(logits, boxes)
+    return (assign or hungarian_match)(cost)
+
+
+def set_criterion(outputs: dict, targets: dict, weights: LossWeights = LossWeights(),
+                  assign: Callable | None = None):
     """Total weighted loss over the final and auxiliary decoder outputs, and its parts.
 
-    Returns (loss, metrics) where metrics holds the final layer's unweighted terms,
-    the auxiliary layers' weighted sum and the total.
+    All decoder layers are matched in one call of ``assign`` (one host round trip with
+    the scipy solver, one batched while loop with optax). Returns (loss, metrics) where metrics holds the final layer's
+    unweighted terms and the total.
     """
-    layers = [outputs] + (list(outputs.get("aux_outputs", [])) if weights.aux else [])
-    total = 0.0
-    metrics = {}
-    for index, layer in enumerate(layers):
-        terms = layer_losses(layer["pred_logits"], layer["pred_boxes"], targets, weights)
-        weighted = weights.ce * terms["loss_ce"] + weights.bbox * terms["loss_bbox"] + weights.giou * terms["loss_giou"]
-        total = total + weighted
-        if index == 0:
-            metrics.update(terms)
-    metrics["loss"] = total
-    return total, metrics
+    logits, boxes = decoder_layers(outputs, weights.aux)
+    query = match_layers(logits, boxes, targets, weights, assign)
+    terms = jax.vmap(lambda lg, bx, q: layer_losses(lg, bx, targets, q, weights))(logits, boxes, query)
+    weighted = weights.ce * terms["loss_ce"] + weights.bbox * terms["loss_bbox"] + weights.giou * terms["loss_giou"]
+    metrics = {k: v[0] for k, v in terms.items()}
+    metrics["loss"] = weighted.sum()
+    return metrics["loss"], metrics

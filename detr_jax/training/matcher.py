@@ -1,18 +1,32 @@
-"""Hungarian matching of predictions to targets with the official DETR costs, on device.
+"""Hungarian matching of predictions to targets with the official DETR costs.
 
 Targets are padded to a static count T per image: ``labels`` (B, T) int32, ``boxes``
 (B, T, 4) cx-cy-w-h in [0, 1], ``valid`` (B, T) bool. Padded targets get a constant
 cost (0) in every row, which leaves the optimal matching of the real targets unchanged
 as long as Q >= T (they take whatever rows remain).
+
+Two solvers give the same optimum (ties aside):
+
+- ``"scipy"``: ``scipy.optimize.linear_sum_assignment`` on the host through one
+  ``jax.pure_callback`` for all cost matrices of a step. Inside a sharded training step
+  the trainer runs it under ``shard_map``, so every device sends only its own images to
+  its own host (works on many hosts).
+- ``"optax"``: ``optax.assignment.hungarian_algorithm``, fully on device (one
+  ``lax.while_loop`` for all matrices, batched with vmap); no host round trip. The
+  training default: on an H100 the demo model's step (batch 32, 7 boxes per image) took
+  42.5 ms with it and 55.3 ms with scipy (docs/training.md).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from optax import assignment
 
 from detr_jax.boxes import cxcywh_to_xyxy, pairwise_generalized_iou
+
+SOLVERS = ("scipy", "optax")
 
 
 def matching_cost(pred_logits, pred_boxes, labels, boxes, valid, *, class_weight=1.0,
@@ -21,24 +35,50 @@ def matching_cost(pred_logits, pred_boxes, labels, boxes, valid, *, class_weight
     prob = jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)
     cost_class = -jnp.take_along_axis(prob, jnp.broadcast_to(
         labels[:, None, :], prob.shape[:2] + labels.shape[1:]), axis=-1)
+    pred_boxes = pred_boxes.astype(jnp.float32)
     cost_bbox = jnp.abs(pred_boxes[:, :, None, :] - boxes[:, None, :, :]).sum(-1)
     cost_giou = -pairwise_generalized_iou(cxcywh_to_xyxy(pred_boxes), cxcywh_to_xyxy(boxes))
     cost = bbox_weight * cost_bbox + class_weight * cost_class + giou_weight * cost_giou
     return jnp.where(valid[:, None, :], cost, 0.0)
 
 
-def hungarian_match(cost: jax.Array) -> jax.Array:
-    """Optimal assignment per image: cost (B, Q, T), Q >= T -> query index of each target (B, T)."""
-    if cost.shape[1] < cost.shape[2]:
-        raise ValueError(f"more targets ({cost.shape[2]}) than queries ({cost.shape[1]})")
+def _scipy_assign(cost: np.ndarray) -> np.ndarray:
+    """Host side: cost (..., Q, T) -> query index of each target (..., T), int32."""
+    from scipy.optimize import linear_sum_assignment
+    # Non-finite costs (a diverged step, which the trainer skips) would make scipy raise.
+    cost = np.nan_to_num(np.asarray(cost), nan=1e9, posinf=1e9, neginf=-1e9)
+    flat = cost.reshape((-1,) + cost.shape[-2:])
+    out = np.empty((flat.shape[0], cost.shape[-1]), np.int32)
+    for i, c in enumerate(flat):
+        rows, cols = linear_sum_assignment(c)
+        out[i, cols] = rows
+    return out.reshape(cost.shape[:-2] + (cost.shape[-1],))
 
+
+def _optax_assign(cost: jax.Array) -> jax.Array:
     def one(c):
         rows, cols = assignment.hungarian_algorithm(c)
         return jnp.zeros((c.shape[1],), jnp.int32).at[cols].set(rows.astype(jnp.int32))
 
-    return jax.vmap(one)(jax.lax.stop_gradient(cost))
+    flat = cost.reshape((-1,) + cost.shape[-2:])
+    return jax.vmap(one)(flat).reshape(cost.shape[:-2] + (cost.shape[-1],))
 
 
-def match(pred_logits, pred_boxes, labels, boxes, valid, **weights) -> jax.Array:
+def hungarian_match(cost: jax.Array, solver: str = "optax") -> jax.Array:
+    """Optimal assignment per matrix: cost (..., Q, T), Q >= T -> query of each target (..., T)."""
+    if cost.shape[-2] < cost.shape[-1]:
+        raise ValueError(f"more targets ({cost.shape[-1]}) than queries ({cost.shape[-2]})")
+    cost = jax.lax.stop_gradient(cost.astype(jnp.float32))
+    if solver == "optax":
+        return _optax_assign(cost)
+    if solver == "scipy":
+        shape = jax.ShapeDtypeStruct(cost.shape[:-2] + cost.shape[-1:], jnp.int32)
+        return jax.pure_callback(_scipy_assign, shape, cost, vmap_method="broadcast_all")
+    raise ValueError(f"unknown matcher solver {solver!r}; choose one of {SOLVERS}")
+
+
+def match(pred_logits, pred_boxes, labels, boxes, valid, *, solver: str = "optax",
+          **weights) -> jax.Array:
     """Query index assigned to each target, (B, T)."""
-    return hungarian_match(matching_cost(pred_logits, pred_boxes, labels, boxes, valid, **weights))
+    return hungarian_match(matching_cost(pred_logits, pred_boxes, labels, boxes, valid, **weights),
+                           solver)

@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from detr_jax.sharding import replicate
+from detr_jax.training.data import normalize_on_device
 from detr_jax.training.checkpoints import TrainCheckpoints, abstract_like
 from detr_jax.training.losses import LossWeights, set_criterion
 from detr_jax.training.optimizer import is_trainable, make_optimizer
@@ -42,6 +43,20 @@ def pad_images(batch: dict, shape: tuple[int, int]) -> dict:
     extra = ((0, 0), (0, shape[0] - h), (0, shape[1] - w))
     return dict(batch, pixel_values=np.pad(batch["pixel_values"], extra + ((0, 0),)),
                 padding_mask=np.pad(batch["padding_mask"], extra, constant_values=True))
+
+
+def sharded_assign(mesh: Mesh, solver: str):
+    """Hungarian assignment of (D, B, Q, T) costs with B sharded over ``data``.
+
+    Under ``shard_map`` every device matches only its own images, so the scipy solver's
+    host callback moves one device's costs to its own host (no gather across hosts).
+    """
+    from detr_jax.training.matcher import SOLVERS, hungarian_match
+    if solver not in SOLVERS:
+        raise ValueError(f"train.matcher={solver!r}; choose one of {SOLVERS}")
+    spec = P(None, "data")
+    return jax.shard_map(lambda cost: hungarian_match(cost, solver), mesh=mesh,
+                         in_specs=spec, out_specs=spec, check_vma=False)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -81,6 +96,7 @@ class Trainer:
         self.state = replicate(state, self.replicated)
         self.rest = replicate(rest, self.replicated)
         self.loss_weights = loss_weights
+        self.assign = sharded_assign(self.mesh, train_cfg.get("matcher", "optax"))
         self.compiles = 0
         self._step = jax.jit(self._train_step, donate_argnums=(0,),
                              in_shardings=(self.replicated, self.replicated, self.batch_sharding),
@@ -94,8 +110,9 @@ class Trainer:
 
         def loss_fn(trainable):
             model = nnx.merge(self.graphdef, trainable, rest)
-            outputs = model(batch["pixel_values"], batch["padding_mask"], rng=step_rng, train=True)
-            return set_criterion(outputs, targets, self.loss_weights)
+            pixels = normalize_on_device(batch["pixel_values"], batch["padding_mask"])
+            outputs = model(pixels, batch["padding_mask"], rng=step_rng, train=True)
+            return set_criterion(outputs, targets, self.loss_weights, self.assign)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
         grad_norm = optax.tree.norm(grads)
@@ -250,11 +267,17 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
             if bar is not None:
                 bar.update(1)
             if eval_fn is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-                results = eval_fn(trainer.model(), step + 1)
+                results = {k: v for k, v in (eval_fn(trainer.model(), step + 1) or {}).items()
+                           if isinstance(v, (int, float))}
                 if writer is not None:
-                    for k, v in (results or {}).items():
-                        if isinstance(v, (int, float)):
-                            writer.add_scalar(f"eval/{k}", v, step + 1)
+                    for k, v in results.items():
+                        writer.add_scalar(f"eval/{k}", v, step + 1)
+                if metrics_file is not None:
+                    metrics_file.write(json.dumps({"step": step + 1, "eval": results}) + "\n")
+                    metrics_file.flush()
+                if is_main:
+                    log.info("eval at step %d: %s", step + 1,
+                             " ".join(f"{k} {v:.4f}" for k, v in results.items()))
             if jax.process_count() == 1:
                 stop = sigterm["set"]
             else:  # every process must take part in the same all-gathers

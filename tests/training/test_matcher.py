@@ -7,15 +7,16 @@ from scipy.optimize import linear_sum_assignment
 from detr_jax.training.matcher import hungarian_match, matching_cost
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_total_matched_cost_equals_scipy_optimum_with_padded_targets(seed):
+@pytest.mark.parametrize("solver", ["scipy", "optax"])
+@pytest.mark.parametrize("seed", range(3))
+def test_total_matched_cost_equals_scipy_optimum_with_padded_targets(seed, solver):
     rng = np.random.default_rng(seed)
     batch, queries, max_targets = 3, 12, 7
     cost = rng.normal(size=(batch, queries, max_targets)).astype(np.float32)
     counts = rng.integers(0, max_targets + 1, batch)
     valid = np.arange(max_targets)[None] < counts[:, None]
     padded = np.where(valid[:, None, :], cost, 0.0).astype(np.float32)
-    assigned = np.asarray(jax.jit(hungarian_match)(jnp.asarray(padded)))
+    assigned = np.asarray(jax.jit(lambda c: hungarian_match(c, solver))(jnp.asarray(padded)))
     for b in range(batch):
         n = counts[b]
         rows, cols = linear_sum_assignment(cost[b, :, :n])
@@ -34,3 +35,22 @@ def test_matching_cost_terms():
     # query 1: -0.8 + 5*0.4 - 2*GIoU; boxes [0.2,0.2,0.4,0.4] vs [0.4,0.4,0.6,0.6] touch at a corner:
     # IoU 0, enclosing 0.16, union 0.08 -> GIoU = -0.5
     np.testing.assert_allclose(cost[0, 1, 0], -0.8 + 5 * 0.4 + 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["scipy", "optax"])
+def test_leading_dims_and_vmap(solver):
+    """(layers, batch, Q, T) at once, and under vmap, equals matching each matrix."""
+    rng = np.random.default_rng(7)
+    cost = jnp.asarray(rng.normal(size=(3, 2, 6, 4)), jnp.float32)
+    whole = np.asarray(hungarian_match(cost, solver))
+    mapped = np.asarray(jax.vmap(lambda c: hungarian_match(c, solver))(cost))
+    for i in range(3):
+        for b in range(2):
+            single = np.asarray(hungarian_match(cost[i, b][None], solver))[0]
+            np.testing.assert_array_equal(whole[i, b], single)
+            np.testing.assert_array_equal(mapped[i, b], single)
+
+
+def test_unknown_solver_is_named():
+    with pytest.raises(ValueError, match="hungary"):
+        hungarian_match(jnp.zeros((1, 3, 2)), "hungary")

@@ -114,7 +114,8 @@ class NaNLoader:
     def iterate(self, start, num_steps):
         for batch in self.loader.iterate(start, num_steps):
             if batch["step"] == self.bad_step:
-                batch = dict(batch, pixel_values=np.full_like(batch["pixel_values"], np.nan))
+                pixels = batch["pixel_values"].astype(np.float32)  # uint8 cannot hold NaN
+                batch = dict(batch, pixel_values=np.full_like(pixels, np.nan))
             yield batch
 
 
@@ -124,3 +125,23 @@ def test_non_finite_loss_stops_with_step_and_images(setup, tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"step 1 .*image ids"):
         train(trainer, NaNLoader(loader, 1), workdir=str(tmp_path), num_steps=4, progress=False)
     assert all(np.isfinite(v).all() for v in params(trainer).values())  # update was skipped
+
+
+def test_cli_trains_and_evaluates_periodically(synthetic_root, tmp_path):
+    """train.py with train.eval_every: COCO metrics of the val split land in metrics.jsonl."""
+    import json
+    from detr_jax.training.cli import main
+    root = str(synthetic_root)
+    rc = main(["--config", os.path.join(ROOT, "configs", "tiny_train.py"), "--workdir", str(tmp_path),
+               "--no-progress", f"--config.data.train_annotations={root}/annotations/instances_train.json",
+               f"--config.data.train_images={root}/train",
+               f"--config.data.val_annotations={root}/annotations/instances_val.json",
+               f"--config.data.val_images={root}/val", "--config.train.num_steps=2",
+               "--config.train.eval_every=2", "--config.train.eval_images=2"])
+    assert rc == 0
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    evals = [line for line in lines if "eval" in line]
+    assert [e["step"] for e in evals] == [2]
+    assert set(evals[0]["eval"]) == {f"{m}_first2" for m in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")}
+    assert all(-1.0 <= v <= 1.0 for v in evals[0]["eval"].values())
+    assert os.path.isdir(tmp_path / "model")

@@ -1,0 +1,110 @@
+"""Where ACT's time goes: the pieces of one ACT attention call, each jitted and timed alone.
+
+    python benchmarks/act_profile.py --batches 1,8 --output act_profile.json
+
+One encoder layer's attention core at DETR-DC5 size (N tokens, 8 heads of 32), with
+inputs holding N/``--divisor`` distinct tokens per image (so that many prototypes):
+hashing (projection + 64-bit combination), cluster numbering (sort), prototype means
+(scatter-add), prototype attention at the chosen capacity, broadcast back (gather), the
+whole ACT core with the capacity switch and at a fixed capacity, and exact attention.
+Medians of ``--reps`` calls after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from detr_jax.attention import act as act_mod  # noqa: E402
+from detr_jax.attention import clustering  # noqa: E402
+from detr_jax.attention.base import masked_softmax_attention  # noqa: E402
+from detr_jax.attention.e2lsh import combine_rounds, draw_hash_params, round_hashes  # noqa: E402
+
+HEADS, HEAD_DIM = 8, 32
+
+
+def median_ms(fn, *args, warmup=5, reps=50):
+    jax.block_until_ready(fn(*args))
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def inputs(batch, n, distinct, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(0, 1, (batch, distinct, HEADS, HEAD_DIM)).astype(np.float32)
+    index = np.stack([rng.permutation(np.arange(n) % distinct) for _ in range(batch)])
+    q = np.take_along_axis(rows, index[:, :, None, None], axis=1)
+    k = rng.normal(0, 1, (batch, n, HEADS, HEAD_DIM)).astype(np.float32)
+    v = rng.normal(0, 1, (batch, n, HEADS, HEAD_DIM)).astype(np.float32)
+    return jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=3800)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--divisor", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--output", default="")
+    args = parser.parse_args(argv)
+    n = args.tokens
+    spec = act_mod.ACT(bucket_width=1e-3)
+    weights, biases = draw_hash_params(jax.random.key(0), HEAD_DIM, 32, 1e-3)
+    rows_out = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        q, k, v = inputs(batch, n, n // args.divisor)
+        valid = clustering.row_valid(None, batch, HEADS, n)
+        capacity = -(-n // args.divisor)
+        hash_fn = jax.jit(lambda q: combine_rounds(round_hashes(clustering.to_rows(q), weights, biases, 1e-3)))
+        hi, lo = hash_fn(q)
+        ids_fn = jax.jit(clustering.cluster_ids)
+        ids, counts = ids_fn(hi, lo, valid)
+        means_fn = jax.jit(lambda q, ids: clustering.cluster_means(clustering.to_rows(q), ids, capacity)[0])
+        protos = clustering.from_rows(means_fn(q, ids), batch)
+        attn_fn = jax.jit(lambda p, k, v: masked_softmax_attention(p, k, v, None))
+        out = attn_fn(protos, k, v)
+        bcast_fn = jax.jit(lambda o, ids: clustering.broadcast_to_members(clustering.to_rows(o), ids))
+        module = spec.build(HEADS * HEAD_DIM, HEADS, layer_index=0, num_layers=6, rngs=__import__("flax").nnx.Rngs(0))
+        full_fn = jax.jit(lambda q, k, v: module.attend(q, k, v, None, jax.random.key(0))[0])
+        fixed_fn = jax.jit(lambda q, k, v: act_mod.clustered_attention(
+            q, k, v, None, module.clusters(q, valid, jax.random.key(0), "Q")[0], None, capacity))
+        exact_fn = jax.jit(lambda q, k, v: masked_softmax_attention(q, k, v, None))
+        pieces = {
+            "hash (project + combine)": (hash_fn, q),
+            "cluster ids (sort)": (ids_fn, hi, lo, valid),
+            "prototype means (scatter)": (means_fn, q, ids),
+            "prototype attention": (attn_fn, protos, k, v),
+            "broadcast (gather)": (bcast_fn, out, ids),
+            "ACT core, capacity switch": (full_fn, q, k, v),
+            "ACT core, fixed capacity": (fixed_fn, q, k, v),
+            "exact attention core": (exact_fn, q, k, v),
+        }
+        print(f"batch {batch}: {int(counts.max())} clusters max, capacity {capacity}", flush=True)
+        for name, (fn, *a) in pieces.items():
+            ms = median_ms(fn, *a, reps=args.reps)
+            rows_out.append(dict(batch=batch, piece=name, ms=ms))
+            print(f"  {name:30s} {ms:8.3f} ms", flush=True)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(dict(device=jax.devices()[0].device_kind, tokens=n, rows=rows_out), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Time inference and training steps of a DETR config on random inputs.
+
+    python -m detr_jax.benchmark --config configs/detr_r50_dc5.py --mode infer train \\
+        --attention exact act:L=32 --batch 1 8 --size 800x1216 --precision default bf16 \\
+        --json runs/bench.json
+
+Every combination of mode, attention, batch and precision is one *setting*. Each setting
+runs in its own process (so the device's peak-memory statistic belongs to it alone),
+compiles once (timed), runs ``--warmup`` calls and then ``--repeats`` timed calls, each
+waited for with ``block_until_ready``; the table gives the median and the 10th/90th
+percentiles. Training steps use random boxes (``--boxes`` per image, the official
+anchors used 7), the full loss with Hungarian matching and the optimizer update.
+Weights are random: inference time of exact attention does not depend on them, but
+clustered attention does (cluster counts), so ``--checkpoint`` loads trained weights.
+Timing belongs here, never in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+PRECISIONS = ("default", "highest", "bf16")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size expects HxW (e.g. 800x1216), got {text!r}") from None
+    return h, w
+
+
+def _peak_memory_mib():
+    import jax
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+def _timed(fn, warmup: int, repeats: int) -> list[float]:
+    import jax
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _model_config(cfg, attention: str, precision: str):
+    model_cfg = cfg.model.copy_and_resolve_references()
+    model_cfg.encoder_attention = attention
+    model_cfg.dtype = "bfloat16" if precision == "bf16" else "float32"
+    return model_cfg
+
+
+def _inputs(batch: int, size: tuple[int, int], seed: int):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    pixels = rng.normal(size=(batch, *size, 3)).astype(np.float32)
+    return pixels, np.zeros((batch, *size), bool)
+
+
+def bench_infer(cfg, args, attention: str, batch: int, precision: str) -> dict:
+    import jax
+    from detr_jax.attention.registry import parse_attention
+    from detr_jax.checkpoint import load_model
+    from detr_jax.models.build import build_model, with_encoder_attention
+    from detr_jax.models.inference import Forward
+    if args.checkpoint:
+        model = with_encoder_attention(load_model(args.checkpoint), parse_attention(attention))
+    else:
+        model = build_model(_model_config(cfg, attention, precision), seed=args.seed)
+    forward = Forward(model, return_intermediates=False)
+    pixels, mask = (jax.device_put(a) for a in _inputs(batch, args.size, args.seed))
+    rng = jax.random.PRNGKey(args.seed)
+    start = time.perf_counter()
+    compiled = forward._run.lower(forward.state, pixels, mask, rng).compile()
+    compile_s = time.perf_counter() - start
+    times = _timed(lambda: compiled(forward.state, pixels, mask, rng), args.warmup, args.repeats)
+    return {"compile_s": compile_s, "times_s": times}
+
+
+def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
+    import jax
+    import numpy as np
+    from detr_jax.training.defaults import loss_config, train_config
+    from detr_jax.training.losses import LossWeights
+    from detr_jax.training.trainer import Trainer
+    from detr_jax.models.build import build_model
+    train_cfg = train_config(**(cfg.train.to_dict() if "train" in cfg else {}))
+    train_cfg.max_targets = max(args.boxes, 1)
+    loss_cfg = loss_config(**(cfg.loss.to_dict() if "loss" in cfg else {}))
+    model = build_model(_model_config(cfg, attention, precision), seed=args.seed)
+    trainer = Trainer(model, train_cfg, LossWeights(**loss_cfg.to_dict()))
+    rng = np.random.default_rng(args.seed)
+    pixels, mask = _inputs(batch, args.size, args.seed)
+    centres = rng.uniform(0.2, 0.8, (batch, train_cfg.max_targets, 2))
+    sizes = rng.uniform(0.05, 0.3, (batch, train_cfg.max_targets, 2))
+    local = {"pixel_values": pixels, "padding_mask": mask,
+             "labels": rng.integers(1, model.config["num_classes"], (batch, train_cfg.max_targets)).astype(np.int32),
+             "boxes": np.concatenate([centres, sizes], -1).astype(np.float32),
+             "valid": np.arange(train_cfg.max_targets)[None].repeat(batch, 0) < args.boxes}
+    global_batch = trainer.global_batch(local)
+    start = time.perf_counter()
+    step = trainer._step.lower(trainer.state, trainer.rest, global_batch).compile()
+    compile_s = time.perf_counter() - start
+
+    def one():
+        trainer.state, metrics = step(trainer.state, trainer.rest, global_batch)
+        return metrics["loss"]
+
+    times = _timed(one, args.warmup, args.repeats)
+    return {"compile_s": compile_s, "times_s": times}
+
+
+def run_one(cfg, args, mode: str, attention: str, batch: int, precision: str) -> dict:
+    import contextlib
+    import jax
+    context = (jax.default_matmul_precision("highest") if precision == "highest"
+               else contextlib.nullcontext())
+    with context:
+        result = (bench_infer if mode == "infer" else bench_train)(cfg, args, attention, batch, precision)
+    times = sorted(result.pop("times_s"))
+    median = statistics.median(times)
+    pct = lambda q: times[min(len(times) - 1, int(q * len(times)))]
+    return dict(mode=mode, attention=attention, batch=batch, precision=precision,
+                size=f"{args.size[0]}x{args.size[1]}", device=jax.devices()[0].device_kind,
+                devices=jax.device_count(), median_ms=median * 1e3,
+                p10_ms=pct(0.1) * 1e3, p90_ms=pct(0.9) * 1e3, ms_per_image=median * 1e3 / batch,
+                images_per_s=batch / median, peak_memory_mib=_peak_memory_mib(),
+                compile_s=result["compile_s"], repeats=len(times))
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ("| mode | attention | batch | precision | median ms | ms/image | images/s | "
+              "p10-p90 ms | peak MiB | compile s |")
+    lines = [header, "|" + " --- |" * 10]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['mode']} | {r['attention']} | {r['batch']} | {r['precision']} | "
+                         f"failed: {r['error']} | | | | | |")
+            continue
+        peak = "n/a" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
+        lines.append(f"| {r['mode']} | {r['attention']} | {r['batch']} | {r['precision']} | "
+                     f"{r['median_ms']:.2f} | {r['ms_per_image']:.2f} | {r['images_per_s']:.1f} | "
+                     f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f} | {peak} | {r['compile_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m detr_jax.benchmark", description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Config fields can be overridden as --config.path.to.field=value.")
+    parser.add_argument("--config", required=True, help="config file (its model section; train section if any)")
+    parser.add_argument("--checkpoint", default="", help="trained model (inference only); default random weights")
+    parser.add_argument("--mode", nargs="+", choices=("infer", "train"), default=["infer"])
+    parser.add_argument("--attention", nargs="+", default=["exact"], help="e.g. exact act:L=32 kmeans:C=100")
+    parser.add_argument("--batch", nargs="+", type=int, default=[1])
+    parser.add_argument("--size", type=parse_size, default=(800, 1216), help="input HxW (default 800x1216)")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["default"],
+                        help="default (TF32 matmuls on GPU), highest (fp32), bf16 (bf16 compute)")
+    parser.add_argument("--boxes", type=int, default=7, help="target boxes per image (training)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="", help="write the rows here as JSON")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every setting in this process (peak memory then accumulates)")
+    parser.add_argument("--_one", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    from detr_jax.config_cli import apply_overrides, load_config_file
+    try:
+        cfg = load_config_file(args.config)
+        apply_overrides(cfg, rest)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    if args.checkpoint and "train" in args.mode:
+        parser.error("--checkpoint applies to --mode infer only")
+    settings = list(itertools.product(args.mode, args.attention, args.batch, args.precision))
+    rows = []
+    for mode, attention, batch, precision in settings:
+        if args._one or args.in_process or len(settings) == 1:
+            try:
+                row = run_one(cfg, args, mode, attention, batch, precision)
+            except Exception as err:  # e.g. out of memory: report it, keep the other rows
+                if args._one or len(settings) == 1:
+                    raise
+                row = dict(mode=mode, attention=attention, batch=batch, precision=precision,
+                           error=f"{type(err).__name__}: {str(err).splitlines()[0][:120]}")
+        else:
+            row = _run_isolated(argv, mode, attention, batch, precision)
+        rows.append(row)
+        if args._one:
+            print("BENCH_ROW " + json.dumps(row), flush=True)
+        else:
+            print(format_table([row]).splitlines()[-1], flush=True)
+    if not args._one:
+        print(format_table(rows))
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+    return 0
+
+
+def _run_isolated(argv, mode, attention, batch, precision) -> dict:
+    """One setting in a child process (its own device memory statistics)."""
+    keep, skip = [], False
+    for item in argv:  # drop the multi-valued setting flags and --json
+        if item in ("--mode", "--attention", "--batch", "--precision", "--json"):
+            skip = True
+            continue
+        if item.startswith("--") and skip:
+            skip = False
+        if not skip:
+            keep.append(item)
+    cmd = [sys.executable, "-m", "detr_jax.benchmark", *keep, "--_one", "--mode", mode,
+           "--attention", attention, "--batch", str(batch), "--precision", precision]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH_ROW "):
+            return json.loads(line[len("BENCH_ROW "):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return dict(mode=mode, attention=attention, batch=batch, precision=precision, error=tail[:160])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Default ``train`` and ``loss`` config sections (the official DETR recipe)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+TRAIN_DEFAULTS = dict(
+    seed=0, global_batch=8, epochs=300, num_steps=0,  # num_steps > 0 overrides epochs
+    lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4, clip_norm=0.1, lr_drop_epochs=(200,),
+    frozen=("backbone.conv1", "backbone.layer1"),  # and every BatchNorm (always frozen)
+    max_targets=100, matcher="optax",  # "optax" (on device) or "scipy" (host callback)
+    num_workers=8, prefetch=4, workers="process",  # "process" or "thread" data workers
+    pad_to=(),  # (H, W): pad every batch to this shape (one compile); () = batch maximum
+    checkpoint_every=1000, keep=3, async_checkpoints=True, log_every=50,
+    eval_every=0, eval_images=0, preemption_check_every=10, init_checkpoint="",
+)
+LOSS_DEFAULTS = dict(ce=1.0, bbox=5.0, giou=2.0, eos_coef=0.1, aux=True)
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    unknown = set(overrides) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown train config fields {sorted(unknown)}")
+    return ml_collections.ConfigDict(dict(TRAIN_DEFAULTS, **overrides))
+
+
+def loss_config(**overrides) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(LOSS_DEFAULTS, **overrides))
