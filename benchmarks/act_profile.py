@@ -27,6 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from detr_jax.attention import act as act_mod  # noqa: E402
+from detr_jax.attention import flash  # noqa: E402
+from detr_jax.attention.kernel import attention_kernel  # noqa: E402
 from detr_jax.attention import clustering  # noqa: E402
 from detr_jax.attention.base import masked_softmax_attention  # noqa: E402
 from detr_jax.attention.e2lsh import combine_rounds, draw_hash_params, round_hashes  # noqa: E402
@@ -82,10 +84,15 @@ def main(argv=None):
         out = attn_fn(protos, k, v)
         bcast_fn = jax.jit(lambda o, ids: clustering.broadcast_to_members(clustering.to_rows(o), ids))
         module = spec.build(HEADS * HEAD_DIM, HEADS, layer_index=0, num_layers=6, rngs=__import__("flax").nnx.Rngs(0))
-        full_fn = jax.jit(lambda q, k, v: module.attend(q, k, v, None, jax.random.key(0))[0])
+        with attention_kernel("xla"):
+            full_fn = jax.jit(lambda q, k, v: module.attend(q, k, v, None, jax.random.key(0))[0])
+            jax.block_until_ready(full_fn(q, k, v))
         fixed_fn = jax.jit(lambda q, k, v: act_mod.clustered_attention(
             q, k, v, None, module.clusters(q, valid, jax.random.key(0), "Q")[0], None, capacity))
         exact_fn = jax.jit(lambda q, k, v: masked_softmax_attention(q, k, v, None))
+        slots = clustering.from_rows(jax.jit(lambda q, ids: clustering.cluster_means(
+            clustering.to_rows(q), ids, n)[0])(q, ids), batch)
+        ragged = counts.reshape(batch, HEADS)
         pieces = {
             "hash (project + combine)": (hash_fn, q),
             "cluster ids (sort)": (ids_fn, hi, lo, valid),
@@ -96,6 +103,18 @@ def main(argv=None):
             "ACT core, fixed capacity": (fixed_fn, q, k, v),
             "exact attention core": (exact_fn, q, k, v),
         }
+        if flash.available():
+            pieces.update({
+                "kernel: prototype attention (ragged)": (
+                    jax.jit(lambda p, k, v, c: flash.flash_attention(p, k, v, None, c)), slots, k, v, ragged),
+                "kernel: exact attention": (
+                    jax.jit(lambda q, k, v: flash.flash_attention(q, k, v)), q, k, v),
+            })
+            for kernel in ("flash", "xla"):
+                with attention_kernel(kernel):
+                    fn = jax.jit(lambda q, k, v: module.attend(q, k, v, None, jax.random.key(0))[0])
+                    jax.block_until_ready(fn(q, k, v))  # traced under this kernel
+                pieces[f"ACT core [{kernel}]"] = (fn, q, k, v)
         print(f"batch {batch}: {int(counts.max())} clusters max, capacity {capacity}", flush=True)
         for name, (fn, *a) in pieces.items():
             ms = median_ms(fn, *a, reps=args.reps)

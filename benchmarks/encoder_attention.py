@@ -37,6 +37,7 @@ sys.path.insert(0, ROOT)
 
 import detr_jax  # noqa: E402
 from detr_jax.attention import AttentionSpec, EncoderAttention  # noqa: E402
+from detr_jax.attention.kernel import attention_kernel  # noqa: E402
 from detr_jax.models.transformer import Encoder  # noqa: E402
 
 D_MODEL, HEADS = 256, 8
@@ -138,7 +139,7 @@ def cluster_summary(stats) -> dict:
 def cases(args) -> list[tuple[str, AttentionSpec, Any, int | None]]:
     """(label, spec, dtype, distinct tokens) for every timed variant."""
     dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-    out = [("exact fp32 einsum", detr_jax.Exact(), jnp.float32, None)]
+    out = [("exact fp32", detr_jax.Exact(), jnp.float32, None)]
     if not args.no_cudnn and cudnn_available():
         out.append(("exact bf16 cudnn", Cudnn(), jnp.float32, None))
     for name in args.act_dtypes.split(","):
@@ -166,29 +167,44 @@ def main(argv=None):
                              "distinct token)")
     parser.add_argument("--kmeans", type=int, default=0, help="also time K-means with C")
     parser.add_argument("--no-cudnn", action="store_true", help="skip the cuDNN case")
+    parser.add_argument("--kernels", default="xla,flash",
+                        help="attention implementations to time, comma-separated (xla, flash)")
     parser.add_argument("--output", required=True, help="JSON output path")
     args = parser.parse_args(argv)
 
     rows = []
     device = str(jax.devices()[0].device_kind)
+    kernels = args.kernels.split(",")
     for batch in (int(b) for b in args.batches.split(",")):
-        for label, spec, dtype, distinct in cases(args):
+        for base_label, spec, dtype, distinct in cases(args):
             x = synthetic_tokens(batch, batch, args.tokens, distinct)
-            scopes = [("1 layer attention", layer_fn(spec, dtype))]
-            if args.layers:
-                scopes.append((f"{args.layers}-layer encoder",
-                               encoder_fn(spec, dtype, args.layers)))
-            for scope, (fn, state) in scopes:
-                first, ms, (_, stats) = median_ms(fn, (state, x), args.warmup, args.reps)
-                row = dict(case=label, scope=scope, batch=batch, tokens=args.tokens,
-                           dtype=jnp.dtype(dtype).name, median_ms=ms, first_call_s=first,
-                           attention=spec.to_string(), **cluster_summary(stats))
-                rows.append(row)
-                print(f"{label:24s} {scope:18s} B={batch}: {ms:9.3f} ms", flush=True)
+            reference = None
+            for kernel in kernels if not isinstance(spec, Cudnn) else kernels[:1]:
+                label = base_label if isinstance(spec, Cudnn) else f"{base_label} [{kernel}]"
+                with attention_kernel(kernel):  # read when each function is traced
+                    scopes = [("1 layer attention", layer_fn(spec, dtype))]
+                    if args.layers:
+                        scopes.append((f"{args.layers}-layer encoder",
+                                       encoder_fn(spec, dtype, args.layers)))
+                    for scope, (fn, state) in scopes:
+                        first, ms, (out, stats) = median_ms(fn, (state, x), args.warmup, args.reps)
+                        check = ""
+                        if scope.startswith("1 layer"):  # kernels must agree on the output
+                            if reference is None:
+                                reference = np.asarray(out, np.float32)
+                            else:
+                                err = np.linalg.norm(np.asarray(out, np.float32) - reference)
+                                check = float(err / max(np.linalg.norm(reference), 1e-30))
+                        row = dict(case=label, kernel=kernel, scope=scope, batch=batch,
+                                   tokens=args.tokens, dtype=jnp.dtype(dtype).name, median_ms=ms,
+                                   first_call_s=first, attention=spec.to_string(),
+                                   rel_diff_vs_first_kernel=check, **cluster_summary(stats))
+                        rows.append(row)
+                        print(f"{label:34s} {scope:18s} B={batch}: {ms:9.3f} ms {check}", flush=True)
 
     print(f"\nDevice: {device}, N={args.tokens}, d={D_MODEL}, {HEADS} heads, "
           f"median of {args.reps}\n")
-    print("| case | scope | batch | ms | mean prototypes | capacity |")
+    print("| case | scope | batch | ms | mean prototypes | capacity (slots doing work) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['case']} | {r['scope']} | {r['batch']} | {r['median_ms']:.3f} | "

@@ -17,9 +17,10 @@ from detr_jax.training.defaults import loss_config, train_config
 def get_config():
     cfg = ml_collections.ConfigDict()
     cfg.model = model_config(
-        backbone=dict(stages=(2, 2, 2, 2), width=16, dilation=True),
+        # trained from scratch: trainable GroupNorm (frozen BatchNorm would mean no normalization)
+        backbone=dict(stages=(2, 2, 2, 2), width=16, dilation=True, norm="group"),
         hidden_dim=128, num_heads=8, enc_layers=6, dec_layers=6, ffn_dim=512,
-        dropout=0.1, num_queries=30, num_classes=len(CLASSES) + 1)
+        dropout=0.1, num_queries=20, num_classes=len(CLASSES) + 1)
     cfg.data = ml_collections.ConfigDict(dict(
         root="data/synthetic",
         train_annotations="data/synthetic/annotations/instances_train.json",
@@ -32,8 +33,8 @@ def get_config():
     ))
     cfg.train = train_config(
         global_batch=32, epochs=40, lr=2e-4, lr_backbone=2e-4, lr_drop_epochs=(30,),
-        frozen=(),  # trained from scratch: nothing frozen but BatchNorm (always frozen)
-        max_targets=30, num_workers=14, pad_to=(512, 512),
+        frozen=(),  # trained from scratch: nothing frozen
+        max_targets=20, num_workers=14, pad_to=(512, 512),
         checkpoint_every=500, log_every=50, eval_every=2500, eval_images=300)
     cfg.loss = loss_config()
     cfg.eval = eval_config(

@@ -9,7 +9,7 @@ Public API::
     detections = detr_jax.postprocess(outputs, batch.original_sizes)
 """
 
-from detr_jax.attention import ACT, AttentionSpec, Exact, KMeans, parse_attention
+from detr_jax.attention import ACT, ENACT, AttentionSpec, Exact, KMeans, parse_attention
 from detr_jax.checkpoint import load_model, save_model
 from detr_jax.convert import CheckpointError
 from detr_jax.convert.load import load_torch_checkpoint
@@ -18,6 +18,6 @@ from detr_jax.evaluation.postprocess import postprocess
 from detr_jax.models import DETR, model_config, tiny_model_config
 from detr_jax.models.build import build_model
 
-__all__ = ["ACT", "AttentionSpec", "CheckpointError", "DETR", "Exact", "KMeans", "build_model",
+__all__ = ["ACT", "AttentionSpec", "ENACT", "CheckpointError", "DETR", "Exact", "KMeans", "build_model",
            "load_model", "load_torch_checkpoint", "model_config", "parse_attention", "postprocess",
            "preprocess", "save_model", "tiny_model_config"]

@@ -126,6 +126,8 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
 def run_one(cfg, args, mode: str, attention: str, batch: int, precision: str) -> dict:
     import contextlib
     import jax
+    from detr_jax.attention.kernel import resolved_kernel, set_attention_kernel
+    set_attention_kernel(args.attention_kernel)
     context = (jax.default_matmul_precision("highest") if precision == "highest"
                else contextlib.nullcontext())
     with context:
@@ -134,7 +136,7 @@ def run_one(cfg, args, mode: str, attention: str, batch: int, precision: str) ->
     median = statistics.median(times)
     pct = lambda q: times[min(len(times) - 1, int(q * len(times)))]
     return dict(mode=mode, attention=attention, batch=batch, precision=precision,
-                size=f"{args.size[0]}x{args.size[1]}", device=jax.devices()[0].device_kind,
+                kernel=resolved_kernel(), size=f"{args.size[0]}x{args.size[1]}", device=jax.devices()[0].device_kind,
                 devices=jax.device_count(), median_ms=median * 1e3,
                 p10_ms=pct(0.1) * 1e3, p90_ms=pct(0.9) * 1e3, ms_per_image=median * 1e3 / batch,
                 images_per_s=batch / median, peak_memory_mib=_peak_memory_mib(),
@@ -170,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=parse_size, default=(800, 1216), help="input HxW (default 800x1216)")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["default"],
                         help="default (TF32 matmuls on GPU), highest (fp32), bf16 (bf16 compute)")
+    parser.add_argument("--attention-kernel", default="auto", choices=("auto", "xla", "flash"),
+                        help="softmax attention implementation (auto: the fused kernel on GPUs)")
     parser.add_argument("--boxes", type=int, default=7, help="target boxes per image (training)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)

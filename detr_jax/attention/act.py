@@ -25,6 +25,7 @@ from detr_jax.attention.capacity import (DEFAULT_LADDER, ladder_capacities, pars
 from detr_jax.attention.clustering import (broadcast_to_members, cluster_ids, cluster_means,
                                            from_rows, row_valid, to_rows)
 from detr_jax.attention.e2lsh import MAX_ROUNDS, combine_rounds, draw_hash_params, round_hashes
+from detr_jax.attention.kernel import resolved_kernel
 from detr_jax.attention.registry import register_attention
 
 GROUPS = ("Q", "K", "QK")
@@ -205,14 +206,36 @@ class ACTAttention(EncoderAttention):
             stats["num_key_clusters" if q_ids is not None else "num_clusters"] = (
                 k_count.reshape(batch, heads))
             counts.append(k_count)
+        stats["num_valid"] = valid.reshape(batch, heads, n)[:, 0].sum(axis=-1, dtype=jnp.int32)
+        if group == "Q" and resolved_kernel() != "xla":
+            # The fused kernel skips empty prototype slots itself: no capacity switch.
+            out, work = fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count)
+            stats["capacity"] = work
+            return out, stats
         needed = jnp.max(jnp.stack(counts))
         capacities = ladder_capacities(n, self.spec.ladder)
         out, used = run_at_capacity(
             needed, capacities,
             lambda capacity: clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity))
-        stats["num_valid"] = valid.reshape(batch, heads, n)[:, 0].sum(axis=-1, dtype=jnp.int32)
         stats["capacity"] = used
         return out, stats
+
+
+def fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count,
+                              block_q: int = 64) -> tuple[jax.Array, jax.Array]:
+    """Query-clustered attention through the fused kernel with ragged prototype counts.
+
+    Prototypes fill slots 0..count-1 of an N-slot buffer per (image, head); the kernel
+    does work only for query blocks holding prototypes. Returns ((B, N, H, Dh), the
+    largest count rounded up to ``block_q``: the slots that did work).
+    """
+    from detr_jax.attention.flash import flash_attention
+    batch, n, heads, _ = q.shape
+    prototypes = from_rows(cluster_means(to_rows(q), q_ids, n)[0], batch)
+    valid = None if key_padding_mask is None else ~key_padding_mask.astype(bool)
+    out = flash_attention(prototypes, k, v, valid, q_count.reshape(batch, heads), block_q=block_q)
+    work = jnp.minimum(-(-jnp.max(q_count) // block_q) * block_q, n).astype(jnp.int32)
+    return from_rows(broadcast_to_members(to_rows(out), q_ids), batch), work
 
 
 def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int) -> jax.Array:

@@ -90,10 +90,12 @@ class MultiHeadAttention(nnx.Module):
     def attend(self, q, k, v, key_padding_mask, rng) -> tuple[jax.Array, Stats]:
         """Per-head attention core: (B, N, H, Dh) tensors in, (B, Nq, H, Dh) out plus stats.
 
-        Variants override this; the default is exact softmax attention.
+        Variants override this; the default is exact softmax attention (XLA or the fused
+        kernel, see ``attention.kernel``).
         """
         del rng
-        return masked_softmax_attention(q, k, v, key_padding_mask), {}
+        from detr_jax.attention.kernel import attention_core
+        return attention_core(q, k, v, key_padding_mask), {}
 
     def __call__(self, queries, keys, values, key_padding_mask=None, rng=None):
         q, k, v = self.project(queries, keys, values)

@@ -23,7 +23,8 @@ import numpy as np
 from flax import nnx
 
 from detr_jax.attention.act import ArraySpecMixin, layer_key
-from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats, masked_softmax_attention
+from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats
+from detr_jax.attention.kernel import attention_core
 from detr_jax.attention.clustering import (broadcast_to_members, cluster_means, cluster_sums,
                                            from_rows, row_valid, to_rows)
 from detr_jax.attention.registry import register_attention
@@ -146,7 +147,7 @@ class KMeansAttention(EncoderAttention):
         ids = kmeans_ids(hamming_codes(q_rows, *self.hash_params(rng)), valid, clusters,
                          self.spec.iterations)
         prototypes, sizes = cluster_means(q_rows, ids, clusters)
-        out = masked_softmax_attention(from_rows(prototypes, batch), k, v, key_padding_mask)
+        out = attention_core(from_rows(prototypes, batch), k, v, key_padding_mask)
         out = from_rows(broadcast_to_members(to_rows(out), ids), batch)
         stats = {
             "num_clusters": (sizes > 0).sum(axis=-1, dtype=jnp.int32).reshape(batch, heads),

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="encoder-attention settings, e.g. exact act:L=32 kmeans:C=100 "
                              "(default: config eval.attention)")
     parser.add_argument("--threshold", type=float, default=None, help="score threshold for drawing")
+    parser.add_argument("--attention-kernel", default=None, choices=("auto", "xla", "flash"),
+                        help="softmax attention implementation (default auto: the fused "
+                             "Pallas kernel on GPUs, XLA elsewhere)")
     data = parser.add_argument_group("COCO evaluation")
     data.add_argument("--coco-dir", help="COCO directory: annotations/instances_<split>.json "
                                          "and <split>/")
@@ -140,6 +143,9 @@ def _setup_jax(args, cfg):
     import jax
     if args.distributed:
         jax.distributed.initialize()
+    if args.attention_kernel:
+        from detr_jax.attention.kernel import set_attention_kernel
+        set_attention_kernel(args.attention_kernel)
     from detr_jax.evaluation.coco_eval import enable_compilation_cache
     return enable_compilation_cache(cfg.eval.compilation_cache)
 

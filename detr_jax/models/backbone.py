@@ -1,5 +1,12 @@
 """ResNet v1.5 backbone (torchvision layout) with frozen BatchNorm, NHWC.
 
+``norm="frozen_bn"`` (the default, DETR's) uses fixed BatchNorm statistics, as the
+converted ImageNet-pretrained checkpoints need. ``norm="group"`` puts trainable
+GroupNorm in the same places (``bn1``, ``bn2``, ...) for backbones trained from scratch,
+such as the demo model's: frozen identity statistics would leave such a ResNet without
+any normalization. With GroupNorm the last norm of every residual branch starts at
+scale 0, so each block starts as the identity.
+
 The stride sits on the 3x3 convolution (v1.5). With ``dilation=True`` (DC5) the last
 stage keeps stride 16: its first block has stride 1 and dilation 1, the later blocks
 dilation 2 and padding 2, as torchvision's ``replace_stride_with_dilation``. All
@@ -36,6 +43,19 @@ class FrozenBatchNorm(nnx.Module):
         return x * scale.astype(x.dtype) + shift.astype(x.dtype)
 
 
+def make_norm(kind: str, channels: int, eps: float, groups: int = 8, *,
+              zero_scale: bool = False, rngs: nnx.Rngs | None = None) -> nnx.Module:
+    """The normalization of one conv: ``FrozenBatchNorm`` or trainable ``GroupNorm``."""
+    if kind == "frozen_bn":
+        return FrozenBatchNorm(channels, eps)
+    if kind == "group":
+        import math
+        return nnx.GroupNorm(channels, num_groups=math.gcd(groups, channels), epsilon=eps,
+                             scale_init=(nnx.initializers.zeros_init() if zero_scale
+                                         else nnx.initializers.ones_init()), rngs=rngs)
+    raise ValueError(f"backbone.norm={kind!r}: choose 'frozen_bn' or 'group'")
+
+
 def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, dilation: int = 1,
          dtype: Any = None, rngs: nnx.Rngs) -> nnx.Conv:
     """Bias-free convolution with torch's symmetric padding ``dilation * (kernel // 2)``."""
@@ -48,9 +68,9 @@ def conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, dilation: int
 class Downsample(nnx.Module):
     """1x1 strided projection shortcut (torch ``downsample.0`` conv, ``downsample.1`` BN)."""
 
-    def __init__(self, in_ch, out_ch, stride, eps, dtype, rngs):
+    def __init__(self, in_ch, out_ch, stride, eps, dtype, rngs, norm="frozen_bn", groups=8):
         self.conv = conv(in_ch, out_ch, 1, stride=stride, dtype=dtype, rngs=rngs)
-        self.bn = FrozenBatchNorm(out_ch, eps)
+        self.bn = make_norm(norm, out_ch, eps, groups, rngs=rngs)
 
     def __call__(self, x):
         return self.bn(self.conv(x))
@@ -62,15 +82,17 @@ class Bottleneck(nnx.Module):
     expansion = 4
 
     def __init__(self, in_ch: int, planes: int, *, stride: int, dilation: int,
-                 downsample: bool, eps: float, dtype: Any, rngs: nnx.Rngs):
+                 downsample: bool, eps: float, dtype: Any, rngs: nnx.Rngs,
+                 norm: str = "frozen_bn", groups: int = 8):
         out_ch = planes * self.expansion
         self.conv1 = conv(in_ch, planes, 1, dtype=dtype, rngs=rngs)
-        self.bn1 = FrozenBatchNorm(planes, eps)
+        self.bn1 = make_norm(norm, planes, eps, groups, rngs=rngs)
         self.conv2 = conv(planes, planes, 3, stride=stride, dilation=dilation, dtype=dtype, rngs=rngs)
-        self.bn2 = FrozenBatchNorm(planes, eps)
+        self.bn2 = make_norm(norm, planes, eps, groups, rngs=rngs)
         self.conv3 = conv(planes, out_ch, 1, dtype=dtype, rngs=rngs)
-        self.bn3 = FrozenBatchNorm(out_ch, eps)
-        self.downsample = Downsample(in_ch, out_ch, stride, eps, dtype, rngs) if downsample else None
+        self.bn3 = make_norm(norm, out_ch, eps, groups, zero_scale=True, rngs=rngs)
+        self.downsample = (Downsample(in_ch, out_ch, stride, eps, dtype, rngs, norm, groups)
+                           if downsample else None)
 
     def __call__(self, x):
         out = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -90,10 +112,11 @@ class ResNet(nnx.Module):
     (H/16 with ``dilation``)."""
 
     def __init__(self, stages=(3, 4, 6, 3), *, width: int = 64, dilation: bool = False,
-                 bn_eps: float = 1e-5, dtype: Any = None, rngs: nnx.Rngs):
+                 bn_eps: float = 1e-5, norm: str = "frozen_bn", norm_groups: int = 8,
+                 dtype: Any = None, rngs: nnx.Rngs):
         self.conv1 = nnx.Conv(3, width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
                               use_bias=False, dtype=dtype, rngs=rngs)
-        self.bn1 = FrozenBatchNorm(width, bn_eps)
+        self.bn1 = make_norm(norm, width, bn_eps, norm_groups, rngs=rngs)
         in_ch = width
         current_dilation = 1
         for index, blocks in enumerate(stages):
@@ -109,7 +132,7 @@ class ResNet(nnx.Module):
                     in_ch, planes, stride=stride if block == 0 else 1,
                     dilation=previous_dilation if block == 0 else current_dilation,
                     downsample=(block == 0 and (stride != 1 or in_ch != planes * 4)),
-                    eps=bn_eps, dtype=dtype, rngs=rngs))
+                    eps=bn_eps, dtype=dtype, rngs=rngs, norm=norm, groups=norm_groups))
                 in_ch = planes * Bottleneck.expansion
             setattr(self, f"layer{index + 1}", nnx.List(layer))
         self.num_stages = len(stages)

@@ -15,7 +15,9 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       backbone.width: channels of the stem (64 for torchvision ResNets); stage i has
         ``width * 2**i`` bottleneck channels and 4x that at its output.
       backbone.dilation: DC5 (dilated last stage, stride 16 instead of 32).
-      backbone.bn_eps: frozen BatchNorm epsilon.
+      backbone.bn_eps: BatchNorm (or GroupNorm) epsilon.
+      backbone.norm: "frozen_bn" (DETR's, for converted pretrained weights) or "group"
+        (trainable GroupNorm with ``norm_groups`` groups, for backbones trained from scratch).
       hidden_dim, num_heads, enc_layers, dec_layers, ffn_dim, dropout: transformer sizes.
       num_queries: object queries; num_classes: highest class id (91 for COCO), the class
         head has ``num_classes + 1`` outputs, the last being no-object.
@@ -24,7 +26,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     """
     cfg = ml_collections.ConfigDict()
     cfg.backbone = ml_collections.ConfigDict(
-        dict(stages=(3, 4, 6, 3), width=64, dilation=False, bn_eps=1e-5))
+        dict(stages=(3, 4, 6, 3), width=64, dilation=False, bn_eps=1e-5, norm="frozen_bn",
+             norm_groups=8))
     cfg.hidden_dim = 256
     cfg.num_heads = 8
     cfg.enc_layers = 6

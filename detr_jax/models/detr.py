@@ -60,6 +60,8 @@ class DETR(nnx.Module):
         self.dtype = dtype
         self.backbone = ResNet(tuple(cfg.backbone.stages), width=cfg.backbone.width,
                                dilation=cfg.backbone.dilation, bn_eps=cfg.backbone.bn_eps,
+                               norm=cfg.backbone.get("norm", "frozen_bn"),
+                               norm_groups=cfg.backbone.get("norm_groups", 8),
                                dtype=dtype, rngs=rngs)
         d = cfg.hidden_dim
         self.input_proj = nnx.Conv(backbone_channels(cfg), d, (1, 1), padding="VALID",

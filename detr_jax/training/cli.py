@@ -30,11 +30,12 @@ def build_model_from_config(cfg):
     return build_model(cfg.model, seed=cfg.train.seed)
 
 
-def make_eval_fn(cfg):
-    """``eval_fn(model, step) -> metrics`` for periodic evaluation (exact attention) on
-    the config's validation split, or None when ``train.eval_every`` is 0 or there is no
-    validation split. ``train.eval_images`` > 0 limits it to the first N images (the
-    metric names then say ``partial``)."""
+def make_eval_fn(cfg, settings=("exact",)):
+    """``eval_fn(model, step) -> metrics`` for periodic evaluation on the config's
+    validation split under the attention ``settings`` (exact; with MTKD also the student),
+    or None when ``train.eval_every`` is 0 or there is no validation split.
+    ``train.eval_images`` > 0 limits it to the first N images (metric names then end in
+    ``_firstN``); with several settings the names start with the setting."""
     if not cfg.train.get("eval_every", 0):
         return None
     annotations, images = cfg.data.get("val_annotations", ""), cfg.data.get("val_images", "")
@@ -49,13 +50,17 @@ def make_eval_fn(cfg):
     partial = 0 < limit < len(source)
 
     def eval_fn(model, step):
-        result = evaluate(model, source, ["exact"], batch_size=cfg.eval.batch_size,
+        result = evaluate(model, source, list(settings), batch_size=cfg.eval.batch_size,
                           granularity=cfg.data.granularity, size=cfg.data.size,
                           max_size=cfg.data.max_size, seed=cfg.eval.seed, max_images=limit,
                           flops_images=0, progress=False)
-        metrics = coco_metrics(source.coco, result.results_json("exact"), result.image_ids)
         suffix = f"_first{limit}" if partial else ""
-        return {name + suffix: metrics[name] for name in METRIC_NAMES}
+        out = {}
+        for setting in settings:
+            metrics = coco_metrics(source.coco, result.results_json(setting), result.image_ids)
+            prefix = f"{setting}/" if len(settings) > 1 else ""
+            out.update({prefix + name + suffix: metrics[name] for name in METRIC_NAMES})
+        return out
 
     return eval_fn
 
@@ -77,6 +82,7 @@ def main(argv=None) -> int:
     from detr_jax.data.augment import AugmentConfig
     from detr_jax.training.data import CocoTrainSource, TrainLoader
     from detr_jax.training.losses import LossWeights
+    from detr_jax.training.mtkd import MTKDConfig
     from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -95,12 +101,17 @@ def main(argv=None) -> int:
     steps_per_epoch = loader.steps_per_epoch()
     num_steps = cfg.train.num_steps or cfg.train.epochs * steps_per_epoch
     model = build_model_from_config(cfg)
-    trainer = Trainer(model, cfg.train, LossWeights(**cfg.loss.to_dict()), steps_per_epoch=steps_per_epoch)
+    mtkd = MTKDConfig.from_config(cfg.get("mtkd"))
+    trainer = Trainer(model, cfg.train, LossWeights(**cfg.loss.to_dict()),
+                      steps_per_epoch=steps_per_epoch, mtkd=mtkd)
+    if mtkd is not None:
+        print(f"MTKD: exact branch + {mtkd.act} branch, box distillation weight {mtkd.kd_weight}")
     print(f"training {num_steps} steps ({steps_per_epoch} per epoch) on {jax.device_count()} "
           f"devices in {jax.process_count()} processes, global batch {cfg.train.global_batch}")
     try:
         summary = train(trainer, loader, workdir=args.workdir, num_steps=num_steps,
-                        eval_fn=make_eval_fn(cfg), progress=None if args.no_progress else True)
+                        eval_fn=make_eval_fn(cfg, ("exact",) + ((mtkd.act,) if mtkd else ())),
+                        progress=None if args.no_progress else True)
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

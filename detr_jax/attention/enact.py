@@ -1,0 +1,240 @@
+"""ENACT: entropy-based clustering of keys and values (Savathrakis et al.), trainable.
+
+Per encoder layer, with its own parameters (a linear layer d -> 1):
+
+1. ``p = softmax(Linear(keys))`` over the image's valid pixels (keys = src + pos), and the
+   self-information ``I = -p log(p + 1e-8)``.
+2. The valid pixels, in row-major order, form one 1-D signal (padding is taken out, so a
+   padded image gives the signal of the image alone); it is smoothed with a Gaussian of
+   ``sigma`` (taps at integer offsets -3 sigma..3 sigma, weight ``exp(-x^2 / 2 sigma^2) /
+   (sqrt(2 pi) sigma)``, zero beyond the ends).
+3. The second derivative ``[-1, 2, -1]`` of the smoothed signal goes through a step
+   function (1 where positive) with a straight-through gradient.
+4. Regions are the maximal runs of equal step value; inside each region the smoothed
+   information gets a softmax, and each region's key and value are the weighted sums of
+   its members' keys and values.
+5. Queries stay full: every token attends to the region keys (standard scaled
+   dot-product attention, empty region slots masked), so the output keeps every token.
+
+The number of regions varies per image and layer; the work runs at the smallest static
+capacity of the ACT capacity ladder that holds the batch's largest count (no region is
+ever dropped). Keys and values are clustered before their projections (the weights of a
+region sum to 1, so this equals clustering the projected keys and values) so that only
+the region keys are projected.
+
+``variant="released"`` reproduces the released code's clustering instead: one chunk size
+for the whole batch (the mean region length, rounded), the sequence centre-cropped to a
+multiple of it, fixed chunks weighted by the softmax of the smoothed information, with
+padding ignored (padded pixels are part of the sequence, as there).
+
+Gradients reach the entropy layer through the region weights; region membership itself
+is discrete (the straight-through step keeps the released code's form).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats
+from detr_jax.attention.capacity import DEFAULT_LADDER, ladder_capacities, parse_ladder, run_at_capacity
+from detr_jax.attention.kernel import attention_core
+from detr_jax.attention.registry import register_attention
+
+VARIANTS = ("paper", "released")
+
+
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """The smoothing kernel of step 2: offsets -3 sigma..3 sigma (integers)."""
+    half = int(math.floor(3 * sigma))
+    x = np.arange(-half, half + 1, dtype=np.float64)
+    return (np.exp(-x ** 2 / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma)).astype(np.float32)
+
+
+def conv1d_same(signal: jax.Array, taps: np.ndarray) -> jax.Array:
+    """(B, N) signal convolved with symmetric ``taps`` (odd length), zero beyond the ends."""
+    half = len(taps) // 2
+    padded = jnp.pad(signal, ((0, 0), (half, half)))
+    n = signal.shape[1]
+    return sum(float(t) * padded[:, i:i + n] for i, t in enumerate(taps))
+
+
+def step_straight_through(x: jax.Array) -> jax.Array:
+    """1.0 where ``x > 0`` else 0.0, with the identity as gradient."""
+    return x + jax.lax.stop_gradient((x > 0).astype(x.dtype) - x)
+
+
+def self_information(logits: jax.Array, valid: jax.Array) -> jax.Array:
+    """``-p log(p + 1e-8)`` with ``p`` the softmax of (B, N) logits over valid pixels (0 elsewhere)."""
+    logits = jnp.where(valid, logits.astype(jnp.float32), -jnp.inf)
+    p = jax.nn.softmax(logits, axis=-1)
+    return jnp.where(valid, -p * jnp.log(p + 1e-8), 0.0)
+
+
+def regions(information: jax.Array, valid: jax.Array, sigma: float):
+    """Regions of step 2-4 over a compacted signal.
+
+    Args:
+      information: (B, N) self-information with the valid pixels first (``valid`` a prefix).
+      valid: (B, N) bool prefix mask.
+      sigma: Gaussian standard deviation.
+    Returns:
+      ids (B, N) int32 region of each pixel (-1 on padding), counts (B,) int32 regions,
+      smoothed (B, N) the smoothed information (0 on padding).
+    """
+    smoothed = jnp.where(valid, conv1d_same(information, gaussian_taps(sigma)), 0.0)
+    second = conv1d_same(smoothed, np.array([-1.0, 2.0, -1.0], np.float32))
+    step = step_straight_through(second)
+    change = jnp.concatenate([jnp.ones_like(step[:, :1], bool), step[:, 1:] != step[:, :-1]], axis=1)
+    starts = change & valid
+    ids = jnp.where(valid, jnp.cumsum(starts.astype(jnp.int32), axis=1) - 1, -1)
+    return ids, starts.sum(axis=1, dtype=jnp.int32), smoothed
+
+
+def region_weights(smoothed: jax.Array, ids: jax.Array, capacity: int) -> jax.Array:
+    """Softmax of ``smoothed`` inside each region: (B, N) weights, 0 where ids < 0."""
+    batch, n = ids.shape
+    inside = (ids >= 0) & (ids < capacity)
+    flat = jnp.where(inside, jnp.arange(batch)[:, None] * capacity + ids, batch * capacity).reshape(-1)
+    # The smoothed self-information lies in [0, 1), so exp needs no max subtraction.
+    e = jnp.where(inside.reshape(-1), jnp.exp(smoothed.reshape(-1)), 0.0)
+    total = jax.ops.segment_sum(e, flat, num_segments=batch * capacity + 1)
+    return (e / jnp.maximum(total[flat], 1e-30)).reshape(batch, n)
+
+
+def pool_regions(x: jax.Array, ids: jax.Array, weights: jax.Array, capacity: int) -> jax.Array:
+    """(B, N, D) -> (B, capacity, D): weighted sum of each region's members (0 for empty slots)."""
+    batch, n, d = x.shape
+    inside = (ids >= 0) & (ids < capacity)
+    flat = jnp.where(inside, jnp.arange(batch)[:, None] * capacity + ids, batch * capacity).reshape(-1)
+    weighted = (x.astype(jnp.float32) * weights[..., None]).reshape(batch * n, d)
+    pooled = jax.ops.segment_sum(weighted, flat, num_segments=batch * capacity + 1)
+    return pooled[:-1].reshape(batch, capacity, d).astype(x.dtype)
+
+
+def released_chunks(smoothed_ids_counts, n: int):
+    """The released code's chunking: (ids (B, N), counts (B,)) from the mean region length.
+
+    ``smoothed_ids_counts`` = (ids, counts) of :func:`regions` on the uncompacted signal;
+    chunk = round(mean run length over the batch), the sequence is centre-cropped to a
+    multiple of it and cut into fixed chunks.
+    """
+    _, counts = smoothed_ids_counts
+    batch = counts.shape[0]
+    mean_run = n * batch / jnp.maximum(counts.sum(), 1)
+    chunk = jnp.clip(jnp.round(mean_run).astype(jnp.int32), 1, n)
+    num_chunks = n // chunk
+    start = (n - num_chunks * chunk) // 2
+    position = jnp.arange(n, dtype=jnp.int32)
+    inside = (position >= start) & (position < start + num_chunks * chunk)
+    ids = jnp.where(inside, (position - start) // chunk, -1)
+    return jnp.broadcast_to(ids, (batch, n)), jnp.full((batch,), num_chunks, jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ENACT(AttentionSpec):
+    """Spec of ENACT encoder attention (``enact:sigma=3``).
+
+    Args:
+      sigma: standard deviation of the Gaussian smoothing (3 for DETR in the paper).
+      variant: ``"paper"`` (variable-length regions, padding excluded) or ``"released"``
+        (fixed chunks of the mean region length, padding ignored).
+      ladder: capacity fractions of N (see ``capacity.parse_ladder``).
+    """
+
+    name = "enact"
+    sigma: float = 3.0
+    variant: str = "paper"
+    ladder: Any = DEFAULT_LADDER
+
+    def __post_init__(self):
+        object.__setattr__(self, "sigma", float(self.sigma))
+        object.__setattr__(self, "ladder", parse_ladder(self.ladder))
+        if not self.sigma > 0:
+            raise ValueError(f"ENACT: sigma must be positive, got {self.sigma}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"ENACT: variant must be one of {VARIANTS}, got {self.variant!r}")
+
+    def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
+              dtype: Any = None, rngs: nnx.Rngs) -> EncoderAttention:
+        return ENACTAttention(d_model, num_heads, spec=self, layer_index=layer_index,
+                              dtype=dtype, rngs=rngs)
+
+    def to_string(self) -> str:
+        parts = [f"sigma={self.sigma:g}"]
+        if self.variant != "paper":
+            parts.append(f"variant={self.variant}")
+        if self.ladder != parse_ladder(DEFAULT_LADDER):
+            parts.append("ladder=" + "/".join(f"{1 / f:g}" for f in reversed(self.ladder)))
+        return "enact:" + ",".join(parts)
+
+
+class ENACTAttention(EncoderAttention):
+    """ENACT self-attention of one encoder layer: projections plus the entropy layer."""
+
+    def __init__(self, d_model: int, num_heads: int, *, spec: ENACT, layer_index: int = 0,
+                 dtype: Any = None, rngs: nnx.Rngs):
+        super().__init__(d_model, num_heads, layer_index=layer_index, dtype=dtype, rngs=rngs)
+        self.spec = spec
+        self.entropy = nnx.Linear(d_model, 1, kernel_init=nnx.initializers.xavier_uniform(),
+                                  bias_init=nnx.initializers.zeros_init(), dtype=jnp.float32,
+                                  rngs=rngs)
+
+    def cluster(self, keys: jax.Array, key_padding_mask: jax.Array | None):
+        """Regions of one call: (order (B, N) pixel order, ids (B, N), counts (B,),
+        smoothed information (B, N)), all in ``order``'s order."""
+        batch, n, _ = keys.shape
+        valid = (jnp.ones((batch, n), bool) if key_padding_mask is None
+                 else ~key_padding_mask.astype(bool))
+        if self.spec.variant == "released":  # padding ignored, as in the released code
+            valid = jnp.ones((batch, n), bool)
+        # Valid pixels first, in row-major order (a stable sort of the padding flag).
+        order = jnp.argsort(~valid, axis=1, stable=True)
+        prefix = jnp.take_along_axis(valid, order, axis=1)
+        logits = self.entropy(jnp.take_along_axis(keys, order[..., None], axis=1))[..., 0]
+        info = self_information(logits, prefix)
+        ids, counts, smoothed = regions(info, prefix, self.spec.sigma)
+        if self.spec.variant == "released":
+            ids, counts = released_chunks((ids, counts), n)
+        return order, ids, counts, smoothed
+
+    def __call__(self, queries, keys, values, key_padding_mask=None, rng=None):
+        del rng
+        batch, n, _ = keys.shape
+        order, ids, counts, smoothed = self.cluster(keys, key_padding_mask)
+        gather = lambda x: jnp.take_along_axis(x, order[..., None], axis=1)
+        keys_sorted, values_sorted = gather(keys), gather(values)
+        q = self.split_heads(self.q_proj(queries)) * (self.head_dim ** -0.5)
+
+        def branch(capacity: int):
+            weights = region_weights(smoothed, ids, capacity)
+            k = self.split_heads(self.k_proj(pool_regions(keys_sorted, ids, weights, capacity)))
+            v = self.split_heads(self.v_proj(pool_regions(values_sorted, ids, weights, capacity)))
+            empty = jnp.arange(capacity)[None, :] >= counts[:, None]
+            return attention_core(q, k, v, empty)
+
+        capacities = ladder_capacities(n, self.spec.ladder)
+        out, used = run_at_capacity(jnp.max(counts), capacities, branch)
+        out = out.reshape(batch, n, self.d_model)
+        valid = (jnp.ones((batch, n), bool) if key_padding_mask is None
+                 else ~key_padding_mask.astype(bool))
+        stats: Stats = {
+            "num_clusters": jnp.broadcast_to(counts[:, None], (batch, self.num_heads)),
+            "num_valid": valid.sum(axis=1, dtype=jnp.int32),
+            "capacity": used,
+        }
+        return self.out_proj(out), stats
+
+
+def _enact_from_string(sigma=3.0, variant="paper", ladder=DEFAULT_LADDER) -> ENACT:
+    return ENACT(sigma=sigma, variant=variant, ladder=ladder)
+
+
+register_attention("enact", _enact_from_string,
+                   "enact[:sigma=<gaussian sigma>,variant=paper|released,ladder=<divisors>]")

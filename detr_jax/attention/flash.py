@@ -1,0 +1,219 @@
+"""Fused (flash) attention for GPUs, written in Pallas (Triton), with ragged query rows.
+
+``flash_attention(q, k, v, key_valid, query_counts)`` computes the same thing as
+``base.masked_softmax_attention`` without ever storing the (Nq, Nk) logits: every program
+of the grid holds ``block_q`` query rows of one (image, head) in registers and streams
+the keys and values through them in blocks of ``block_k`` with the online softmax
+(running maximum and normalizer). Time and memory grow linearly with the number of query
+rows that do work, which is what clustered attention needs:
+
+- ``key_valid`` (B, Nk) masks padded keys (they get no weight).
+- ``query_counts`` (B, H) says how many leading query rows of each (image, head) are
+  real (ACT's prototype slots are filled from slot 0 up). Query blocks that start past
+  the count do no work and write zeros, so a capacity of N costs what the real clusters
+  cost: the kernel-level equivalent of the capacity ladder, with no ``lax.switch``.
+
+Matrix products use TF32 under the default matmul precision and full fp32 under
+``jax.default_matmul_precision("highest")`` (the parity setting); bf16 inputs multiply in
+bf16 with fp32 accumulation. The backward pass recomputes through the XLA reference, so
+the kernel can sit inside a trained model. ``interpret=True`` runs the kernel through
+the Pallas interpreter (CPU tests).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e30  # finite: a block of only masked keys stays finite
+
+
+def _matmul_precision():
+    """The DotAlgorithmPreset for the kernel's fp32 products under the current setting."""
+    try:
+        from jax._src import config
+        setting = config.default_matmul_precision.value
+    except (ImportError, AttributeError):
+        setting = jax.config.jax_default_matmul_precision
+    if setting in ("highest", "float32", "fp32", "HIGHEST"):
+        return jax.lax.DotAlgorithmPreset.F32_F32_F32
+    if setting in ("high", "tensorfloat32", "bfloat16_3x"):
+        return jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+    return jax.lax.DotAlgorithmPreset.TF32_TF32_F32
+
+
+def _kernel(counts_ref, q_ref, k_ref, v_ref, valid_ref, o_ref, *, block_k: int,
+            num_k_blocks: int, heads: int, precision, ragged: bool):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    block_q = q_ref.shape[0]
+    first_row = pl.program_id(0) * block_q  # program ids are read outside conditionals
+    count = counts_ref[pl.program_id(1) * heads + pl.program_id(2)] if ragged else None
+
+    def compute():
+        q = q_ref[...]
+
+        def body(j, carry):
+            m, l, acc = carry
+            keys = pl.ds(j * block_k, block_k)
+            k = k_ref[keys, :]
+            v = v_ref[keys, :]
+            ok = valid_ref[keys] != 0
+            s = plgpu.dot(q, k, trans_b=True, precision=precision).astype(jnp.float32)
+            s = jnp.where(ok[None, :], s, NEG_INF)
+            m_new = jnp.maximum(m, jnp.max(s, axis=1))
+            p = jnp.where(ok[None, :], jnp.exp(s - m_new[:, None]), 0.0)
+            scale = jnp.exp(m - m_new)
+            l = l * scale + jnp.sum(p, axis=1)
+            pv = plgpu.dot(p.astype(v.dtype), v, precision=precision).astype(jnp.float32)
+            return m_new, l, acc * scale[:, None] + pv
+
+        init = (jnp.full((block_q,), NEG_INF, jnp.float32), jnp.zeros((block_q,), jnp.float32),
+                jnp.zeros((block_q, q.shape[-1]), jnp.float32))
+        _, l, acc = jax.lax.fori_loop(0, num_k_blocks, body, init)
+        out = acc / jnp.maximum(l, 1e-30)[:, None]
+        if count is not None:  # rows past the count inside the last busy block
+            rows = first_row + jnp.arange(block_q)
+            out = jnp.where((rows < count)[:, None], out, 0.0)
+        o_ref[...] = out.astype(o_ref.dtype)
+
+    if not ragged:
+        compute()
+        return
+    busy = first_row < count
+    pl.when(busy)(compute)
+
+    @pl.when(jnp.logical_not(busy))
+    def _():
+        o_ref[...] = jnp.zeros(o_ref.shape, o_ref.dtype)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _pallas_forward(q, k, v, key_valid, query_counts, *, block_q, block_k, num_warps,
+                    num_stages, interpret):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    batch, nq, heads, dim = q.shape
+    nk = k.shape[1]
+    nq_p, nk_p = _round_up(nq, block_q), _round_up(nk, block_k)
+    dim_p = max(16, 1 << (dim - 1).bit_length())
+    pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, dim_p - dim)))
+    q, k, v = pad(q, nq_p), pad(k, nk_p), pad(v, nk_p)
+    valid = jnp.ones((batch, nk), jnp.int32) if key_valid is None else key_valid.astype(jnp.int32)
+    valid = jnp.pad(valid, ((0, 0), (0, nk_p - nk)))
+    ragged = query_counts is not None
+    rows = batch * heads
+    counts = (query_counts.astype(jnp.int32).reshape(rows) if ragged
+              else jnp.full((rows,), nq, jnp.int32))
+    counts = jnp.pad(counts, (0, (1 << max(rows - 1, 0).bit_length()) - rows))
+    precision = (_matmul_precision() if q.dtype == jnp.float32 and not interpret
+                 else jax.lax.DotAlgorithmPreset.DEFAULT)  # the interpreter (CPU) takes DEFAULT
+    kernel = functools.partial(_kernel, block_k=block_k, num_k_blocks=nk_p // block_k,
+                               heads=heads, precision=precision, ragged=ragged)
+    out = pl.pallas_call(
+        kernel,
+        grid=(nq_p // block_q, batch, heads),
+        in_specs=[
+            pl.BlockSpec((counts.shape[0],), lambda i, b, h: (0,)),
+            pl.BlockSpec((None, block_q, None, dim_p), lambda i, b, h: (b, i, h, 0)),
+            pl.BlockSpec((None, nk_p, None, dim_p), lambda i, b, h: (b, 0, h, 0)),
+            pl.BlockSpec((None, nk_p, None, dim_p), lambda i, b, h: (b, 0, h, 0)),
+            pl.BlockSpec((None, nk_p), lambda i, b, h: (b, 0)),
+        ],
+        out_specs=pl.BlockSpec((None, block_q, None, dim_p), lambda i, b, h: (b, i, h, 0)),
+        out_shape=jax.ShapeDtypeStruct((batch, nq_p, heads, dim_p), q.dtype),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        interpret=interpret,
+        name="detr_flash_attention",
+    )(counts, q, k, v, valid)
+    return out[:, :nq, :, :dim]
+
+
+def reference_attention(q, k, v, key_valid, query_counts):
+    """The XLA computation the kernel fuses (rows past ``query_counts`` are zero)."""
+    from detr_jax.attention.base import masked_softmax_attention
+    mask = None if key_valid is None else ~key_valid.astype(bool)
+    out = masked_softmax_attention(q, k, v, mask)
+    if query_counts is not None:
+        rows = jnp.arange(q.shape[1])[None, :, None]
+        out = jnp.where((rows < query_counts[:, None, :])[..., None], out, 0.0).astype(out.dtype)
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _flash(q, k, v, key_valid, query_counts, block_q, block_k, num_warps, num_stages, interpret):
+    return _pallas_forward(q, k, v, key_valid, query_counts, block_q=block_q, block_k=block_k,
+                           num_warps=num_warps, num_stages=num_stages, interpret=interpret)
+
+
+def _flash_fwd(q, k, v, key_valid, query_counts, *static):
+    return _flash(q, k, v, key_valid, query_counts, *static), (q, k, v, key_valid, query_counts)
+
+
+def _flash_bwd(block_q, block_k, num_warps, num_stages, interpret, residuals, grad):
+    q, k, v, key_valid, query_counts = residuals
+    _, vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, key_valid, query_counts), q, k, v)
+    dq, dk, dv = vjp(grad)
+    zero = lambda x: None if x is None else jnp.zeros(x.shape, jax.dtypes.float0)
+    return dq, dk, dv, zero(key_valid), zero(query_counts)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_attention(q, k, v, key_valid=None, query_counts=None, *, block_q: int = 64,
+                    block_k: int = 64, num_warps: int = 4, num_stages: int = 2,
+                    interpret: bool | None = None) -> jax.Array:
+    """Scaled dot-product attention with padded keys and ragged queries, fused.
+
+    Args:
+      q: (B, Nq, H, Dh) queries, already scaled; k, v: (B, Nk, H, Dh).
+      key_valid: (B, Nk) bool, False on padded keys (never attended), or None.
+      query_counts: (B, H) int, the number of leading query rows of each (image, head)
+        that are real; later rows do no work and come out as zeros. None: all rows.
+      block_q, block_k: tile sizes (powers of 2); num_warps, num_stages: Triton options.
+      interpret: run through the Pallas interpreter; None: when the selected kernel is
+        ``"flash_interpret"`` (see ``attention.kernel``).
+    Returns:
+      (B, Nq, H, Dh) in q's dtype.
+    """
+    if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"flash_attention: q {q.shape}, k {k.shape}, v {v.shape} must be "
+                         "(B, Nq, H, Dh), (B, Nk, H, Dh), (B, Nk, H, Dh)")
+    for name, block in (("block_q", block_q), ("block_k", block_k)):
+        if block < 16 or block & (block - 1):
+            raise ValueError(f"flash_attention: {name}={block} must be a power of 2 >= 16")
+    if interpret is None:
+        from detr_jax.attention.kernel import resolved_kernel
+        interpret = resolved_kernel() == "flash_interpret"
+    return _flash(q, k, v, key_valid, query_counts, block_q, block_k, num_warps, num_stages,
+                  bool(interpret))
+
+
+def available() -> bool:
+    """Whether the kernel can compile on the default backend (a CUDA GPU with Triton)."""
+    return _probe()
+
+
+@functools.lru_cache(maxsize=None)
+def _probe() -> bool:
+    if jax.default_backend() != "gpu":
+        return False
+    try:
+        x = jnp.zeros((1, 64, 1, 32), jnp.float32)
+        jax.block_until_ready(jax.jit(flash_attention)(x, x, x))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not available here"
+        return False
+
+
+def flops(batch: int, heads: int, queries: int, keys: int, dim: int) -> int:
+    """Multiply-accumulates of the two products (for ratios in benchmarks)."""
+    return 2 * batch * heads * queries * keys * dim
