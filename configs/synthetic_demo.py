@@ -32,7 +32,7 @@ def get_config():
         max_train_size=512, crop_min=192, crop_max=360,
     ))
     cfg.train = train_config(
-        global_batch=32, epochs=40, lr=2e-4, lr_backbone=2e-4, lr_drop_epochs=(30,),
+        global_batch=32, epochs=24, lr=2e-4, lr_backbone=2e-4, lr_drop_epochs=(18,),
         frozen=(),  # trained from scratch: nothing frozen
         max_targets=20, num_workers=14, pad_to=(512, 512),
         checkpoint_every=500, log_every=50, eval_every=2500, eval_images=300)

@@ -70,7 +70,9 @@ class MultiHeadAttention(nnx.Module):
         self.d_model = d_model
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
-        linear = lambda: nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
+        # Xavier-uniform weights, zero biases: the official transformer's initialization.
+        linear = lambda: nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs,
+                                    kernel_init=nnx.initializers.xavier_uniform())
         self.q_proj = linear()
         self.k_proj = linear()
         self.v_proj = linear()

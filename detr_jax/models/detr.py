@@ -67,7 +67,10 @@ class DETR(nnx.Module):
         self.input_proj = nnx.Conv(backbone_channels(cfg), d, (1, 1), padding="VALID",
                                    dtype=dtype, rngs=rngs)
         self.transformer = Transformer(cfg, spec, dtype, rngs)
-        self.query_embed = nnx.Embed(cfg.num_queries, d, rngs=rngs)
+        # N(0, 1) as torch's nn.Embedding: the queries must differ from the start, or all
+        # of them predict the same box (a from-scratch run with std 0.09 never recovered).
+        self.query_embed = nnx.Embed(cfg.num_queries, d, rngs=rngs,
+                                     embedding_init=nnx.initializers.normal(stddev=1.0))
         self.class_embed = nnx.Linear(d, cfg.num_classes + 1, dtype=dtype, rngs=rngs)
         self.bbox_embed = MLP((d, d, d, 4), dtype, rngs)
         self.position_temperature = cfg.position_temperature

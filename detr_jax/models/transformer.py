@@ -14,6 +14,9 @@ from flax import nnx
 
 from detr_jax.attention import AttentionSpec, MultiHeadAttention
 
+# The official transformer re-initializes every weight matrix with Xavier-uniform.
+XAVIER = nnx.initializers.xavier_uniform()
+
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     """Inverted dropout with an explicit key; identity when ``rng`` is None or rate is 0."""
@@ -38,8 +41,8 @@ class EncoderLayer(nnx.Module):
         d = cfg.hidden_dim
         self.self_attn = spec.build(d, cfg.num_heads, layer_index=layer_index,
                                     num_layers=cfg.enc_layers, dtype=dtype, rngs=rngs)
-        self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, rngs=rngs)
-        self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, rngs=rngs)
+        self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
+        self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
         self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.norm2 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.rate = cfg.dropout
@@ -61,8 +64,8 @@ class DecoderLayer(nnx.Module):
         d = cfg.hidden_dim
         self.self_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, rngs=rngs)
         self.multihead_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, rngs=rngs)
-        self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, rngs=rngs)
-        self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, rngs=rngs)
+        self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
+        self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
         self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.norm2 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.norm3 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)

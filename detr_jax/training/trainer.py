@@ -297,7 +297,8 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
             else:  # every process must take part in the same all-gathers
                 stop = (step + 1) % max(1, cfg.preemption_check_every) == 0 and _any_process(sigterm["set"])
             if stop:
-                checkpoints.save(step + 1, trainer.checkpoint_item(), force=True)
+                if step + 1 not in checkpoints.steps():  # the regular save may have just run
+                    checkpoints.save(step + 1, trainer.checkpoint_item(), force=True)
                 stopped_early = True
                 break
         while pending:
