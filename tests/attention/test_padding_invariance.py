@@ -73,7 +73,7 @@ def test_encoder_padded_batch_equals_single_images(name, encoder_case):
     cfg, batch, singles, valid = encoder_case
     spec = SPECS[name]
     if name.startswith("act"):
-        spec = detr_jax.ACT(rounds=16, bucket_width=1.0, group=spec.group, key_rounds=4)
+        spec = detr_jax.ACT(rounds=16, bucket_width=4.0, group=spec.group, key_rounds=4)
     encoder = detr_jax.build_model(cfg, encoder_attention=spec).transformer.encoder
     rng = jax.random.key(9)
     memory, stats = encoder(*batch, rng=rng)
