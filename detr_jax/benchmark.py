@@ -44,6 +44,18 @@ def _peak_memory_mib():
     return None if peak is None else peak / 2**20
 
 
+def _xla_memory_mib(compiled):
+    """Arguments + outputs + temporaries - aliased, from XLA's memory analysis (MiB): the
+    step's own footprint, unlike the device peak, which also counts compile-time
+    autotuning scratch buffers."""
+    try:
+        m = compiled.memory_analysis()
+        return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                - m.alias_size_in_bytes) / 2**20
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+
+
 def _timed(fn, warmup: int, repeats: int) -> list[float]:
     import jax
     for _ in range(warmup):
@@ -87,7 +99,7 @@ def bench_infer(cfg, args, attention: str, batch: int, precision: str) -> dict:
     compiled = forward._run.lower(forward.state, pixels, mask, rng).compile()
     compile_s = time.perf_counter() - start
     times = _timed(lambda: compiled(forward.state, pixels, mask, rng), args.warmup, args.repeats)
-    return {"compile_s": compile_s, "times_s": times}
+    return {"compile_s": compile_s, "times_s": times, "xla_memory_mib": _xla_memory_mib(compiled)}
 
 
 def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
@@ -120,7 +132,7 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
         return metrics["loss"]
 
     times = _timed(one, args.warmup, args.repeats)
-    return {"compile_s": compile_s, "times_s": times}
+    return {"compile_s": compile_s, "times_s": times, "xla_memory_mib": _xla_memory_mib(step)}
 
 
 def run_one(cfg, args, mode: str, attention: str, batch: int, precision: str) -> dict:
@@ -140,22 +152,24 @@ def run_one(cfg, args, mode: str, attention: str, batch: int, precision: str) ->
                 devices=jax.device_count(), median_ms=median * 1e3,
                 p10_ms=pct(0.1) * 1e3, p90_ms=pct(0.9) * 1e3, ms_per_image=median * 1e3 / batch,
                 images_per_s=batch / median, peak_memory_mib=_peak_memory_mib(),
+                xla_memory_mib=result.get("xla_memory_mib"),
                 compile_s=result["compile_s"], repeats=len(times))
 
 
 def format_table(rows: list[dict]) -> str:
     header = ("| mode | attention | batch | precision | median ms | ms/image | images/s | "
-              "p10-p90 ms | peak MiB | compile s |")
-    lines = [header, "|" + " --- |" * 10]
+              "p10-p90 ms | device peak MiB | XLA MiB | compile s |")
+    lines = [header, "|" + " --- |" * 11]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['mode']} | {r['attention']} | {r['batch']} | {r['precision']} | "
-                         f"failed: {r['error']} | | | | | |")
+                         f"failed: {r['error']} | | | | | | |")
             continue
         peak = "n/a" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
+        xla = "n/a" if r.get("xla_memory_mib") is None else f"{r['xla_memory_mib']:.0f}"
         lines.append(f"| {r['mode']} | {r['attention']} | {r['batch']} | {r['precision']} | "
                      f"{r['median_ms']:.2f} | {r['ms_per_image']:.2f} | {r['images_per_s']:.1f} | "
-                     f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f} | {peak} | {r['compile_s']:.1f} |")
+                     f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f} | {peak} | {xla} | {r['compile_s']:.1f} |")
     return "\n".join(lines)
 
 
