@@ -203,12 +203,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    from detr_jax.config_cli import apply_overrides, load_config_file
-    try:
-        cfg = load_config_file(args.config)
-        apply_overrides(cfg, rest)
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+    from detr_jax.config_cli import config_for_parser
+    cfg = config_for_parser(parser, args.config, rest)
     if args.checkpoint and "train" in args.mode:
         parser.error("--checkpoint applies to --mode infer only")
     settings = list(itertools.product(args.mode, args.attention, args.batch, args.precision))

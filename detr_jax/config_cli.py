@@ -83,3 +83,14 @@ def apply_overrides(cfg: ml_collections.ConfigDict, args: Sequence[str]) -> ml_c
         node[leaf] = _parse_value(text, node[leaf], field)
         i += 1
     return cfg
+
+
+def config_for_parser(parser, path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """``load_config_file(path)`` with ``--config.a.b=value`` overrides applied; a missing
+    file or a bad override ends the program through ``parser.error`` (usage + message)."""
+    try:
+        cfg = load_config_file(path)
+        apply_overrides(cfg, overrides)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    return cfg

@@ -68,12 +68,8 @@ def make_eval_fn(cfg, settings=("exact",)):
 def main(argv=None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    from detr_jax.config_cli import apply_overrides, load_config_file
-    try:
-        cfg = load_config_file(args.config)
-        apply_overrides(cfg, rest)
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+    from detr_jax.config_cli import config_for_parser
+    cfg = config_for_parser(parser, args.config, rest)
     from detr_jax.training.distributed import initialize
     initialize(args.coordinator, args.num_processes, args.process_id)
 
