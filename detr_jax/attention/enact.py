@@ -50,6 +50,13 @@ from detr_jax.attention.registry import register_attention
 VARIANTS = ("paper", "released")
 
 
+def valid_pixels(key_padding_mask: jax.Array | None, batch: int, n: int) -> jax.Array:
+    """(B, N) bool, True on valid pixels, from a padding mask (True on padding) or None."""
+    if key_padding_mask is None:
+        return jnp.ones((batch, n), bool)
+    return ~key_padding_mask.astype(bool)
+
+
 def gaussian_taps(sigma: float) -> np.ndarray:
     """The smoothing kernel of step 2: offsets -3 sigma..3 sigma (integers)."""
     half = int(math.floor(3 * sigma))
@@ -118,14 +125,13 @@ def pool_regions(x: jax.Array, ids: jax.Array, weights: jax.Array, capacity: int
     return pooled[:-1].reshape(batch, capacity, d).astype(x.dtype)
 
 
-def released_chunks(smoothed_ids_counts, n: int):
+def released_chunks(counts: jax.Array, n: int):
     """The released code's chunking: (ids (B, N), counts (B,)) from the mean region length.
 
-    ``smoothed_ids_counts`` = (ids, counts) of :func:`regions` on the uncompacted signal;
+    ``counts`` (B,) are the region counts of :func:`regions` on the uncompacted signal;
     chunk = round(mean run length over the batch), the sequence is centre-cropped to a
     multiple of it and cut into fixed chunks.
     """
-    _, counts = smoothed_ids_counts
     batch = counts.shape[0]
     mean_run = n * batch / jnp.maximum(counts.sum(), 1)
     chunk = jnp.clip(jnp.round(mean_run).astype(jnp.int32), 1, n)
@@ -190,8 +196,7 @@ class ENACTAttention(EncoderAttention):
         """Regions of one call: (order (B, N) pixel order, ids (B, N), counts (B,),
         smoothed information (B, N)), all in ``order``'s order."""
         batch, n, _ = keys.shape
-        valid = (jnp.ones((batch, n), bool) if key_padding_mask is None
-                 else ~key_padding_mask.astype(bool))
+        valid = valid_pixels(key_padding_mask, batch, n)
         if self.spec.variant == "released":  # padding ignored, as in the released code
             valid = jnp.ones((batch, n), bool)
         # Valid pixels first, in row-major order (a stable sort of the padding flag).
@@ -201,7 +206,7 @@ class ENACTAttention(EncoderAttention):
         info = self_information(logits, prefix)
         ids, counts, smoothed = regions(info, prefix, self.spec.sigma)
         if self.spec.variant == "released":
-            ids, counts = released_chunks((ids, counts), n)
+            ids, counts = released_chunks(counts, n)
         return order, ids, counts, smoothed
 
     def __call__(self, queries, keys, values, key_padding_mask=None, rng=None):
@@ -222,8 +227,7 @@ class ENACTAttention(EncoderAttention):
         capacities = ladder_capacities(n, self.spec.ladder)
         out, used = run_at_capacity(jnp.max(counts), capacities, branch)
         out = out.reshape(batch, n, self.d_model)
-        valid = (jnp.ones((batch, n), bool) if key_padding_mask is None
-                 else ~key_padding_mask.astype(bool))
+        valid = valid_pixels(key_padding_mask, batch, n)
         stats: Stats = {
             "num_clusters": jnp.broadcast_to(counts[:, None], (batch, self.num_heads)),
             "num_valid": valid.sum(axis=1, dtype=jnp.int32),

@@ -24,11 +24,7 @@ def setup(synthetic_root):
     cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
     source = CocoTrainSource(str(synthetic_root / "annotations" / "instances_train.json"),
                              str(synthetic_root / "train"))
-    d = cfg.data
-    augment = AugmentConfig(scales=tuple(d.scales), max_size=d.max_size,
-                            crop_resize_scales=tuple(d.crop_resize_scales), crop_min=d.crop_min,
-                            crop_max=d.crop_max)
-    return cfg, source, augment
+    return cfg, source, AugmentConfig.from_data_config(cfg.data)
 
 
 def make(cfg, source, augment):
