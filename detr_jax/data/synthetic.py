@@ -2,11 +2,12 @@
 
     python -m detr_jax.data.synthetic --output data/synthetic --train 4000 --val 300
 
-Each image has a textured, cluttered background and 2-12 objects of eight shape classes
+Each image has a textured, cluttered background and 1-6 objects of eight shape classes
 (circle, square, triangle, ring, cross, star, hexagon, bar), drawn in random colours and
 textures (solid, stripes, checks, speckle) at sizes spanning COCO's small (< 32^2 px),
-medium and large (> 96^2 px) areas. Later objects occlude earlier ones; boxes and areas
-describe the visible part, and objects less than 40% visible are not annotated. Image
+medium and large (> 96^2 px) areas, mostly inside the image. Later objects occlude
+earlier ones; boxes and areas describe the visible part, and objects less than 50%
+visible are not annotated. Image
 sizes (288-448 x 384-576) give a stride-16 encoder 400 to 1000 tokens at the default eval
 resolution (short side 384). Image ``i`` of a split depends only on (seed, split, i).
 """
@@ -24,7 +25,7 @@ from PIL import Image, ImageDraw
 
 CLASSES = ("circle", "square", "triangle", "ring", "cross", "star", "hexagon", "bar")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-MIN_VISIBLE = 0.4
+MIN_VISIBLE = 0.5
 
 
 def categories():
@@ -98,7 +99,7 @@ def _background(rng, height, width) -> np.ndarray:
     image += rng.normal(0, rng.uniform(2, 14), (height, width, 1))
     clutter = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(clutter)
-    for _ in range(rng.integers(3, 15)):  # unannotated lines and dots
+    for _ in range(rng.integers(2, 9)):  # unannotated lines and dots
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         if rng.random() < 0.6:
             pts = [tuple(float(v) for v in rng.uniform(0, 1, 2) * (width, height)) for _ in range(2)]
@@ -117,11 +118,13 @@ def render_image(seed: int, split: str, index: int):
     image = _background(rng, height, width)
     owner = np.full((height, width), -1, np.int32)
     objects = []
-    for obj in range(int(rng.integers(2, 13))):
+    for obj in range(int(rng.integers(1, 7))):
         kind_id = int(rng.integers(len(CLASSES)))
-        # log-uniform extent: about a third small, a third medium, a third large
-        size = float(math.exp(rng.uniform(math.log(14), math.log(0.7 * min(height, width)))))
-        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        # log-uniform extent: about 30% small, 55% medium, 15% large (by visible area)
+        size = float(math.exp(rng.uniform(math.log(24), math.log(0.6 * min(height, width)))))
+        # centres keep at least 80% of the extent inside the image
+        margin = 0.3 * size
+        cx, cy = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
         mask = _shape_mask(CLASSES[kind_id], height, width, cx, cy, size,
                            rng.uniform(0, 2 * math.pi), rng.uniform(0.2, 0.45))
         drawn = int(mask.sum())
