@@ -133,8 +133,9 @@ def cluster_assignments(model, pixel_values, padding_mask, encoder_rng):
         if encoder_rng is not None:
             attn_rng, _ = jax.random.split(jax.random.fold_in(encoder_rng, index))
         attention = layer.self_attn
-        qk = src + pos
-        q, k, _ = attention.project(qk, qk, src)
+        normed = layer.norm1(src) if layer.pre_norm else src
+        qk = normed + pos
+        q, k, _ = attention.project(qk, qk, normed)
         ids = _assignment_ids(attention, q, k, flat_mask, attn_rng)
         per_layer.append(None if ids is None else ids.reshape(batch, -1, h * w))
         src, _ = layer(src, pos, flat_mask, attn_rng=attn_rng)

@@ -19,6 +19,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       backbone.norm: "frozen_bn" (DETR's, for converted pretrained weights) or "group"
         (trainable GroupNorm with ``norm_groups`` groups, for backbones trained from scratch).
       hidden_dim, num_heads, enc_layers, dec_layers, ffn_dim, dropout: transformer sizes.
+      pre_norm: pre-norm transformer layers (the official ``--pre_norm``), for training
+        from scratch; the official checkpoints are post-norm (False).
       num_queries: object queries; num_classes: highest class id (91 for COCO), the class
         head has ``num_classes + 1`` outputs, the last being no-object.
       encoder_attention: encoder-attention setting string (``exact``, ``act:L=32``, ...).
@@ -37,6 +39,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     cfg.num_queries = 100
     cfg.num_classes = 91
     cfg.layer_norm_eps = 1e-5
+    cfg.pre_norm = False
     cfg.position_temperature = 10000.0
     cfg.encoder_attention = "exact"
     cfg.dtype = "float32"

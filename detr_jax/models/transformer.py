@@ -1,4 +1,10 @@
-"""DETR's post-norm transformer: encoder with a swappable self-attention, and decoder.
+"""DETR's transformer: encoder with a swappable self-attention, and decoder.
+
+Post-norm by default (the official models); ``pre_norm`` (the official code's
+``--pre_norm`` option) normalizes each sub-layer's input instead and adds a final encoder
+LayerNorm. Pre-norm keeps each token's own features on the residual path, which matters
+when training from scratch: at initialization the post-norm encoder's nearly uniform
+attention averages tokens together layer after layer (docs/training.md).
 
 Sequences are (B, N, d) with row-major flattening of the (h, w) feature map, the same
 token order as the official ``flatten(2).permute(2, 0, 1)``.
@@ -35,7 +41,7 @@ def layer_norm(d, eps, dtype, rngs):
 
 
 class EncoderLayer(nnx.Module):
-    """Post-norm encoder layer; ``self_attn`` is whatever the attention spec builds."""
+    """Encoder layer (post- or pre-norm); ``self_attn`` is whatever the attention spec builds."""
 
     def __init__(self, cfg, spec: AttentionSpec, layer_index: int, dtype: Any, rngs: nnx.Rngs):
         d = cfg.hidden_dim
@@ -46,9 +52,17 @@ class EncoderLayer(nnx.Module):
         self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.norm2 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.rate = cfg.dropout
+        self.pre_norm = bool(cfg.get("pre_norm", False))
 
     def __call__(self, src, pos, mask, *, attn_rng=None, dropout_rng=None):
         d1, d2, d3 = _keys(dropout_rng, 3)
+        if self.pre_norm:
+            normed = self.norm1(src)
+            qk = normed + pos
+            attended, stats = self.self_attn(qk, qk, normed, mask, attn_rng)
+            src = src + dropout(attended, self.rate, d1)
+            hidden = dropout(jax.nn.relu(self.linear1(self.norm2(src))), self.rate, d2)
+            return src + dropout(self.linear2(hidden), self.rate, d3), stats
         qk = src + pos
         attended, stats = self.self_attn(qk, qk, src, mask, attn_rng)
         src = self.norm1(src + dropout(attended, self.rate, d1))
@@ -58,7 +72,7 @@ class EncoderLayer(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    """Post-norm decoder layer: self-attention, cross-attention to memory, FFN."""
+    """Decoder layer (post- or pre-norm): self-attention, cross-attention to memory, FFN."""
 
     def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs):
         d = cfg.hidden_dim
@@ -70,9 +84,19 @@ class DecoderLayer(nnx.Module):
         self.norm2 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.norm3 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.rate = cfg.dropout
+        self.pre_norm = bool(cfg.get("pre_norm", False))
 
     def __call__(self, tgt, memory, query_pos, pos, mask, *, dropout_rng=None):
         d1, d2, d3, d4 = _keys(dropout_rng, 4)
+        if self.pre_norm:
+            normed = self.norm1(tgt)
+            qk = normed + query_pos
+            attended, _ = self.self_attn(qk, qk, normed)
+            tgt = tgt + dropout(attended, self.rate, d1)
+            attended, _ = self.multihead_attn(self.norm2(tgt) + query_pos, memory + pos, memory, mask)
+            tgt = tgt + dropout(attended, self.rate, d2)
+            hidden = dropout(jax.nn.relu(self.linear1(self.norm3(tgt))), self.rate, d3)
+            return tgt + dropout(self.linear2(hidden), self.rate, d4)
         qk = tgt + query_pos
         attended, _ = self.self_attn(qk, qk, tgt)
         tgt = self.norm1(tgt + dropout(attended, self.rate, d1))
@@ -87,6 +111,8 @@ class Encoder(nnx.Module):
     def __init__(self, cfg, spec: AttentionSpec, dtype: Any, rngs: nnx.Rngs):
         self.layers = nnx.List([EncoderLayer(cfg, spec, i, dtype, rngs)
                                 for i in range(cfg.enc_layers)])
+        if cfg.get("pre_norm", False):  # the official pre-norm encoder ends with a LayerNorm
+            self.norm = layer_norm(cfg.hidden_dim, cfg.layer_norm_eps, dtype, rngs)
 
     def __call__(self, src, pos, mask, *, rng=None, train=False):
         """src, pos (B, N, d); mask (B, N). Returns memory (B, N, d) and per-layer stats.
@@ -102,6 +128,8 @@ class Encoder(nnx.Module):
             src, layer_stats = layer(src, pos, mask, attn_rng=attn_rng,
                                      dropout_rng=drop_rng if train else None)
             stats.append(layer_stats)
+        if hasattr(self, "norm"):
+            src = self.norm(src)
         return src, stats
 
 
