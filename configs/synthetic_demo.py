@@ -26,7 +26,10 @@ def get_config():
         # no ImageNet statistics to freeze: trainable GroupNorm
         backbone=dict(stages=(2, 2, 2, 2), width=16, dilation=True, norm="group"),
         hidden_dim=128, num_heads=8, enc_layers=6, dec_layers=6, ffn_dim=512,
-        dropout=0.1, num_queries=20, num_classes=len(CLASSES) + 1)
+        dropout=0.1, num_queries=20, num_classes=len(CLASSES) + 1,
+        # from scratch the post-norm encoder washed the backbone's class information out
+        # of its memory (docs/training.md); pre-norm keeps it on the residual path
+        pre_norm=True)
     cfg.data = ml_collections.ConfigDict(dict(
         root="data/synthetic",
         train_annotations="data/synthetic/annotations/instances_train.json",
@@ -38,7 +41,7 @@ def get_config():
         max_train_size=512, crop_min=192, crop_max=360,
     ))
     cfg.train = train_config(
-        global_batch=32, epochs=60, lr=2e-4, lr_backbone=1e-4, lr_drop_epochs=(50,),
+        global_batch=32, epochs=44, lr=2e-4, lr_backbone=1e-4, lr_drop_epochs=(36,),
         frozen=(),  # the whole backbone trains
         max_targets=20, num_workers=14, pad_to=(512, 512),
         checkpoint_every=500, log_every=50, eval_every=2500, eval_images=300)
