@@ -36,7 +36,7 @@ def get_config():
         train_images="data/synthetic/train",
         val_annotations="data/synthetic/annotations/instances_val.json",
         val_images="data/synthetic/val",
-        size=384, max_size=640, granularity=64,  # evaluation resize
+        size=320, max_size=480, granularity=128,  # evaluation: 2 padded shapes, 460-600 valid tokens
         scales=(256, 288, 320, 352, 384), crop_resize_scales=(240, 300, 360),  # training
         max_train_size=512, crop_min=192, crop_max=360,
     ))
@@ -47,6 +47,6 @@ def get_config():
         checkpoint_every=500, log_every=50, eval_every=2500, eval_images=300)
     cfg.loss = loss_config()
     cfg.eval = eval_config(
-        batch_size=8, attention=("exact", "act:L=32", "act:L=24", "act:L=20", "act:L=16"),
-        score_threshold=0.5, granularity=64)
+        batch_size=8, attention=("exact", "act:L=32", "act:L=24", "act:L=16", "kmeans:C=32"),
+        score_threshold=0.5, granularity=128)
     return cfg

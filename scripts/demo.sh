@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Main job, offline: build official-layout DETR-DC5 weights from the fixture recipe (random,
-# no download), convert them with convert_torch_weights.py, and run eval.py on a built-in
-# example image with exact attention (and every other setting given as arguments).
+# Main job, offline on a CPU: evaluate the bundled demo detector (models/demo, a small DETR-DC5
+# trained on the synthetic benchmark; configs/synthetic_demo.py says how) on the synthetic
+# validation split, generated here deterministically: exact encoder attention against ACT at
+# several L and K-means clustered attention. Prints the AP / GFLOPs / time table and writes it
+# with plots (AP vs GFLOPs, prototype ratio per layer, cluster maps) to work/demo/eval/.
+# Extra arguments go to eval.py, e.g. `bash scripts/demo.sh --attention exact act:L=8`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup.sh"
 cd "$root"
 work="${DETR_JAX_DEMO_DIR:-work/demo}"
-mkdir -p "$work"
-python -m detr_jax.demo_assets --output-dir "$work"
+model="${DETR_JAX_DEMO_MODEL:-models/demo}"
+if [ ! -f "$model/config.json" ]; then
+  echo "no demo model at $model (config.json missing)" >&2
+  exit 1
+fi
+if [ ! -f "$work/synthetic/annotations/instances_val.json" ]; then
+  python -m detr_jax.data.synthetic --output "$work/synthetic" --train 0 --val 300
+fi
 set -x
-python convert_torch_weights.py --checkpoint "$work/detr-r50-dc5-recipe.pth" \
-  --output "$work/detr-r50-dc5" --overwrite
-python eval.py --checkpoint "$work/detr-r50-dc5" --images "$work/example.jpg" \
-  --output-dir "$work/predictions" --threshold 0.0 --attention exact "$@"
+python eval.py --checkpoint "$model" --config configs/synthetic_demo.py \
+  --annotations "$work/synthetic/annotations/instances_val.json" \
+  --image-root "$work/synthetic/val" --output-dir "$work/eval" "$@"
