@@ -1,7 +1,8 @@
 """The demo detector with ENACT in every encoder layer, trained from scratch on the
 synthetic benchmark with the same recipe and budget as configs/synthetic_demo.py.
 
-    python train.py --config configs/enact_demo.py --workdir runs/enact_demo
+    python train.py --config configs/enact_demo.py --workdir runs/enact_demo \
+        --config.train.init_backbone=runs/demo_backbone
 """
 
 import os

@@ -4,7 +4,7 @@
     python -m detr_jax.training.backbone_pretrain --config configs/synthetic_demo.py \
         --output runs/demo_backbone
     python train.py --config configs/synthetic_demo.py --workdir runs/demo \
-        --config.train.init_checkpoint=runs/demo_backbone
+        --config.train.init_backbone=runs/demo_backbone
 
 The backbone is first pretrained on object crops of the training split (the offline
 stand-in for DETR's ImageNet initialisation; see ``detr_jax.training.backbone_pretrain``).

@@ -39,7 +39,7 @@ else
   rm -rf /tmp/run /tmp/backbone && mkdir -p /tmp/run
   python3 -m detr_jax.training.backbone_pretrain --config configs/synthetic_demo.py \
     --output /tmp/backbone "${data[@]}" 2>&1 | grep -v "^backbone pretraining step [0-9]*[1-9]00/"
-  init=(--config.train.init_checkpoint=/tmp/backbone)
+  init=(--config.train.init_backbone=/tmp/backbone)
 fi
 set +e
 timeout -s TERM "$(( budget - ($(date +%s) - start) ))" python3 train.py \

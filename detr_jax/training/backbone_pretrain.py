@@ -10,10 +10,12 @@ the detector is then trained from that backbone, exactly as DETR from an ImageNe
     python -m detr_jax.training.backbone_pretrain --config configs/synthetic_demo.py \\
         --output runs/demo_backbone
     python train.py --config configs/synthetic_demo.py --workdir runs/demo \\
-        --config.train.init_checkpoint=runs/demo_backbone
+        --config.train.init_backbone=runs/demo_backbone
 
 ``--output`` is a full model directory (``save_model``): the pretrained backbone with the
-rest of the detector freshly initialised from ``train.seed``.
+rest of the detector freshly initialised from ``train.seed``. ``train.init_backbone`` takes
+only its backbone into the config's model (so an ENACT or any other encoder can start from
+it); ``train.init_checkpoint`` would take the whole model.
 """
 
 from __future__ import annotations

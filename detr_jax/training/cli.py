@@ -23,11 +23,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_model_from_config(cfg):
-    from detr_jax.checkpoint import load_model
+    """The model training starts from: ``train.init_checkpoint`` (a whole model, e.g. for
+    fine-tuning), else ``cfg.model`` freshly initialized from ``train.seed``, with the
+    backbone of ``train.init_backbone`` if set (e.g. from ``backbone_pretrain``)."""
+    from flax import nnx
+
+    from detr_jax.checkpoint import load_model, read_config
+    from detr_jax.convert.errors import CheckpointError
     from detr_jax.models.build import build_model
     if cfg.train.init_checkpoint:
         return load_model(cfg.train.init_checkpoint)
-    return build_model(cfg.model, seed=cfg.train.seed)
+    model = build_model(cfg.model, seed=cfg.train.seed)
+    if cfg.train.get("init_backbone"):
+        path = cfg.train.init_backbone
+        theirs = dict(read_config(path).backbone)
+        ours = dict(cfg.model.backbone)
+        if theirs != ours:
+            raise CheckpointError(f"{path}: its backbone {theirs} differs from the config's "
+                                  f"model.backbone {ours}")
+        nnx.update(model.backbone, nnx.state(load_model(path).backbone))
+    return model
 
 
 def make_eval_fn(cfg, settings=("exact",)):

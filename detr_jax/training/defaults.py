@@ -12,7 +12,9 @@ TRAIN_DEFAULTS = dict(
     num_workers=8, prefetch=4, workers="process",  # "process" or "thread" data workers
     pad_to=(),  # (H, W): pad every batch to this shape (one compile); () = batch maximum
     checkpoint_every=1000, keep=3, async_checkpoints=True, log_every=50,
-    eval_every=0, eval_images=0, preemption_check_every=10, init_checkpoint="",
+    eval_every=0, eval_images=0, preemption_check_every=10,
+    init_checkpoint="",  # a model directory to fine-tune (all of it)
+    init_backbone="",  # a model directory whose backbone starts a fresh model (pretraining)
 )
 LOSS_DEFAULTS = dict(ce=1.0, bbox=5.0, giou=2.0, eos_coef=0.1, aux=True)
 

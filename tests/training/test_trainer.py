@@ -141,3 +141,30 @@ def test_cli_trains_and_evaluates_periodically(synthetic_root, tmp_path):
     assert set(evals[0]["eval"]) == {f"{m}_first2" for m in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")}
     assert all(-1.0 <= v <= 1.0 for v in evals[0]["eval"].values())
     assert os.path.isdir(tmp_path / "model")
+
+
+def test_init_backbone_takes_only_the_backbone(tmp_path):
+    import ml_collections
+    from flax import nnx
+
+    from detr_jax.checkpoint import save_model
+    from detr_jax.convert.errors import CheckpointError
+    from detr_jax.models.build import build_model
+    from detr_jax.models.config import tiny_model_config
+    from detr_jax.training.cli import build_model_from_config
+    from detr_jax.training.defaults import train_config
+
+    donor = build_model(tiny_model_config(num_classes=9), seed=7)
+    save_model(donor, str(tmp_path / "donor"))
+    cfg = ml_collections.ConfigDict(dict(
+        model=tiny_model_config(num_classes=9, encoder_attention="act:L=8"),
+        train=train_config(seed=0, init_backbone=str(tmp_path / "donor"))))
+    model = build_model_from_config(cfg)
+    fresh = build_model(cfg.model, seed=0)
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in
+                            zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))))
+    assert same(model.backbone, donor.backbone) and not same(fresh.backbone, donor.backbone)
+    assert same(model.transformer, fresh.transformer) and same(model.query_embed, fresh.query_embed)
+    cfg.model.backbone.width = 16
+    with pytest.raises(CheckpointError, match="donor"):
+        build_model_from_config(cfg)
