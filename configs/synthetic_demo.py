@@ -8,6 +8,7 @@
 
 The backbone is first pretrained on object crops of the training split (the offline
 stand-in for DETR's ImageNet initialisation; see ``detr_jax.training.backbone_pretrain``).
+``models/demo`` is this recipe's step-15000 model (docs/training.md has its curve).
 
 Training pads every batch to one shape (``train.pad_to``), so the step compiles once.
 """
@@ -41,7 +42,7 @@ def get_config():
         max_train_size=512, crop_min=192, crop_max=360,
     ))
     cfg.train = train_config(
-        global_batch=32, epochs=44, lr=2e-4, lr_backbone=1e-4, lr_drop_epochs=(36,),
+        global_batch=32, epochs=60, lr=2e-4, lr_backbone=1e-4, lr_drop_epochs=(36,),
         frozen=(),  # the whole backbone trains
         max_targets=20, num_workers=14, pad_to=(512, 512),
         checkpoint_every=500, log_every=50, eval_every=2500, eval_images=300)
