@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats, masked_softmax_attention
-from detr_jax.attention.capacity import (DEFAULT_LADDER, ladder_capacities, parse_ladder,
+from detr_jax.attention.capacity import (DEFAULT_LADDER, format_ladder, ladder_capacities, parse_ladder,
                                          run_at_capacity)
 from detr_jax.attention.clustering import (broadcast_to_members, cluster_ids, cluster_means,
                                            from_rows, row_valid, to_rows)
@@ -160,7 +160,7 @@ class ACT(ArraySpecMixin, AttentionSpec):
         if self.seed != 0:
             parts.append(f"seed={self.seed}")
         if self.ladder != parse_ladder(DEFAULT_LADDER):
-            parts.append("ladder=" + "/".join(_format_number(1 / f) for f in reversed(self.ladder)))
+            parts.append("ladder=" + format_ladder(self.ladder))
         return "act:" + ",".join(parts)
 
 

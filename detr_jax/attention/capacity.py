@@ -39,6 +39,11 @@ def parse_ladder(value: "str | float | int | Sequence[float]") -> tuple[float, .
     return tuple(sorted(set(fractions)))
 
 
+def format_ladder(fractions: Sequence[float]) -> str:
+    """The divisor string ``parse_ladder`` reads: (1/16, ..., 1) -> ``"16/8/4/2/1"``."""
+    return "/".join(f"{1 / f:g}" for f in reversed(tuple(fractions)))
+
+
 def ladder_capacities(num_tokens: int, fractions: Sequence[float] = DEFAULT_LADDER,
                       ) -> tuple[int, ...]:
     """Static capacities ``ceil(f * N)`` for the ladder, ascending, unique, ending with N."""

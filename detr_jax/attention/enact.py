@@ -43,7 +43,7 @@ import numpy as np
 from flax import nnx
 
 from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats
-from detr_jax.attention.capacity import DEFAULT_LADDER, ladder_capacities, parse_ladder, run_at_capacity
+from detr_jax.attention.capacity import DEFAULT_LADDER, format_ladder, ladder_capacities, parse_ladder, run_at_capacity
 from detr_jax.attention.kernel import attention_core
 from detr_jax.attention.registry import register_attention
 
@@ -177,7 +177,7 @@ class ENACT(AttentionSpec):
         if self.variant != "paper":
             parts.append(f"variant={self.variant}")
         if self.ladder != parse_ladder(DEFAULT_LADDER):
-            parts.append("ladder=" + "/".join(f"{1 / f:g}" for f in reversed(self.ladder)))
+            parts.append("ladder=" + format_ladder(self.ladder))
         return "enact:" + ",".join(parts)
 
 
