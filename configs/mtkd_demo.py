@@ -6,7 +6,8 @@
 
 Same data and evaluation as configs/synthetic_demo.py; starts from models/demo; AdamW at
 1e-5 for 5 epochs and 1e-6 for 2 more (the paper's schedule); loss = DETR loss of the exact
-branch + L2 box distillation of the ACT branch (weight 1).
+branch + L2 box distillation of the ACT branch (weight 1); the ACT branch uses L = 20
+rounds at the demo model's bucket width r = 4 (configs/synthetic_demo.py says why).
 """
 
 import os
@@ -18,5 +19,5 @@ def get_config():
     cfg = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "synthetic_demo.py"))
     cfg.train.update(init_checkpoint="models/demo", lr=1e-5, lr_backbone=1e-5, epochs=7,
                      lr_drop_epochs=(5,), eval_every=0, checkpoint_every=250)
-    cfg.mtkd = dict(enabled=True, act="act:L=20", kd_weight=1.0, kd_aux=False, act_loss=False)
+    cfg.mtkd = dict(enabled=True, act="act:L=20,r=4", kd_weight=1.0, kd_aux=False, act_loss=False)
     return cfg

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Training-step throughput on one GPU and on two (same per-device batch), on a 2-GPU
+# machine (nvidia-h200-x2), plus the single-GPU training rows of the DETR vs DETR+ENACT
+# comparison. Random inputs (python -m detr_jax.benchmark --mode train), medians.
+#   bash benchmarks/device/bench_x2.sh      -> $OUT/*.json, printed tables
+set -euo pipefail
+source benchmarks/device/common.sh
+nvidia-smi -L
+bench() {  # name, visible GPUs, benchmark arguments...
+  local name="$1" gpus="$2"; shift 2
+  CUDA_VISIBLE_DEVICES="$gpus" python3 -m detr_jax.benchmark --mode train --warmup 3 \
+    --repeats 15 --json "$out/$name.json" "$@" 2>&1 | grep -E "^\||error|Error" || true
+  echo "-- $name done at $(elapsed) s"
+}
+demo=(--config configs/synthetic_demo.py --size 512x512 --boxes 7)
+bench demo_1gpu 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3
+bench demo_1gpu_xla 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3 --attention-kernel xla
+bench demo_2gpu 0,1 "${demo[@]}" --batch 64
+bench dc5_1gpu 0 --config configs/detr_r50_dc5.py --size 800x1216 --batch 4
+bench dc5_2gpu 0,1 --config configs/detr_r50_dc5.py --size 800x1216 --batch 8
+bench r50_1gpu 0 --config configs/detr_r50.py --size 800x1216 --batch 4
+bench r50_2gpu 0,1 --config configs/detr_r50.py --size 800x1216 --batch 8
