@@ -49,6 +49,37 @@ def test_kd_gradient_reaches_the_act_boxes_only():
     assert float(box_distillation(act["pred_boxes"], act["pred_boxes"])) == 0.0
 
 
+def test_kd_distance_and_normalization_options_match_hand_computed_values():
+    student = jnp.array([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]]])   # (1, 2, 4)
+    teacher = jnp.array([[[0.5, 0.5, 0.2, 0.2], [0.4, 0.5, 0.1, 0.1]]])   # query 1 off by (0.3, 0.4)
+    # squared distances 0 and 0.25, distances 0 and 0.5
+    assert np.isclose(float(box_distillation(student, teacher)), 0.25 / 2)
+    assert np.isclose(float(box_distillation(student, teacher, distance="l2")), 0.5 / 2)
+    assert np.isclose(float(box_distillation(student, teacher, distance="l2",
+                                             num_boxes=jnp.float32(4.0))), 0.5 / 4)
+    # the l2 gradient is finite where the boxes coincide and a unit vector elsewhere
+    grad = jax.grad(lambda s: box_distillation(s, teacher, distance="l2", num_boxes=1.0))(student)
+    assert np.all(np.isfinite(np.asarray(grad)))
+    np.testing.assert_allclose(grad[0, 0], 0.0)
+    np.testing.assert_allclose(grad[0, 1], [-0.6, -0.8, 0.0, 0.0], rtol=1e-5)
+    with pytest.raises(ValueError, match="kd_distance"):
+        MTKDConfig(kd_distance="l1")
+    with pytest.raises(ValueError, match="kd_normalize"):
+        MTKDConfig.from_config({"enabled": True, "kd_normalize": "images"})
+
+
+def test_kd_boxes_normalization_divides_by_the_target_count():
+    rng = np.random.default_rng(1)
+    exact, act = outputs(rng), outputs(rng)
+    targets = {"labels": jnp.array([[1, 2], [3, 0]]),
+               "boxes": jnp.asarray(rng.uniform(0.3, 0.5, (2, 2, 4)), jnp.float32),
+               "valid": jnp.array([[True, True], [True, False]])}
+    config = MTKDConfig(kd_normalize="boxes", kd_distance="l2")
+    _, metrics = mtkd_loss(exact, act, targets, LossWeights(), config)
+    distances = np.linalg.norm(np.asarray(act["pred_boxes"] - exact["pred_boxes"]), axis=-1)
+    np.testing.assert_allclose(float(metrics["loss_kd"]), distances.sum() / 3, rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def tiny_batch(synthetic_root):
     cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
