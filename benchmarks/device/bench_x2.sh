@@ -2,7 +2,8 @@
 # Training-step throughput on one GPU and on two (same per-device batch), on a 2-GPU
 # machine (nvidia-h200-x2), plus the single-GPU training rows of the DETR vs DETR+ENACT
 # comparison. Random inputs (python -m detr_jax.benchmark --mode train), medians.
-#   bash benchmarks/device/bench_x2.sh      -> $OUT/*.json, printed tables
+#   bash benchmarks/device/bench_x2.sh [GROUP ...]   -> $OUT/*.json, printed tables
+# GROUPs: demo enact dc5 r50 (default: all; all four take more than one 10-minute call)
 set -euo pipefail
 source benchmarks/device/common.sh
 nvidia-smi -L
@@ -12,11 +13,22 @@ bench() {  # name, visible GPUs, benchmark arguments...
     --repeats 15 --json "$out/$name.json" "$@" 2>&1 | grep -E "^\||error|Error" || true
   echo "-- $name done at $(elapsed) s"
 }
+groups=("${@:-demo enact dc5 r50}"); groups=" ${groups[*]} "
+want() { [[ "$groups" == *" $1 "* ]]; }
 demo=(--config configs/synthetic_demo.py --size 512x512 --boxes 7)
-bench demo_1gpu 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3
-bench demo_1gpu_xla 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3 --attention-kernel xla
-bench demo_2gpu 0,1 "${demo[@]}" --batch 64
-bench dc5_1gpu 0 --config configs/detr_r50_dc5.py --size 800x1216 --batch 4
-bench dc5_2gpu 0,1 --config configs/detr_r50_dc5.py --size 800x1216 --batch 8
-bench r50_1gpu 0 --config configs/detr_r50.py --size 800x1216 --batch 4
-bench r50_2gpu 0,1 --config configs/detr_r50.py --size 800x1216 --batch 8
+if want demo; then
+  bench demo_1gpu 0 "${demo[@]}" --batch 32
+  bench demo_2gpu 0,1 "${demo[@]}" --batch 64
+fi
+if want enact; then
+  bench enact_1gpu 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3
+  bench enact_1gpu_xla 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3 --attention-kernel xla
+fi
+if want dc5; then
+  bench dc5_1gpu 0 --config configs/detr_r50_dc5.py --size 800x1216 --batch 4
+  bench dc5_2gpu 0,1 --config configs/detr_r50_dc5.py --size 800x1216 --batch 8
+fi
+if want r50; then
+  bench r50_1gpu 0 --config configs/detr_r50.py --size 800x1216 --batch 4
+  bench r50_2gpu 0,1 --config configs/detr_r50.py --size 800x1216 --batch 8
+fi

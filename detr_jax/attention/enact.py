@@ -16,9 +16,12 @@ Per encoder layer, with its own parameters (a linear layer d -> 1):
 5. Queries stay full: every token attends to the region keys (standard scaled
    dot-product attention, empty region slots masked), so the output keeps every token.
 
-The number of regions varies per image and layer; the work runs at the smallest static
-capacity of the ACT capacity ladder that holds the batch's largest count (no region is
-ever dropped). Keys and values are clustered before their projections (the weights of a
+The number of regions varies per image and layer; no region is ever dropped. With the
+fused kernel (GPUs) the work runs at the smallest static capacity of the ACT capacity
+ladder that holds the batch's largest count. On the XLA path (CPU, TPU) a switch over the
+ladder would give every rung its own temporaries, so attention instead loops over key
+blocks of the smallest rung's size up to the largest count (``blocked.py``): work follows
+the count and memory holds one tile of logits. Keys and values are clustered before their projections (the weights of a
 region sum to 1, so this equals clustering the projected keys and values) so that only
 the region keys are projected.
 
@@ -44,7 +47,8 @@ from flax import nnx
 
 from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats
 from detr_jax.attention.capacity import DEFAULT_LADDER, format_ladder, ladder_capacities, parse_ladder, run_at_capacity
-from detr_jax.attention.kernel import attention_core
+from detr_jax.attention.blocked import key_block_attention
+from detr_jax.attention.kernel import attention_core, resolved_kernel
 from detr_jax.attention.registry import register_attention
 
 VARIANTS = ("paper", "released")
@@ -225,7 +229,21 @@ class ENACTAttention(EncoderAttention):
             return attention_core(q, k, v, empty)
 
         capacities = ladder_capacities(n, self.spec.ladder)
-        out, used = run_at_capacity(jnp.max(counts), capacities, branch)
+        if resolved_kernel() == "xla":
+            # No switch on the XLA path: its branches would each hold their own
+            # temporaries (twice exact attention's training memory). All N slots are
+            # pooled and projected; attention reads only the used key blocks, one tile
+            # of the smallest rung's size at a time, forward and backward.
+            block = capacities[0]
+            weights = region_weights(smoothed, ids, n)
+            k = self.split_heads(self.k_proj(pool_regions(keys_sorted, ids, weights, n)))
+            v = self.split_heads(self.v_proj(pool_regions(values_sorted, ids, weights, n)))
+            needed = jnp.max(counts)
+            out = key_block_attention(q, k, v, jnp.arange(n)[None, :] < counts[:, None],
+                                      needed, block=block)
+            used = jnp.minimum((needed + block - 1) // block * block, n).astype(jnp.int32)
+        else:
+            out, used = run_at_capacity(jnp.max(counts), capacities, branch)
         out = out.reshape(batch, n, self.d_model)
         valid = valid_pixels(key_padding_mask, batch, n)
         stats: Stats = {
