@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention-kernel", default=None, choices=("auto", "xla", "flash"),
                         help="softmax attention implementation (default auto: the fused "
                              "Pallas kernel on GPUs, XLA elsewhere)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="compute dtype (default fp32; bf16: computations in bfloat16 "
+                             "with fp32 parameters and softmax, as the benchmark's bf16)")
     data = parser.add_argument_group("COCO evaluation")
     data.add_argument("--coco-dir", help="COCO directory: annotations/instances_<split>.json "
                                          "and <split>/")
@@ -150,6 +153,11 @@ def _setup_jax(args, cfg):
     return enable_compilation_cache(cfg.eval.compilation_cache)
 
 
+def _dtype(args):
+    """The model dtype for ``--precision`` (None keeps the checkpoint's)."""
+    return "bfloat16" if getattr(args, "precision", "fp32") == "bf16" else None
+
+
 def _predict(args, cfg, settings, specs) -> int:
     from detr_jax.checkpoint import load_model
     from detr_jax.convert.errors import CheckpointError
@@ -158,7 +166,7 @@ def _predict(args, cfg, settings, specs) -> int:
 
     _setup_jax(args, cfg)
     try:
-        base = load_model(args.checkpoint)
+        base = load_model(args.checkpoint, dtype=_dtype(args))
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -191,7 +199,7 @@ def _evaluate(args, cfg, settings, source) -> int:
 
     cache = _setup_jax(args, cfg)
     try:
-        model = load_model(args.checkpoint)
+        model = load_model(args.checkpoint, dtype=_dtype(args))
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -213,6 +221,7 @@ def _evaluate(args, cfg, settings, source) -> int:
         return 0
     details = {"attention settings": ", ".join(settings),
                "input": f"shortest side {cfg.data.size}, longest at most {cfg.data.max_size}",
+               "precision": args.precision,
                "compilation cache": cache or "off", "jax": jax.__version__,
                "backend": jax.default_backend()}
     out = write_report(args.output_dir, result, source.coco, model=model, source=source,

@@ -76,6 +76,27 @@ def test_eval_coco_dir_writes_the_report(setup):
     assert "TFDS coco/2017" in (out_tfds / "report.md").read_text()
 
 
+def test_eval_bf16_precision_is_recorded_and_close_to_fp32(setup):
+    tmp, ckpt, coco = setup
+    predictions = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp / f"report_{precision}"
+        result = run("--checkpoint", str(ckpt), "--coco-dir", str(coco), "--attention", "exact",
+                     "--config", "configs/tiny.py", "--output-dir", str(out), "--precision", precision,
+                     "--compilation-cache", "none", "--no-progress", "--config.eval.batch_size=8",
+                     "--config.data.size=96", "--config.data.max_size=160",
+                     "--config.eval.plots=False")
+        assert result.returncode == 0, result.stderr
+        assert f"- precision: {precision}" in (out / "report.md").read_text()
+        predictions[precision] = json.loads((out / "predictions.exact.json").read_text())
+    fp32, bf16 = predictions["fp32"], predictions["bf16"]
+    assert len(fp32) == len(bf16)
+    scores32 = np.array([p["score"] for p in fp32])
+    scores16 = np.array([p["score"] for p in bf16])
+    assert not np.array_equal(scores32, scores16)        # bf16 really ran
+    assert np.abs(np.sort(scores32) - np.sort(scores16)).max() < 0.05, (scores32, scores16)
+
+
 def test_eval_coco_bad_paths_stop_at_once(setup, tmp_path):
     tmp, ckpt, coco = setup
     missing = run("--checkpoint", str(ckpt), "--coco-dir", str(tmp_path / "nococo"))
