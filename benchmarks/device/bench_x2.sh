@@ -3,7 +3,9 @@
 # machine (nvidia-h200-x2), plus the single-GPU training rows of the DETR vs DETR+ENACT
 # comparison. Random inputs (python -m detr_jax.benchmark --mode train), medians.
 #   bash benchmarks/device/bench_x2.sh [GROUP ...]   -> $OUT/*.json, printed tables
-# GROUPs: demo enact dc5 r50 (default: all; all four take more than one 10-minute call)
+# GROUPs: demo enact dc5 r50 (default: all; all four take more than one 10-minute call),
+# and dist: why two GPUs are not 2x (NCCL's transport between the GPUs, and the demo step
+# on two GPUs with XLA's latency-hiding scheduler, which overlaps the gradient all-reduce)
 set -euo pipefail
 source benchmarks/device/common.sh
 nvidia-smi -L
@@ -31,4 +33,10 @@ fi
 if want r50; then
   bench r50_1gpu 0 --config configs/detr_r50.py --size 800x1216 --batch 4
   bench r50_2gpu 0,1 --config configs/detr_r50.py --size 800x1216 --batch 8
+fi
+if want dist; then
+  NCCL_DEBUG=INFO CUDA_VISIBLE_DEVICES=0,1 python3 -m detr_jax.benchmark --mode train --warmup 1 \
+    --repeats 3 "${demo[@]}" --batch 64 2>&1 | grep -E "NCCL INFO (Channel|Connected|comm)| via |^\|" | head -30 || true
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true" \
+    bench demo_2gpu_lhs 0,1 "${demo[@]}" --batch 64
 fi
