@@ -221,10 +221,15 @@ class ENACTAttention(EncoderAttention):
         keys_sorted, values_sorted = gather(keys), gather(values)
         q = self.split_heads(self.q_proj(queries)) * (self.head_dim ** -0.5)
 
-        def branch(capacity: int):
+        def region_keys_values(capacity: int):
+            """Per-head keys and values of the regions in ``capacity`` slots."""
             weights = region_weights(smoothed, ids, capacity)
             k = self.split_heads(self.k_proj(pool_regions(keys_sorted, ids, weights, capacity)))
             v = self.split_heads(self.v_proj(pool_regions(values_sorted, ids, weights, capacity)))
+            return k, v
+
+        def branch(capacity: int):
+            k, v = region_keys_values(capacity)
             empty = jnp.arange(capacity)[None, :] >= counts[:, None]
             return attention_core(q, k, v, empty)
 
@@ -235,9 +240,7 @@ class ENACTAttention(EncoderAttention):
             # pooled and projected; attention reads only the used key blocks, one tile
             # of the smallest rung's size at a time, forward and backward.
             block = capacities[0]
-            weights = region_weights(smoothed, ids, n)
-            k = self.split_heads(self.k_proj(pool_regions(keys_sorted, ids, weights, n)))
-            v = self.split_heads(self.v_proj(pool_regions(values_sorted, ids, weights, n)))
+            k, v = region_keys_values(n)
             needed = jnp.max(counts)
             out = key_block_attention(q, k, v, jnp.arange(n)[None, :] < counts[:, None],
                                       needed, block=block)

@@ -155,7 +155,7 @@ def _setup_jax(args, cfg):
 
 def _dtype(args):
     """The model dtype for ``--precision`` (None keeps the checkpoint's)."""
-    return "bfloat16" if getattr(args, "precision", "fp32") == "bf16" else None
+    return "bfloat16" if args.precision == "bf16" else None
 
 
 def _predict(args, cfg, settings, specs) -> int:
