@@ -108,3 +108,34 @@ def load_model(directory: str, *, encoder_attention=None, dtype: str | None = No
     if unloaded_paths(model):
         raise CheckpointError(f"{directory}: some variables were not restored")
     return model
+
+
+def load_model_for_finetuning(directory: str, encoder_attention: str, *, seed: int = 0):
+    """``(model, new_paths)``: the checkpoint's model behind another encoder attention.
+
+    For fine-tuning a trained model into a variant with parameters of its own (ENACT's
+    entropy layers): the model is built from the checkpoint's config with
+    ``encoder_attention`` (so it saves as that variant), every variable of the checkpoint
+    is copied in, and the variables the checkpoint lacks keep their fresh initialization
+    from ``seed``; their paths are returned. A shape that differs, or a checkpoint
+    variable the new model has no place for, raises :class:`CheckpointError`.
+    """
+    directory = os.path.abspath(directory)
+    saved = load_model(directory)
+    cfg = read_config(directory)
+    cfg.encoder_attention = encoder_attention
+    model = build_model(cfg, seed=seed)
+    theirs = {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(saved))}
+    ours = dict(nnx.to_flat_state(nnx.state(model)))
+    unused = sorted("/".join(map(str, p)) for p in set(theirs) - set(ours))
+    if unused:
+        raise CheckpointError(f"{directory}: the model with encoder attention {encoder_attention!r} "
+                              f"has no place for {len(unused)} saved variables, e.g. {unused[:3]}")
+    for path, value in theirs.items():
+        want = ours[path].get_value().shape
+        if tuple(value.shape) != tuple(want):
+            raise CheckpointError(f"{directory}: variable {'/'.join(map(str, path))} has shape "
+                                  f"{tuple(value.shape)}, the model wants {tuple(want)}")
+    set_variables(model, theirs)
+    return model, [p for p in ours if p not in theirs]
+

@@ -2,7 +2,7 @@
 # MTKD on the demo model (issue: ACT paper Section 3.3), on a GPU machine, resumable:
 #   bash benchmarks/device/mtkd_demo.sh SECONDS [--config.x=y ...]
 # 1. ACT zero-shot: eval.py of models/demo with exact and ACT at L = 16, 20, 24, 32
-#    -> $OUT/zeroshot.md, zeroshot.json
+#    -> $OUT/zeroshot.md, zeroshot.json (skipped with ZEROSHOT=0)
 # 2. MTKD fine-tuning (configs/mtkd_demo.py) from models/demo, resuming from this warm
 #    machine's /tmp/mtkd or carry/mtkd_run/ckpt.tar.part-*; if SIGTERM comes first, the
 #    checkpoint goes to $OUT in parts
@@ -18,7 +18,7 @@ evaluate() {  # model dir, name
     | grep -v "^wrote"
   cp "/tmp/eval_$2/report.md" "$out/$2.md"; cp "/tmp/eval_$2/report.json" "$out/$2.json"
 }
-if [ ! -f /tmp/eval_zeroshot/report.json ]; then
+if [ "${ZEROSHOT:-1}" = 1 ] && [ ! -f /tmp/eval_zeroshot/report.json ]; then
   evaluate models/demo zeroshot
   echo "zero-shot evaluation done at $(elapsed) s"
 fi

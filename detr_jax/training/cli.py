@@ -28,11 +28,19 @@ def build_model_from_config(cfg):
     backbone of ``train.init_backbone`` if set (e.g. from ``backbone_pretrain``)."""
     from flax import nnx
 
-    from detr_jax.checkpoint import load_model, read_config
+    from detr_jax.checkpoint import load_model, load_model_for_finetuning, read_config
     from detr_jax.convert.errors import CheckpointError
     from detr_jax.models.build import build_model
     if cfg.train.init_checkpoint:
-        return load_model(cfg.train.init_checkpoint)
+        path = cfg.train.init_checkpoint
+        wanted = cfg.model.get("encoder_attention", "exact")
+        if wanted == read_config(path).get("encoder_attention", "exact"):
+            return load_model(path)
+        # e.g. ENACT fine-tuned from an exact model: its entropy layers start fresh
+        model, new = load_model_for_finetuning(path, wanted, seed=cfg.train.seed)
+        logging.info("%s with encoder attention %s: %d new variables (%s)", path, wanted,
+                     len(new), ", ".join("/".join(map(str, p)) for p in new[:4]))
+        return model
     model = build_model(cfg.model, seed=cfg.train.seed)
     if cfg.train.get("init_backbone"):
         path = cfg.train.init_backbone

@@ -168,3 +168,43 @@ def test_init_backbone_takes_only_the_backbone(tmp_path):
     cfg.model.backbone.width = 16
     with pytest.raises(CheckpointError, match="donor"):
         build_model_from_config(cfg)
+
+
+def test_init_checkpoint_into_enact_keeps_every_saved_variable(tmp_path):
+    import ml_collections
+
+    from detr_jax.checkpoint import load_model_for_finetuning, save_model
+    from detr_jax.convert.errors import CheckpointError
+    from detr_jax.models.config import tiny_model_config
+    from detr_jax.training.cli import build_model_from_config
+    from detr_jax.training.defaults import train_config
+
+    donor = build_model(tiny_model_config(num_classes=9), seed=7)
+    save_model(donor, str(tmp_path / "donor"))
+    cfg = ml_collections.ConfigDict(dict(
+        model=tiny_model_config(num_classes=9, encoder_attention="enact:sigma=3"),
+        train=train_config(seed=0, init_checkpoint=str(tmp_path / "donor"))))
+    model = build_model_from_config(cfg)
+    assert model.config["encoder_attention"] == "enact:sigma=3"
+    assert type(model.attention_spec).__name__ == "ENACT"
+    ours = dict(nnx.to_flat_state(nnx.state(model)))
+    theirs = dict(nnx.to_flat_state(nnx.state(donor)))
+    new = [p for p in ours if p not in theirs]
+    layers = cfg.model.enc_layers
+    assert sorted(new) == sorted(("transformer", "encoder", "layers", i, "self_attn", "entropy", name)
+                                 for i in range(layers) for name in ("bias", "kernel"))
+    for path, var in theirs.items():
+        np.testing.assert_array_equal(np.asarray(ours[path].get_value()), np.asarray(var.get_value()))
+    fresh = build_model(cfg.model, seed=0)
+    fresh_state = dict(nnx.to_flat_state(nnx.state(fresh)))
+    for path in new:  # the new variables keep the seed's initialization
+        np.testing.assert_array_equal(np.asarray(ours[path].get_value()),
+                                      np.asarray(fresh_state[path].get_value()))
+    _, reported = load_model_for_finetuning(str(tmp_path / "donor"), "enact:sigma=3")
+    assert sorted(reported) == sorted(new)
+    wide = build_model(tiny_model_config(num_classes=10), seed=7)
+    save_model(wide, str(tmp_path / "wide"))
+    cfg.train.init_checkpoint = str(tmp_path / "wide")
+    cfg.model.num_classes = 10
+    model = build_model_from_config(cfg)  # the checkpoint's own architecture is used
+    assert model.class_embed.kernel.get_value().shape[-1] == 11
