@@ -19,5 +19,6 @@ def get_config():
     cfg = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "synthetic_demo.py"))
     cfg.train.update(init_checkpoint="models/demo", lr=1e-5, lr_backbone=1e-5, epochs=7,
                      lr_drop_epochs=(5,), eval_every=0, checkpoint_every=250)
-    cfg.mtkd = dict(enabled=True, act="act:L=20,r=4", kd_weight=1.0, kd_aux=False, act_loss=False)
+    cfg.mtkd = dict(enabled=True, act="act:L=20,r=4", kd_weight=1.0, kd_aux=False, act_loss=False,
+                    kd_distance="squared", kd_normalize="queries")
     return cfg
