@@ -3,7 +3,8 @@
 # machine (nvidia-h200-x2), plus the single-GPU training rows of the DETR vs DETR+ENACT
 # comparison. Random inputs (python -m detr_jax.benchmark --mode train), medians.
 #   bash benchmarks/device/bench_x2.sh [GROUP ...]   -> $OUT/*.json, printed tables
-# GROUPs: demo enact dc5 r50 (default: all; all four take more than one 10-minute call),
+# GROUPs, run in the order given: demo enact dc5 r50 (default: these four, more than one
+# 10-minute call),
 # and dist: why two GPUs are not 2x (NCCL's transport between the GPUs, and the demo step
 # on two GPUs with XLA's latency-hiding scheduler, which overlaps the gradient all-reduce)
 set -euo pipefail
@@ -15,28 +16,28 @@ bench() {  # name, visible GPUs, benchmark arguments...
     --repeats 15 --json "$out/$name.json" "$@" 2>&1 | grep -E "^\||error|Error" || true
   echo "-- $name done at $(elapsed) s"
 }
-groups=("${@:-demo enact dc5 r50}"); groups=" ${groups[*]} "
-want() { [[ "$groups" == *" $1 "* ]]; }
 demo=(--config configs/synthetic_demo.py --size 512x512 --boxes 7)
-if want demo; then
-  bench demo_1gpu 0 "${demo[@]}" --batch 32
-  bench demo_2gpu 0,1 "${demo[@]}" --batch 64
-fi
-if want enact; then
-  bench enact_1gpu 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3
-  bench enact_1gpu_xla 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3 --attention-kernel xla
-fi
-if want dc5; then
-  bench dc5_1gpu 0 --config configs/detr_r50_dc5.py --size 800x1216 --batch 4
-  bench dc5_2gpu 0,1 --config configs/detr_r50_dc5.py --size 800x1216 --batch 8
-fi
-if want r50; then
-  bench r50_1gpu 0 --config configs/detr_r50.py --size 800x1216 --batch 4
-  bench r50_2gpu 0,1 --config configs/detr_r50.py --size 800x1216 --batch 8
-fi
-if want dist; then
-  NCCL_DEBUG=INFO CUDA_VISIBLE_DEVICES=0,1 python3 -m detr_jax.benchmark --mode train --warmup 1 \
-    --repeats 3 "${demo[@]}" --batch 64 2>&1 | grep -E "NCCL INFO (Channel|Connected|comm)| via |^\|" | head -30 || true
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true" \
-    bench demo_2gpu_lhs 0,1 "${demo[@]}" --batch 64
-fi
+run_group() {
+  case "$1" in
+    demo)
+      bench demo_1gpu 0 "${demo[@]}" --batch 32
+      bench demo_2gpu 0,1 "${demo[@]}" --batch 64 ;;
+    enact)
+      bench enact_1gpu 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3
+      bench enact_1gpu_xla 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3 --attention-kernel xla ;;
+    dc5)
+      bench dc5_1gpu 0 --config configs/detr_r50_dc5.py --size 800x1216 --batch 4
+      bench dc5_2gpu 0,1 --config configs/detr_r50_dc5.py --size 800x1216 --batch 8 ;;
+    r50)
+      bench r50_1gpu 0 --config configs/detr_r50.py --size 800x1216 --batch 4
+      bench r50_2gpu 0,1 --config configs/detr_r50.py --size 800x1216 --batch 8 ;;
+    dist)
+      nvidia-smi topo -m || true
+      NCCL_DEBUG=INFO CUDA_VISIBLE_DEVICES=0,1 python3 -m detr_jax.benchmark --mode train --warmup 1 \
+        --repeats 3 "${demo[@]}" --batch 64 2>&1 | grep -E "NCCL INFO (Channel|Connected|comm)| via |^\|" | head -30 || true
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true" \
+        bench demo_2gpu_lhs 0,1 "${demo[@]}" --batch 64 ;;
+    *) echo "unknown group $1 (demo enact dc5 r50 dist)"; exit 2 ;;
+  esac
+}
+for group in ${@:-demo enact dc5 r50}; do run_group "$group"; done
