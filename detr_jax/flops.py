@@ -28,6 +28,11 @@ multiply-accumulates, so "GFLOPs" there means 1e9 MACs):
   (``N Dh bits`` per head), Lloyd iterations in Hamming space (``N C bits`` per head per
   assignment step plus ``N bits`` per centroid update), prototype means (``N Dh + C Dh``),
   then ``2 C N Dh`` per head for the prototype attention.
+* ENACT (Savathrakis et al.): with R regions per image, the entropy layer (``N x d``
+  MACs on every token), Gaussian smoothing (``len(taps)`` per valid token) and the
+  ``[-1, 2, -1]`` second derivative (3), pooling keys and values into regions (``2 N d``),
+  k/v projections of the R pooled vectors only, and ``2 N R d`` attention products; the
+  region softmax is a softmax (0). R is data dependent: ``encoder_stats`` as for ACT.
 * Not counted (the paper's rule): frozen BatchNorm, ReLU, max pooling, residual and
   position additions, LayerNorm, softmax, logit scaling, masking, the sigmoid of the box
   head. ``not_counted`` in the result sizes the biggest of them for reference (what a
@@ -251,6 +256,25 @@ def _kmeans_layer(spec, d: int, heads: int, valid_tokens: int) -> dict:
             "mean_clusters": float(clusters), "cluster_ratio": clusters / max(n, 1)}
 
 
+def _enact_layer(spec, stats, d: int, heads: int, tokens: int, valid_tokens: int) -> dict:
+    """Projections, attention products and clustering MACs of one ENACT layer, per image.
+
+    R regions per image (the model's ``num_clusters``): the entropy layer (d -> 1) runs on
+    every token, the Gaussian smoothing (``len(taps)`` MACs) and the second derivative (3)
+    on the valid ones, pooling is ``2 N d`` (keys and values, weighted sums), k/v are
+    projected on the R pooled vectors, every query attends to R keys (``2 N R d``)."""
+    from detr_jax.attention.enact import gaussian_taps
+    regions, valid = _layer_clusters(stats, heads, valid_tokens)
+    r = np.mean(regions, axis=1)  # (B,) regions per image (every head shares them)
+    taps = len(gaussian_taps(float(getattr(spec, "sigma", 3.0))))
+    clustering = np.mean(linear_macs(tokens, d, 1) + valid * (taps + 3) + 2 * valid * d)
+    projections = np.mean(2 * linear_macs(tokens, d, d) + 2 * r * d * (d + 1))
+    return {"projections": float(projections),
+            "products": float(np.mean(attention_product_macs(valid, r, d))),
+            "hashing_and_clustering": float(clustering), "mean_clusters": float(np.mean(r)),
+            "cluster_ratio": float(np.mean(r / valid))}
+
+
 # --------------------------------------------------------------------------- whole model
 
 def count_flops(config, image_hw: Sequence[int], *, valid_hw: Sequence[int] | None = None,
@@ -298,13 +322,12 @@ def count_flops(config, image_hw: Sequence[int], *, valid_hw: Sequence[int] | No
     input_proj = conv_macs((fh, fw), 1, bb["channels"], d, bias=True)
 
     # encoder
-    projections = enc_layers * mha_projection_macs(tokens, tokens, d)
     enc_ffn = enc_layers * (linear_macs(tokens, d, ffn) + linear_macs(tokens, ffn, d))
-    if name != "exact" and name not in ("act", "kmeans"):
+    if name not in ("exact", "act", "kmeans", "enact"):
         raise NotImplementedError(f"no FLOPs model for encoder attention {name!r}")
-    if name == "act":
+    if name in ("act", "enact"):
         if encoder_stats is None:
-            raise ValueError("ACT cluster counts depend on the data: pass encoder_stats (the "
+            raise ValueError(f"{name} cluster counts depend on the data: pass encoder_stats (the "
                              "model's outputs['encoder_stats'], or {'cluster_ratio': r} per layer)")
         if len(encoder_stats) != enc_layers:
             raise ValueError(f"encoder_stats has {len(encoder_stats)} entries, the encoder "
@@ -313,6 +336,8 @@ def count_flops(config, image_hw: Sequence[int], *, valid_hw: Sequence[int] | No
     for index in range(enc_layers):
         if name == "act":
             layer = _act_layer(spec, encoder_stats[index], d, heads, valid_tokens)
+        elif name == "enact":
+            layer = _enact_layer(spec, encoder_stats[index], d, heads, tokens, valid_tokens)
         elif name == "kmeans":
             layer = _kmeans_layer(spec, d, heads, valid_tokens)
         else:
@@ -320,6 +345,9 @@ def count_flops(config, image_hw: Sequence[int], *, valid_hw: Sequence[int] | No
                      "hashing_and_clustering": 0.0, "mean_clusters": float(valid_tokens),
                      "cluster_ratio": 1.0}
         layers.append(layer)
+    for layer in layers:  # q/k/v/out on every token unless the layer pools its keys
+        layer.setdefault("projections", float(mha_projection_macs(tokens, tokens, d)))
+    projections = sum(layer["projections"] for layer in layers)
     products = sum(layer["products"] for layer in layers)
     hashing = sum(layer["hashing_and_clustering"] for layer in layers)
 

@@ -194,6 +194,38 @@ def test_act_stats_from_the_attention_module():
     assert r["encoder_layers"][0]["hashing_and_clustering"] > 0
 
 
+def test_enact_cost_by_hand_and_from_the_module():
+    """ENACT: k/v projections and products on R regions; at R = N they equal exact's."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from detr_jax.attention import parse_attention
+    cfg = tiny_model_config()
+    n, d = 4, 32
+    exact = count_flops(cfg, (64, 64))
+    full = count_flops(cfg, (64, 64), attention="enact:sigma=3",
+                       encoder_stats=[{"cluster_ratio": 1.0}] * 2)
+    assert full["encoder_attention_products"] == exact["encoder_attention_products"]
+    assert full["encoder_attention_projections"] == exact["encoder_attention_projections"]
+    taps = 2 * 9 + 1  # sigma 3: offsets -9..9
+    assert full["hashing_and_clustering"] == 2 * (n * (d + 1) + n * (taps + 3) + 2 * n * d)
+    quarter = count_flops(cfg, (64, 64), attention="enact:sigma=3", encoder_stats=[1, 1])
+    assert quarter["encoder_attention_products"] == 2 * (2 * n * 1 * d)
+    assert quarter["encoder_attention_projections"] == 2 * (2 * n * (d * d + d) + 2 * 1 * (d * d + d))
+    with pytest.raises(ValueError, match="encoder_stats"):
+        count_flops(cfg, (64, 64), attention="enact:sigma=3")
+    spec = parse_attention("enact:sigma=3")
+    layer = spec.build(32, 4, layer_index=0, num_layers=2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 20, 32))
+    mask = jnp.zeros((2, 20), bool).at[1, 16:].set(True)
+    _, stats = nnx.jit(lambda module, x, mask: module(x, x, x, mask))(layer, x, mask)
+    r = count_flops(cfg, (128, 160), attention=spec, encoder_stats=[stats, stats])
+    regions = np.asarray(stats["num_clusters"])[:, 0].astype(float)
+    valid = np.asarray(stats["num_valid"]).astype(float)
+    assert r["encoder_layers"][0]["products"] == pytest.approx(np.mean(2 * valid * regions * 32))
+    assert r["encoder_layers"][0]["cluster_ratio"] == pytest.approx(np.mean(regions / valid))
+
+
 def test_kmeans_cost():
     n = 3750
     r = count_flops(DC5, (800, 1199), attention="kmeans:C=100,iterations=10,bits=32")

@@ -32,9 +32,12 @@ run_group() {
       bench r50_1gpu 0 --config configs/detr_r50.py --size 800x1216 --batch 4
       bench r50_2gpu 0,1 --config configs/detr_r50.py --size 800x1216 --batch 8 ;;
     dist)
-      nvidia-smi topo -m || true
-      NCCL_DEBUG=INFO CUDA_VISIBLE_DEVICES=0,1 python3 -m detr_jax.benchmark --mode train --warmup 1 \
-        --repeats 3 "${demo[@]}" --batch 64 2>&1 | grep -E "NCCL INFO (Channel|Connected|comm)| via |^\|" | head -30 || true
+      # written to $OUT too: console output is lost when a call hits its time limit
+      { nvidia-smi topo -m || true
+        NCCL_DEBUG=INFO CUDA_VISIBLE_DEVICES=0,1 python3 -m detr_jax.benchmark --mode train \
+          --warmup 1 --repeats 3 "${demo[@]}" --batch 64 2>&1 \
+          | grep -E "NCCL INFO (Channel|Connected|comm)| via |^\|" | head -30 || true
+      } | tee "$out/dist.txt"
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true" \
         bench demo_2gpu_lhs 0,1 "${demo[@]}" --batch 64 ;;
     *) echo "unknown group $1 (demo enact dc5 r50 dist)"; exit 2 ;;
