@@ -20,5 +20,5 @@ def get_config():
     cfg.train.update(init_checkpoint="models/demo", lr=1e-5, lr_backbone=1e-5, epochs=7,
                      lr_drop_epochs=(5,), eval_every=0, checkpoint_every=250)
     cfg.mtkd = dict(enabled=True, act="act:L=20,r=4", kd_weight=1.0, kd_aux=False, act_loss=False,
-                    kd_distance="squared", kd_normalize="queries")
+                    kd_distance="squared", kd_normalize="queries", kd_queries="all")
     return cfg

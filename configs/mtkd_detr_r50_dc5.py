@@ -34,7 +34,8 @@ def get_config():
         init_checkpoint="models/detr-r50-dc5", max_targets=100, checkpoint_every=2000,
         eval_every=0)
     cfg.loss = loss_config()
-    cfg.mtkd = dict(enabled=True, act="act:L=32", kd_weight=1.0, kd_aux=False, act_loss=False)
+    cfg.mtkd = dict(enabled=True, act="act:L=32", kd_weight=1.0, kd_aux=False, act_loss=False,
+                    kd_distance="squared", kd_normalize="queries", kd_queries="all")
     cfg.eval = eval_config(batch_size=1, attention=("exact", "act:L=16", "act:L=20", "act:L=24",
                                                     "act:L=32"))
     return cfg

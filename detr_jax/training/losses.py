@@ -73,12 +73,13 @@ def match_layers(logits, boxes, targets, weights: LossWeights,
 
 
 def set_criterion(outputs: dict, targets: dict, weights: LossWeights = LossWeights(),
-                  assign: Callable | None = None):
+                  assign: Callable | None = None, *, return_matches: bool = False):
     """Total weighted loss over the final and auxiliary decoder outputs, and its parts.
 
     All decoder layers are matched in one call of ``assign`` (one host round trip with
-    the scipy solver, one batched while loop with optax). Returns (loss, metrics) where metrics holds the final layer's
-    unweighted terms and the total.
+    the scipy solver, one batched while loop with optax). Returns (loss, metrics) where
+    metrics holds the final layer's unweighted terms and the total; with
+    ``return_matches`` also the (D, B, T) query matched to each target, final layer first.
     """
     logits, boxes = decoder_layers(outputs, weights.aux)
     query = match_layers(logits, boxes, targets, weights, assign)
@@ -86,4 +87,6 @@ def set_criterion(outputs: dict, targets: dict, weights: LossWeights = LossWeigh
     weighted = weights.ce * terms["loss_ce"] + weights.bbox * terms["loss_bbox"] + weights.giou * terms["loss_giou"]
     metrics = {k: v[0] for k, v in terms.items()}
     metrics["loss"] = weighted.sum()
+    if return_matches:
+        return metrics["loss"], metrics, query
     return metrics["loss"], metrics

@@ -14,7 +14,11 @@ Distance (``box_distillation``): per query, the squared Euclidean distance betwe
 queries (``kd_normalize="queries"``, the default) or, like DETR's box losses, by the sum
 over images and queries divided by the number of target boxes (``"boxes"``). The paper
 does not say which; on the demo model the default term stayed near 0.01 against a DETR
-loss near 8 (docs/training.md). With ``kd_aux`` the auxiliary decoder layers add theirs.
+loss near 8 (docs/training.md). ``kd_queries="matched"`` distils only the queries that
+the exact branch's Hungarian matching assigns to a target box (with ``"queries"`` the
+mean is over those queries): the exact branch's no-object queries have boxes no loss
+constrains, and pulling ACT's toward them fought the detection loss in the demo runs.
+With ``kd_aux`` the auxiliary decoder layers add theirs (each with its own matching).
 ``act_loss`` optionally adds DETR's set loss of the ACT branch as well (not in the paper;
 off by default).
 """
@@ -32,6 +36,7 @@ from detr_jax.training.losses import LossWeights, set_criterion
 
 KD_DISTANCES = ("squared", "l2")
 KD_NORMALIZE = ("queries", "boxes")
+KD_QUERIES = ("all", "matched")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +47,15 @@ class MTKDConfig:
     act_loss: bool = False      # also add the set loss of the ACT branch (not in the paper)
     kd_distance: str = "squared"  # per query: "squared" ||a - e||^2 or "l2" ||a - e||
     kd_normalize: str = "queries"  # "queries": mean over (B, Q); "boxes": sum / target boxes
+    kd_queries: str = "all"     # "all" queries, or those "matched" to a target by the exact branch
 
     def __post_init__(self):
         if self.kd_distance not in KD_DISTANCES:
             raise ValueError(f"mtkd.kd_distance={self.kd_distance!r}; choose one of {KD_DISTANCES}")
         if self.kd_normalize not in KD_NORMALIZE:
             raise ValueError(f"mtkd.kd_normalize={self.kd_normalize!r}; choose one of {KD_NORMALIZE}")
+        if self.kd_queries not in KD_QUERIES:
+            raise ValueError(f"mtkd.kd_queries={self.kd_queries!r}; choose one of {KD_QUERIES}")
 
     @classmethod
     def from_config(cls, cfg) -> "MTKDConfig | None":
@@ -58,16 +66,19 @@ class MTKDConfig:
                    kd_aux=bool(cfg.get("kd_aux", cls.kd_aux)),
                    act_loss=bool(cfg.get("act_loss", cls.act_loss)),
                    kd_distance=str(cfg.get("kd_distance", cls.kd_distance)),
-                   kd_normalize=str(cfg.get("kd_normalize", cls.kd_normalize)))
+                   kd_normalize=str(cfg.get("kd_normalize", cls.kd_normalize)),
+                   kd_queries=str(cfg.get("kd_queries", cls.kd_queries)))
 
 
 def box_distillation(student_boxes: jax.Array, teacher_boxes: jax.Array, *,
-                     distance: str = "squared", num_boxes: jax.Array | None = None) -> jax.Array:
+                     distance: str = "squared", num_boxes: jax.Array | None = None,
+                     query_weights: jax.Array | None = None) -> jax.Array:
     """Distillation of (B, Q, 4) student boxes toward ``stop_gradient(teacher)``.
 
     Per query ``||student - teacher||^2`` (``distance="squared"``) or ``||student -
-    teacher||`` (``"l2"``; its gradient is 0, not NaN, where the boxes coincide). The mean
-    over (B, Q) when ``num_boxes`` is None, else the sum divided by ``num_boxes``.
+    teacher||`` (``"l2"``; its gradient is 0, not NaN, where the boxes coincide), times
+    ``query_weights`` (B, Q) when given. The mean over (B, Q) (over the weighted queries
+    when weighted) when ``num_boxes`` is None, else the sum divided by ``num_boxes``.
     """
     teacher = jax.lax.stop_gradient(teacher_boxes.astype(jnp.float32))
     squared = jnp.sum((student_boxes.astype(jnp.float32) - teacher) ** 2, axis=-1)
@@ -77,23 +88,45 @@ def box_distillation(student_boxes: jax.Array, teacher_boxes: jax.Array, *,
         per_query = squared
     else:
         raise ValueError(f"distance={distance!r}; choose one of {KD_DISTANCES}")
+    if query_weights is not None:
+        query_weights = query_weights.astype(jnp.float32)
+        per_query = per_query * query_weights
+        if num_boxes is None:
+            return jnp.sum(per_query) / jnp.maximum(jnp.sum(query_weights), 1.0)
     if num_boxes is None:
         return jnp.mean(per_query)
     return jnp.sum(per_query) / num_boxes
 
 
+def matched_query_mask(query: jax.Array, valid: jax.Array, num_queries: int) -> jax.Array:
+    """(B, Q) 1.0 for the queries matched to a valid target; ``query`` (B, T) per target."""
+    batch = jnp.arange(query.shape[0])[:, None]
+    mask = jnp.zeros((query.shape[0], num_queries), jnp.float32)
+    return mask.at[batch, query].max(valid.astype(jnp.float32))
+
+
 def mtkd_loss(exact_out: dict, act_out: dict, targets: dict, weights: LossWeights,
               config: MTKDConfig, assign: Callable | None = None):
     """(total, metrics) of one MTKD step from both branches' prediction dicts."""
-    loss_exact, metrics = set_criterion(exact_out, targets, weights, assign)
+    loss_exact, metrics, matches = set_criterion(exact_out, targets, weights, assign,
+                                                 return_matches=True)
     pairs = [(act_out, exact_out)]
     if config.kd_aux:
         pairs += list(zip(act_out.get("aux_outputs", []), exact_out.get("aux_outputs", [])))
     num_boxes = None
     if config.kd_normalize == "boxes":  # as DETR's box losses: over all target boxes
         num_boxes = jnp.maximum(targets["valid"].sum(), 1).astype(jnp.float32)
-    kd = sum(box_distillation(a["pred_boxes"], e["pred_boxes"], distance=config.kd_distance,
-                              num_boxes=num_boxes) for a, e in pairs)
+    if config.kd_queries == "matched" and matches.shape[0] < len(pairs):
+        raise ValueError("mtkd.kd_queries='matched' with kd_aux needs the auxiliary losses "
+                         "(loss.aux=True): the auxiliary layers are matched only then")
+    kd = 0.0
+    for index, (a, e) in enumerate(pairs):
+        mask = None
+        if config.kd_queries == "matched":  # layer order of pairs = order of the matches
+            mask = matched_query_mask(jax.lax.stop_gradient(matches[index]), targets["valid"],
+                                      e["pred_boxes"].shape[1])
+        kd = kd + box_distillation(a["pred_boxes"], e["pred_boxes"], distance=config.kd_distance,
+                                   num_boxes=num_boxes, query_weights=mask)
     total = loss_exact + config.kd_weight * kd
     metrics = dict(metrics, loss_exact=loss_exact, loss_kd=kd)
     if config.act_loss:

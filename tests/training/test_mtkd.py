@@ -114,3 +114,36 @@ def test_one_mtkd_step_updates_the_shared_weights_through_both_branches(tiny_bat
     assert any(not np.allclose(after[1.0][k], after[0.0][k], atol=1e-9) for k in encoder)
     # The saved model is the plain exact DETR (its ACT twin shares every parameter).
     assert trainer.model().config["encoder_attention"] == "exact"
+
+
+def test_kd_on_matched_queries_ignores_the_others():
+    rng = np.random.default_rng(2)
+    exact, act = outputs(rng), outputs(rng)
+    targets = {"labels": jnp.array([[1, 2], [3, 0]]),
+               "boxes": jnp.asarray(rng.uniform(0.3, 0.5, (2, 2, 4)), jnp.float32),
+               "valid": jnp.array([[True, True], [True, False]])}
+    config = MTKDConfig(kd_queries="matched")
+    _, _, matches = set_criterion(exact, targets, LossWeights(), return_matches=True)
+    mask = np.zeros((2, 5), bool)
+    for b in range(2):
+        for t in range(2):
+            if targets["valid"][b, t]:
+                mask[b, int(matches[0, b, t])] = True
+    assert mask.sum() == 3
+    squared = np.sum(np.asarray(act["pred_boxes"] - exact["pred_boxes"]) ** 2, axis=-1)
+    _, metrics = mtkd_loss(exact, act, targets, LossWeights(), config)
+    np.testing.assert_allclose(float(metrics["loss_kd"]), squared[mask].mean(), rtol=1e-5)
+    # moving an unmatched query's ACT box changes nothing; a matched one's does
+    b, q = np.argwhere(~mask)[0]
+    moved = dict(act, pred_boxes=act["pred_boxes"].at[b, q].add(0.1))
+    assert float(mtkd_loss(exact, moved, targets, LossWeights(), config)[1]["loss_kd"]) == \
+        pytest.approx(float(metrics["loss_kd"]), rel=1e-6)
+    b, q = np.argwhere(mask)[0]
+    moved = dict(act, pred_boxes=act["pred_boxes"].at[b, q].add(0.1))
+    assert float(mtkd_loss(exact, moved, targets, LossWeights(), config)[1]["loss_kd"]) != \
+        pytest.approx(float(metrics["loss_kd"]), rel=1e-3)
+    with pytest.raises(ValueError, match="kd_queries"):
+        MTKDConfig(kd_queries="confident")
+    with pytest.raises(ValueError, match="loss.aux"):
+        mtkd_loss(dict(exact, aux_outputs=[outputs(rng)]), dict(act, aux_outputs=[outputs(rng)]),
+                  targets, LossWeights(aux=False), MTKDConfig(kd_queries="matched", kd_aux=True))
