@@ -214,9 +214,12 @@ class ACTAttention(EncoderAttention):
             return out, stats
         needed = jnp.max(jnp.stack(counts))
         capacities = ladder_capacities(n, self.spec.ladder)
+        # On the XLA path every branch would keep its (rows, capacity, N) probabilities for
+        # the backward pass; remat keeps training memory at exact attention's level.
         out, used = run_at_capacity(
             needed, capacities,
-            lambda capacity: clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity))
+            lambda capacity: clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity),
+            remat=resolved_kernel() == "xla")
         stats["capacity"] = used
         return out, stats
 

@@ -60,7 +60,7 @@ def capacity_index(needed: jax.Array, capacities: Sequence[int]) -> jax.Array:
 
 
 def run_at_capacity(needed: jax.Array, capacities: Sequence[int],
-                    branch: Callable[[int], Any]) -> tuple[Any, jax.Array]:
+                    branch: Callable[[int], Any], *, remat: bool = False) -> tuple[Any, jax.Array]:
     """Run ``branch(capacity)`` at the smallest static capacity holding ``needed`` clusters.
 
     Args:
@@ -68,6 +68,11 @@ def run_at_capacity(needed: jax.Array, capacities: Sequence[int],
       capacities: ascending static capacities (``ladder_capacities``).
       branch: maps a static capacity to a pytree of arrays whose shapes do not depend on
         the capacity.
+      remat: wrap each branch in ``jax.checkpoint``. Differentiating a ``lax.switch``
+        keeps the residuals of *every* branch (each branch fills the others' with zeros),
+        so branches that save (rows, capacity) attention probabilities hold about twice
+        the largest rung's memory; with ``remat`` a branch saves only its inputs and the
+        backward pass recomputes the chosen branch. Forward-only use is unaffected.
     Returns:
       (branch output, the capacity used as an int32 scalar). Outside a trace the chosen
       branch runs directly; under a trace one ``lax.switch`` holds every branch, so the
@@ -77,5 +82,8 @@ def run_at_capacity(needed: jax.Array, capacities: Sequence[int],
     used = jnp.asarray(capacities, jnp.int32)[index]
     if not isinstance(index, jax.core.Tracer):
         return branch(capacities[int(index)]), used
-    branches = [lambda c=c: branch(c) for c in capacities]
+    if remat:
+        branches = [jax.checkpoint(lambda c=c: branch(c)) for c in capacities]
+    else:
+        branches = [lambda c=c: branch(c) for c in capacities]
     return jax.lax.switch(index, branches), used

@@ -155,3 +155,30 @@ def test_rng_key_changes_draws_deterministically():
     run = lambda rng: np.asarray(module.attend(q, k, v, None, rng)[0])
     np.testing.assert_array_equal(run(jax.random.key(1)), run(jax.random.key(1)))
     assert not np.array_equal(run(jax.random.key(1)), run(jax.random.key(2)))
+
+
+def test_training_memory_on_the_xla_path_stays_at_exact_attention_level():
+    """Differentiating the capacity switch keeps every branch's residuals unless the
+    branches are rematerialized; ACT's gradient then needs no more scratch than exact's."""
+    from detr_jax.attention.kernel import set_attention_kernel
+
+    def temp_bytes(setting):
+        layer = parse_attention(setting).build(64, 4, layer_index=0, num_layers=6, rngs=nnx.Rngs(0))
+        graph, state = nnx.split(layer)
+        x = jax.random.normal(jax.random.key(0), (2, 512, 64))
+
+        def loss(state, x):
+            out, _ = nnx.merge(graph, state)(x, x, x, None, rng=jax.random.key(1))
+            return jnp.sum(out ** 2)
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        return grad.lower(state, x).compile().memory_analysis().temp_size_in_bytes
+
+    set_attention_kernel("xla")
+    try:
+        exact, act = temp_bytes("exact"), temp_bytes("act:L=32,r=4")
+    finally:
+        set_attention_kernel("auto")
+    probabilities = 2 * 4 * 512 * 512 * 4  # one (B, H, N, N) fp32 array
+    assert exact >= probabilities
+    assert act <= exact * 1.05 + 2 ** 20, (act, exact)

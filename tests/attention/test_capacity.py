@@ -52,3 +52,20 @@ def test_run_at_capacity_compiles_once_and_matches_eager():
         assert int(eager_used) == cap and float(eager_out) == float(out)
     assert jitted._cache_size() == 1
     assert len(traces) == 1 + 5  # one trace under jit, then five eager calls
+
+
+def test_remat_branches_give_the_same_values_and_gradients():
+    caps = ladder_capacities(32)
+    x = jnp.linspace(-1.0, 1.0, 32)
+
+    def f(x, needed, remat):
+        out, _ = run_at_capacity(needed, caps, lambda c: jnp.sum(jnp.tanh(x[:c]) ** 2),
+                                 remat=remat)
+        return out
+
+    for needed in (2, 17):
+        plain = jax.jit(jax.value_and_grad(lambda x: f(x, needed, False)))(x)
+        remat = jax.jit(jax.value_and_grad(lambda x: f(x, needed, True)))(x)
+        np.testing.assert_allclose(remat[0], plain[0], rtol=1e-6)
+        np.testing.assert_allclose(remat[1], plain[1], rtol=1e-6)
+        assert np.count_nonzero(np.asarray(remat[1])) == min(c for c in caps if c >= needed)
