@@ -138,4 +138,3 @@ def load_model_for_finetuning(directory: str, encoder_attention: str, *, seed: i
                                   f"{tuple(value.shape)}, the model wants {tuple(want)}")
     set_variables(model, theirs)
     return model, [p for p in ours if p not in theirs]
-
