@@ -143,22 +143,28 @@ def test_cli_trains_and_evaluates_periodically(synthetic_root, tmp_path):
     assert os.path.isdir(tmp_path / "model")
 
 
-def test_init_backbone_takes_only_the_backbone(tmp_path):
+def donor_and_config(tmp_path, encoder_attention: str, **train):
+    """A saved tiny exact model (``tmp_path/donor``) and a config that starts from it."""
     import ml_collections
-    from flax import nnx
 
     from detr_jax.checkpoint import save_model
-    from detr_jax.convert.errors import CheckpointError
-    from detr_jax.models.build import build_model
     from detr_jax.models.config import tiny_model_config
-    from detr_jax.training.cli import build_model_from_config
     from detr_jax.training.defaults import train_config
 
     donor = build_model(tiny_model_config(num_classes=9), seed=7)
     save_model(donor, str(tmp_path / "donor"))
+    train = {key: str(tmp_path / "donor") if value == "donor" else value for key, value in train.items()}
     cfg = ml_collections.ConfigDict(dict(
-        model=tiny_model_config(num_classes=9, encoder_attention="act:L=8"),
-        train=train_config(seed=0, init_backbone=str(tmp_path / "donor"))))
+        model=tiny_model_config(num_classes=9, encoder_attention=encoder_attention),
+        train=train_config(seed=0, **train)))
+    return donor, cfg
+
+
+def test_init_backbone_takes_only_the_backbone(tmp_path):
+    from detr_jax.convert.errors import CheckpointError
+    from detr_jax.training.cli import build_model_from_config
+
+    donor, cfg = donor_and_config(tmp_path, "act:L=8", init_backbone="donor")
     model = build_model_from_config(cfg)
     fresh = build_model(cfg.model, seed=0)
     same = lambda a, b: all(np.array_equal(x, y) for x, y in
@@ -171,19 +177,12 @@ def test_init_backbone_takes_only_the_backbone(tmp_path):
 
 
 def test_init_checkpoint_into_enact_keeps_every_saved_variable(tmp_path):
-    import ml_collections
-
     from detr_jax.checkpoint import load_model_for_finetuning, save_model
     from detr_jax.convert.errors import CheckpointError
     from detr_jax.models.config import tiny_model_config
     from detr_jax.training.cli import build_model_from_config
-    from detr_jax.training.defaults import train_config
 
-    donor = build_model(tiny_model_config(num_classes=9), seed=7)
-    save_model(donor, str(tmp_path / "donor"))
-    cfg = ml_collections.ConfigDict(dict(
-        model=tiny_model_config(num_classes=9, encoder_attention="enact:sigma=3"),
-        train=train_config(seed=0, init_checkpoint=str(tmp_path / "donor"))))
+    donor, cfg = donor_and_config(tmp_path, "enact:sigma=3", init_checkpoint="donor")
     model = build_model_from_config(cfg)
     assert model.config["encoder_attention"] == "enact:sigma=3"
     assert type(model.attention_spec).__name__ == "ENACT"
@@ -208,3 +207,7 @@ def test_init_checkpoint_into_enact_keeps_every_saved_variable(tmp_path):
     cfg.model.num_classes = 10
     model = build_model_from_config(cfg)  # the checkpoint's own architecture is used
     assert model.class_embed.kernel.get_value().shape[-1] == 11
+    # an ENACT checkpoint has variables an exact model has no place for
+    save_model(model, str(tmp_path / "enact"))
+    with pytest.raises(CheckpointError, match="entropy"):
+        load_model_for_finetuning(str(tmp_path / "enact"), "exact")
