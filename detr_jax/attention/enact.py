@@ -18,12 +18,12 @@ Per encoder layer, with its own parameters (a linear layer d -> 1):
 
 The number of regions varies per image and layer; no region is ever dropped. With the
 fused kernel (GPUs) the work runs at the smallest static capacity of the ACT capacity
-ladder that holds the batch's largest count. On the XLA path (CPU, TPU) a switch over the
-ladder would give every rung its own temporaries, so attention instead loops over key
-blocks of the smallest rung's size up to the largest count (``blocked.py``): work follows
-the count and memory holds one tile of logits. Keys and values are clustered before their projections (the weights of a
-region sum to 1, so this equals clustering the projected keys and values) so that only
-the region keys are projected.
+ladder that holds the batch's largest count. On the XLA path (CPU, TPU) attention loops
+over key blocks of the smallest rung's size up to the largest count (``blocked.py``):
+work follows the count and memory holds one tile of logits, forward and backward. Keys
+and values are clustered before their projections (the weights of a region sum to 1, so
+this equals clustering the projected keys and values) so that only the region keys are
+projected.
 
 ``variant="released"`` reproduces the released code's clustering instead: one chunk size
 for the whole batch (the mean region length, rounded), the sequence centre-cropped to a

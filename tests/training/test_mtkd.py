@@ -25,12 +25,17 @@ def outputs(rng, batch=2, queries=5, classes=4):
             "aux_outputs": []}
 
 
+def two_targets(rng, labels=((1, 2), (3, 0))):
+    """Targets of two images: two boxes in the first, one in the second (slot 2 empty)."""
+    return {"labels": jnp.array(labels),
+            "boxes": jnp.asarray(rng.uniform(0.3, 0.5, (2, 2, 4)), jnp.float32),
+            "valid": jnp.array([[True, True], [True, False]])}
+
+
 def test_kd_gradient_reaches_the_act_boxes_only():
     rng = np.random.default_rng(0)
     exact, act = outputs(rng), outputs(rng)
-    targets = {"labels": jnp.array([[1, 2], [0, 0]]),
-               "boxes": jnp.asarray(rng.uniform(0.3, 0.5, (2, 2, 4)), jnp.float32),
-               "valid": jnp.array([[True, True], [True, False]])}
+    targets = two_targets(rng, labels=((1, 2), (0, 0)))
     weights, config = LossWeights(), MTKDConfig(kd_weight=1.0)
 
     def total(exact_boxes, act_boxes):
@@ -71,9 +76,7 @@ def test_kd_distance_and_normalization_options_match_hand_computed_values():
 def test_kd_boxes_normalization_divides_by_the_target_count():
     rng = np.random.default_rng(1)
     exact, act = outputs(rng), outputs(rng)
-    targets = {"labels": jnp.array([[1, 2], [3, 0]]),
-               "boxes": jnp.asarray(rng.uniform(0.3, 0.5, (2, 2, 4)), jnp.float32),
-               "valid": jnp.array([[True, True], [True, False]])}
+    targets = two_targets(rng)
     config = MTKDConfig(kd_normalize="boxes", kd_distance="l2")
     _, metrics = mtkd_loss(exact, act, targets, LossWeights(), config)
     distances = np.linalg.norm(np.asarray(act["pred_boxes"] - exact["pred_boxes"]), axis=-1)
@@ -119,9 +122,7 @@ def test_one_mtkd_step_updates_the_shared_weights_through_both_branches(tiny_bat
 def test_kd_on_matched_queries_ignores_the_others():
     rng = np.random.default_rng(2)
     exact, act = outputs(rng), outputs(rng)
-    targets = {"labels": jnp.array([[1, 2], [3, 0]]),
-               "boxes": jnp.asarray(rng.uniform(0.3, 0.5, (2, 2, 4)), jnp.float32),
-               "valid": jnp.array([[True, True], [True, False]])}
+    targets = two_targets(rng)
     config = MTKDConfig(kd_queries="matched")
     _, _, matches = set_criterion(exact, targets, LossWeights(), return_matches=True)
     mask = np.zeros((2, 5), bool)
