@@ -99,7 +99,23 @@ def bench_infer(cfg, args, attention: str, batch: int, precision: str) -> dict:
     compiled = forward._run.lower(forward.state, pixels, mask, rng).compile()
     compile_s = time.perf_counter() - start
     times = _timed(lambda: compiled(forward.state, pixels, mask, rng), args.warmup, args.repeats)
-    return {"compile_s": compile_s, "times_s": times, "xla_memory_mib": _xla_memory_mib(compiled)}
+    ratios = cluster_ratios(compiled(forward.state, pixels, mask, rng))
+    return {"compile_s": compile_s, "times_s": times, "xla_memory_mib": _xla_memory_mib(compiled),
+            **({"cluster_ratio": ratios} if ratios else {})}
+
+
+def cluster_ratios(out) -> list[float]:
+    """Per encoder layer, clusters (ACT prototypes, ENACT regions, ...) over valid tokens,
+    averaged over images and heads (the ACT paper's Figure 7); [] for exact attention."""
+    import numpy as np
+    ratios = []
+    for stats in out.get("encoder_stats") or []:
+        if "num_clusters" not in stats:
+            return []
+        clusters = np.asarray(stats["num_clusters"], np.float64)  # (B, H) or (B,)
+        valid = np.asarray(stats["num_valid"], np.float64).reshape(clusters.shape[0], -1)
+        ratios.append(round(float((clusters.reshape(clusters.shape[0], -1) / valid).mean()), 4))
+    return ratios
 
 
 def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
@@ -153,7 +169,8 @@ def run_one(cfg, args, mode: str, attention: str, batch: int, precision: str) ->
                 p10_ms=pct(0.1) * 1e3, p90_ms=pct(0.9) * 1e3, ms_per_image=median * 1e3 / batch,
                 images_per_s=batch / median, peak_memory_mib=_peak_memory_mib(),
                 xla_memory_mib=result.get("xla_memory_mib"),
-                compile_s=result["compile_s"], repeats=len(times))
+                compile_s=result["compile_s"], repeats=len(times),
+                **({"cluster_ratio": result["cluster_ratio"]} if "cluster_ratio" in result else {}))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -169,7 +186,9 @@ def format_table(rows: list[dict]) -> str:
         xla = "n/a" if r.get("xla_memory_mib") is None else f"{r['xla_memory_mib']:.0f}"
         lines.append(f"| {r['mode']} | {r['attention']} | {r['batch']} | {r['precision']} | "
                      f"{r['median_ms']:.2f} | {r['ms_per_image']:.2f} | {r['images_per_s']:.1f} | "
-                     f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f} | {peak} | {xla} | {r['compile_s']:.1f} |")
+                     f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f} | {peak} | {xla} | {r['compile_s']:.1f} |"
+                     + (f" clusters/tokens per layer: {' '.join(f'{v:.2f}' for v in r['cluster_ratio'])}"
+                        if r.get("cluster_ratio") else ""))
     return "\n".join(lines)
 
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The issue-8 table on one GPU (DETR-DC5 / R50 at 800x1216, random weights), in groups
+# that each fit one 10-minute call; every group writes $OUT/<group>.json and <group>.log:
+#   bash benchmarks/device/bench_h100.sh [GROUP ...]      (default: infer train act)
+# infer: exact DC5 at batch 1, 8, 32 in TF32 and bf16
+# train: training steps, DC5 and R50 at batch 1 and 4 (R50 also 8), 7 boxes per image
+# act:   ACT L=32 end to end against exact at batch 1 and 8, the prototype ratio per layer
+#        beside each row, and the encoder alone with forced prototype counts
+set -uo pipefail
+source benchmarks/device/common.sh
+nvidia-smi -L
+bench() {  # group name, benchmark arguments...
+  local name="$1"; shift
+  python3 -m detr_jax.benchmark --json "$out/$name.json" "$@" > "$out/$name.log" 2>&1
+  grep -E "^\||rror" "$out/$name.log" | tail -20
+  echo "-- $name done at $(elapsed) s"
+}
+dc5=(--config configs/detr_r50_dc5.py --size 800x1216)
+for group in ${@:-infer train act}; do
+  case "$group" in
+    infer) bench infer "${dc5[@]}" --mode infer --batch 1 8 32 --precision default bf16 --repeats 20 ;;
+    train)
+      bench train_dc5 "${dc5[@]}" --mode train --batch 1 4 --warmup 3 --repeats 15
+      bench train_r50 --config configs/detr_r50.py --size 800x1216 --mode train --batch 1 4 8 \
+        --warmup 3 --repeats 15 ;;
+    act)
+      bench act "${dc5[@]}" --mode infer --attention exact act:L=32,r=8 act:L=32,r=4 act:L=32,r=2 \
+        --batch 1 8 --repeats 20
+      python3 benchmarks/encoder_attention.py --batches 1,8 --reps 30 \
+        --output "$out/encoder_attention.json" > "$out/encoder_attention.log" 2>&1
+      tail -14 "$out/encoder_attention.log"; echo "-- encoder done at $(elapsed) s" ;;
+    *) echo "unknown group $group (infer train act)"; exit 2 ;;
+  esac
+done

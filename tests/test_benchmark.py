@@ -1,0 +1,29 @@
+"""detr_jax.benchmark helpers (timings themselves run on the device machine, never here)."""
+
+import numpy as np
+
+from detr_jax.benchmark import cluster_ratios, format_table
+
+
+def test_cluster_ratios_average_over_images_and_heads_per_layer():
+    # two images (10 and 5 valid tokens), two heads, two layers
+    layer0 = {"num_clusters": np.array([[5, 3], [5, 1]]), "num_valid": np.array([10, 5])}
+    layer1 = {"num_clusters": np.array([[10, 10], [5, 5]]), "num_valid": np.array([10, 5])}
+    ratios = cluster_ratios({"encoder_stats": [layer0, layer1]})
+    assert ratios == [round((0.5 + 0.3 + 1.0 + 0.2) / 4, 4), 1.0]
+
+
+def test_cluster_ratios_are_empty_for_exact_attention():
+    assert cluster_ratios({"encoder_stats": [{}, {}]}) == []
+    assert cluster_ratios({}) == []
+
+
+def test_table_shows_cluster_ratios_when_present():
+    row = dict(mode="infer", attention="act:L=32", batch=1, precision="default", median_ms=2.0,
+               ms_per_image=2.0, images_per_s=500.0, p10_ms=1.9, p90_ms=2.1,
+               peak_memory_mib=None, xla_memory_mib=12.0, compile_s=3.0,
+               cluster_ratio=[0.5, 0.25])
+    line = format_table([row]).splitlines()[-1]
+    assert line.endswith("clusters/tokens per layer: 0.50 0.25")
+    del row["cluster_ratio"]
+    assert "clusters/tokens" not in format_table([row])
