@@ -6,6 +6,8 @@
 # train: training steps, DC5 and R50 at batch 1 and 4 (R50 also 8), 7 boxes per image
 # act:   ACT L=32 end to end against exact at batch 1 and 8, the prototype ratio per layer
 #        beside each row, and the encoder alone with forced prototype counts
+# enact: training step of the demo config (batch 32, 512x512), exact against ENACT at
+#        sigma 3, 2, 1 (smaller sigma: more regions)
 set -uo pipefail
 source benchmarks/device/common.sh
 nvidia-smi -L
@@ -29,6 +31,8 @@ for group in ${@:-infer train act}; do
       python3 benchmarks/encoder_attention.py --batches 1,8 --reps 30 \
         --output "$out/encoder_attention.json" > "$out/encoder_attention.log" 2>&1
       tail -14 "$out/encoder_attention.log"; echo "-- encoder done at $(elapsed) s" ;;
-    *) echo "unknown group $group (infer train act)"; exit 2 ;;
+    enact) bench enact --config configs/synthetic_demo.py --size 512x512 --boxes 7 --mode train \
+      --batch 32 --attention exact enact:sigma=3 enact:sigma=2 enact:sigma=1 --warmup 3 --repeats 15 ;;
+    *) echo "unknown group $group (infer train act enact)"; exit 2 ;;
   esac
 done
