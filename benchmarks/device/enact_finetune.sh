@@ -9,6 +9,8 @@
 # A run cut short by SECONDS leaves its checkpoint in $OUT as parts; carry them back as
 # carry/ft_<name>/ckpt.tar.part-* (or call again on the warm machine) to resume.
 # -> $OUT/ft_{exact,enact}_metrics.jsonl, _eval.json, _infer.json
+# Environment: NAMES="exact enact" (which models to run), ENACT="enact:sigma=3" (ENACT's
+# attention setting, e.g. enact:sigma=1 for more, shorter regions).
 set -euo pipefail
 budget="${1:-560}"
 source benchmarks/device/common.sh
@@ -18,16 +20,19 @@ recipe=(--config.train.init_checkpoint=models/demo --config.train.epochs=10
         '--config.train.lr_drop_epochs=(7,)' --config.train.eval_every=0
         --config.train.checkpoint_every=500)
 declare -A configs=([exact]=configs/synthetic_demo.py [enact]=configs/enact_demo.py)
-declare -A attention=([exact]=exact [enact]=enact:sigma=3)
+enact="${ENACT:-enact:sigma=3}"
+declare -A attention=([exact]=exact [enact]="$enact")
+declare -A model_args=([exact]="" [enact]="--config.model.encoder_attention=$enact")
 left() { echo $(( budget - $(elapsed) )); }
-for name in exact enact; do
+read -r -a names <<< "${NAMES:-exact enact}"
+for name in "${names[@]}"; do
   dir="/tmp/ft_$name"
   [ -f "$dir/DONE" ] && continue
   [ "$(left)" -lt 150 ] && break
   resume_from "carry/ft_$name" "$dir" || { rm -rf "$dir" && mkdir -p "$dir"; }
   set +e
   timeout -s TERM "$(( $(left) - 30 ))" python3 train.py --config "${configs[$name]}" \
-    --workdir "$dir" "${SYN_DATA[@]}" "${recipe[@]}" --no-progress "${@:2}" 2>&1 \
+    --workdir "$dir" "${SYN_DATA[@]}" "${recipe[@]}" ${model_args[$name]} --no-progress "${@:2}" 2>&1 \
     | tee "/tmp/ft_$name.log" | grep -v "^step [0-9]*[1-9]50/"
   set -e
   cp "$dir/metrics.jsonl" "$out/ft_${name}_metrics.jsonl"
@@ -38,7 +43,7 @@ for name in exact enact; do
     break
   fi
 done
-for name in exact enact; do
+for name in "${names[@]}"; do
   dir="/tmp/ft_$name"
   if [ -f "$dir/DONE" ] && [ ! -f "/tmp/ft_eval_$name/report.json" ] && [ "$(left)" -gt 120 ]; then
     python3 eval.py --checkpoint "$dir/model" --config "${configs[$name]}" "${SYN_VAL[@]}" \
