@@ -3,17 +3,18 @@
 # machine (nvidia-h200-x2), plus the single-GPU training rows of the DETR vs DETR+ENACT
 # comparison. Random inputs (python -m detr_jax.benchmark --mode train), medians.
 #   bash benchmarks/device/bench_x2.sh [GROUP ...]   -> $OUT/*.json, printed tables
-# GROUPs, run in the order given: demo enact dc5 r50 (default: these four, more than one
+# GROUPs, run in the order given: demo demo64 enact dc5 r50 (default: these four, more than one
 # 10-minute call),
 # and dist: why two GPUs are not 2x (NCCL's transport between the GPUs, and the demo step
 # on two GPUs with XLA's latency-hiding scheduler, which overlaps the gradient all-reduce)
 set -euo pipefail
 source benchmarks/device/common.sh
 nvidia-smi -L
-bench() {  # name, visible GPUs, benchmark arguments...
+bench() {  # name, visible GPUs, benchmark arguments... (full log in $OUT/<name>.log)
   local name="$1" gpus="$2"; shift 2
   CUDA_VISIBLE_DEVICES="$gpus" python3 -m detr_jax.benchmark --mode train --warmup 3 \
-    --repeats 15 --json "$out/$name.json" "$@" 2>&1 | grep -E "^\||error|Error" || true
+    --repeats 15 --json "$out/$name.json" "$@" > "$out/$name.log" 2>&1
+  grep -E "^\||error|Error" "$out/$name.log" | tail -3
   echo "-- $name done at $(elapsed) s"
 }
 demo=(--config configs/synthetic_demo.py --size 512x512 --boxes 7)
@@ -22,6 +23,10 @@ run_group() {
     demo)
       bench demo_1gpu 0 "${demo[@]}" --batch 32
       bench demo_2gpu 0,1 "${demo[@]}" --batch 64 ;;
+    demo64)  # 64 images per GPU; NCCL's set-up lines (transport between the GPUs) in the log
+      nvidia-smi topo -m > "$out/topo.txt" 2>&1 || true
+      bench demo64_1gpu 0 "${demo[@]}" --batch 64
+      NCCL_DEBUG=INFO bench demo64_2gpu 0,1 "${demo[@]}" --batch 128 ;;
     enact)
       bench enact_1gpu 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3
       bench enact_1gpu_xla 0 "${demo[@]}" --batch 32 --attention exact enact:sigma=3 --attention-kernel xla ;;
@@ -40,7 +45,7 @@ run_group() {
       } | tee "$out/dist.txt"
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true" \
         bench demo_2gpu_lhs 0,1 "${demo[@]}" --batch 64 ;;
-    *) echo "unknown group $1 (demo enact dc5 r50 dist)"; exit 2 ;;
+    *) echo "unknown group $1 (demo demo64 enact dc5 r50 dist)"; exit 2 ;;
   esac
 }
 for group in ${@:-demo enact dc5 r50}; do run_group "$group"; done
