@@ -27,3 +27,30 @@ def test_table_shows_cluster_ratios_when_present():
     assert line.endswith("clusters/tokens per layer: 0.50 0.25")
     del row["cluster_ratio"]
     assert "clusters/tokens" not in format_table([row])
+
+
+def _kernel_profile_module():
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "kernel_profile.py")
+    spec = importlib.util.spec_from_file_location("kernel_profile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernel_profile_sums_device_events_by_name(tmp_path):
+    import gzip
+    import json
+    events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+              {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+              {"ph": "X", "pid": 1, "name": "host work", "dur": 900.0},
+              {"ph": "X", "pid": 2, "name": "sort", "dur": 100.0},
+              {"ph": "X", "pid": 2, "name": "sort", "dur": 50.0},
+              {"ph": "X", "pid": 2, "name": "fusion", "dur": 20.0}]
+    run = tmp_path / "plugins" / "profile" / "run1"
+    run.mkdir(parents=True)
+    with gzip.open(run / "perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    totals = _kernel_profile_module().device_event_times(str(tmp_path))
+    assert totals == {"sort": 0.15, "fusion": 0.02}  # ms, host events left out

@@ -1,0 +1,110 @@
+"""Where a forward pass spends its device time, kernel by kernel (a jax.profiler trace).
+
+    python benchmarks/kernel_profile.py --config configs/detr_r50_dc5.py \\
+        --attention exact act:L=32,r=4 --batch 1 --size 800x1216 --output kernels.json
+
+For each attention setting: build the config's model (random weights), jit its forward
+pass, warm up, then trace ``--reps`` calls with ``jax.profiler`` (a Perfetto trace, read
+back here as JSON) and sum the duration of every device event by name. Prints the
+``--top`` names per setting (ms per call and share of the busy time) and writes all of
+them with ``--output``. On a machine without an accelerator the events are the host's XLA
+thunks, which still rank the ops but include the CPU runtime's own events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from detr_jax.benchmark import parse_size  # noqa: E402
+from detr_jax.config_cli import config_for_parser  # noqa: E402
+from detr_jax.models.build import build_model  # noqa: E402
+from detr_jax.models.inference import Forward  # noqa: E402
+
+
+def device_event_times(trace_dir: str) -> dict[str, float]:
+    """Summed duration (ms) of the complete events of the trace's device processes (host
+    thunks when there is no device process), by event name."""
+    paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+    if not paths:
+        raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
+    with gzip.open(max(paths, key=os.path.getmtime)) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    names = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device = {pid for pid, name in names.items() if "/device:" in name}
+    pids = device or set(names)
+    totals: dict[str, float] = collections.defaultdict(float)
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in pids:
+            totals[e["name"]] += float(e.get("dur", 0.0)) / 1e3
+    return dict(totals)
+
+
+def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int) -> dict:
+    model_cfg = cfg.model.copy_and_resolve_references()
+    model_cfg.encoder_attention = attention
+    forward = Forward(build_model(model_cfg, seed=seed), return_intermediates=False)
+    rng = np.random.default_rng(seed)
+    pixels = jnp.asarray(rng.normal(size=(batch, *size, 3)).astype(np.float32))
+    mask = jnp.zeros((batch, *size), bool)
+    key = jax.random.PRNGKey(seed)
+    for _ in range(3):
+        jax.block_until_ready(forward(pixels, mask, key))
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        for _ in range(reps):
+            jax.block_until_ready(forward(pixels, mask, key))
+        jax.profiler.stop_trace()
+        totals = device_event_times(trace_dir)
+    per_call = {name: ms / reps for name, ms in totals.items()}
+    return {"attention": attention, "batch": batch, "size": f"{size[0]}x{size[1]}",
+            "device": jax.devices()[0].device_kind, "reps": reps,
+            "busy_ms_per_call": sum(per_call.values()),
+            "kernels_ms_per_call": dict(sorted(per_call.items(), key=lambda kv: -kv[1]))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--attention", nargs="+", default=["exact"])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--size", type=parse_size, default=(800, 1216))
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="")
+    args, rest = parser.parse_known_args(argv)
+    cfg = config_for_parser(parser, args.config, rest)
+    results = []
+    for attention in args.attention:
+        r = profile_setting(cfg, attention, args.batch, args.size, args.reps, args.seed)
+        results.append(r)
+        print(f"\n{attention}, batch {args.batch}, {r['size']} on {r['device']}: "
+              f"{r['busy_ms_per_call']:.3f} ms of device events per call")
+        print("| ms per call | share | event |\n| --- | --- | --- |")
+        for name, ms in list(r["kernels_ms_per_call"].items())[:args.top]:
+            print(f"| {ms:.4f} | {ms / r['busy_ms_per_call']:.1%} | {name[:90]} |")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
