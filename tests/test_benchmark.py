@@ -53,4 +53,5 @@ def test_kernel_profile_sums_device_events_by_name(tmp_path):
     with gzip.open(run / "perfetto_trace.json.gz", "wt") as f:
         json.dump({"traceEvents": events}, f)
     totals = _kernel_profile_module().device_event_times(str(tmp_path))
-    assert totals == {"sort": 0.15, "fusion": 0.02}  # ms, host events left out
+    assert set(totals) == {"sort", "fusion"}  # host events left out
+    assert np.isclose(totals["sort"], 0.15) and np.isclose(totals["fusion"], 0.02)  # ms
