@@ -336,11 +336,11 @@ def count_flops(config, image_hw: Sequence[int], *, valid_hw: Sequence[int] | No
     for index in range(enc_layers):
         if name == "act":
             layer = _act_layer(spec, encoder_stats[index], d, heads, valid_tokens)
-        elif name == "enact":
+        elif name == "enact" and (spec.layers is None or index in spec.layers):
             layer = _enact_layer(spec, encoder_stats[index], d, heads, tokens, valid_tokens)
         elif name == "kmeans":
             layer = _kmeans_layer(spec, d, heads, valid_tokens)
-        else:
+        else:  # exact, also the layers an ENACT spec leaves out
             layer = {"products": attention_product_macs(valid_tokens, valid_tokens, d),
                      "hashing_and_clustering": 0.0, "mean_clusters": float(valid_tokens),
                      "cluster_ratio": 1.0}

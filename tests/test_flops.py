@@ -225,6 +225,11 @@ def test_enact_cost_by_hand_and_from_the_module():
     assert r["encoder_layers"][0]["products"] == pytest.approx(np.mean(2 * valid * regions * 32))
     assert r["encoder_layers"][0]["cluster_ratio"] == pytest.approx(np.mean(regions / valid))
 
+    # ENACT in layer 1 only: layer 0 costs what exact attention's does, without clustering
+    partial = count_flops(cfg, (64, 64), attention="enact:sigma=3,layers=1", encoder_stats=[1, 1])
+    assert partial["encoder_layers"][0] == exact["encoder_layers"][0]
+    assert partial["encoder_layers"][1] == quarter["encoder_layers"][1]
+
 
 def test_kmeans_cost():
     n = 3750

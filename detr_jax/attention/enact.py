@@ -48,6 +48,7 @@ from flax import nnx
 from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats
 from detr_jax.attention.capacity import DEFAULT_LADDER, format_ladder, ladder_capacities, parse_ladder, run_at_capacity
 from detr_jax.attention.blocked import key_block_attention
+from detr_jax.attention.exact import ExactAttention
 from detr_jax.attention.kernel import attention_core, resolved_kernel
 from detr_jax.attention.registry import register_attention
 
@@ -156,12 +157,16 @@ class ENACT(AttentionSpec):
       variant: ``"paper"`` (variable-length regions, padding excluded) or ``"released"``
         (fixed chunks of the mean region length, padding ignored).
       ladder: capacity fractions of N (see ``capacity.parse_ladder``).
+      layers: the encoder layers (0-based) that use ENACT, as a tuple or a string such
+        as ``"3/4/5"``; the others use exact attention (and have no entropy layer).
+        None: every layer.
     """
 
     name = "enact"
     sigma: float = 3.0
     variant: str = "paper"
     ladder: Any = DEFAULT_LADDER
+    layers: Any = None
 
     def __post_init__(self):
         object.__setattr__(self, "sigma", float(self.sigma))
@@ -170,9 +175,19 @@ class ENACT(AttentionSpec):
             raise ValueError(f"ENACT: sigma must be positive, got {self.sigma}")
         if self.variant not in VARIANTS:
             raise ValueError(f"ENACT: variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", parse_layers(self.layers))
 
     def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
               dtype: Any = None, rngs: nnx.Rngs) -> EncoderAttention:
+        if self.layers is not None:
+            beyond = [i for i in self.layers if i >= num_layers]
+            if beyond:
+                raise ValueError(f"ENACT: layers {beyond} do not exist in a "
+                                 f"{num_layers}-layer encoder")
+            if layer_index not in self.layers:
+                return AllKeysAttention(d_model, num_heads, layer_index=layer_index,
+                                        dtype=dtype, rngs=rngs)
         return ENACTAttention(d_model, num_heads, spec=self, layer_index=layer_index,
                               dtype=dtype, rngs=rngs)
 
@@ -182,7 +197,37 @@ class ENACT(AttentionSpec):
             parts.append(f"variant={self.variant}")
         if self.ladder != parse_ladder(DEFAULT_LADDER):
             parts.append("ladder=" + format_ladder(self.ladder))
+        if self.layers is not None:
+            parts.append("layers=" + "/".join(str(i) for i in self.layers))
         return "enact:" + ",".join(parts)
+
+
+class AllKeysAttention(ExactAttention):
+    """Exact attention in a layer that an ENACT spec leaves out (``layers=``): its stats
+    count every valid key as its own region, so statistics and FLOPs cover all layers."""
+
+    def attend(self, q, k, v, key_padding_mask, rng) -> tuple[jax.Array, Stats]:
+        out, stats = super().attend(q, k, v, key_padding_mask, rng)
+        batch, n, heads, _ = q.shape
+        valid = valid_pixels(key_padding_mask, batch, n).sum(axis=1, dtype=jnp.int32)
+        return out, {**stats, "num_clusters": jnp.broadcast_to(valid[:, None], (batch, heads)),
+                     "num_valid": valid}
+
+
+def parse_layers(value: Any) -> tuple[int, ...]:
+    """Layer indices from ``"3/4/5"``, a single integer or a sequence: sorted, unique, >= 0."""
+    try:
+        if isinstance(value, str):
+            layers = [int(part) for part in value.split("/") if part.strip()]
+        elif isinstance(value, (int, np.integer)):
+            layers = [int(value)]
+        else:
+            layers = [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"ENACT: layers {value!r}: expected layer indices such as 3/4/5") from None
+    if not layers or min(layers) < 0:
+        raise ValueError(f"ENACT: layers {value!r}: expected at least one index >= 0")
+    return tuple(sorted(set(layers)))
 
 
 class ENACTAttention(EncoderAttention):
@@ -257,9 +302,10 @@ class ENACTAttention(EncoderAttention):
         return self.out_proj(out), stats
 
 
-def _enact_from_string(sigma=3.0, variant="paper", ladder=DEFAULT_LADDER) -> ENACT:
-    return ENACT(sigma=sigma, variant=variant, ladder=ladder)
+def _enact_from_string(sigma=3.0, variant="paper", ladder=DEFAULT_LADDER, layers=None) -> ENACT:
+    return ENACT(sigma=sigma, variant=variant, ladder=ladder, layers=layers)
 
 
 register_attention("enact", _enact_from_string,
-                   "enact[:sigma=<gaussian sigma>,variant=paper|released,ladder=<divisors>]")
+                   "enact[:sigma=<gaussian sigma>,variant=paper|released,ladder=<divisors>,"
+                   "layers=<0-based layer indices, e.g. 3/4/5>]")

@@ -125,3 +125,30 @@ def test_spec_strings_round_trip_and_errors():
     assert detr_jax.parse_attention(spec.to_string()) == spec
     with pytest.raises(ValueError, match="variant"):
         detr_jax.parse_attention("enact:variant=fast")
+
+
+def test_layers_option_keeps_exact_attention_elsewhere():
+    cfg = detr_jax.tiny_model_config()
+    spec = detr_jax.parse_attention("enact:sigma=1,layers=1")
+    assert spec == ENACT(sigma=1.0, layers=(1,)) and spec.layers == (1,)
+    assert detr_jax.parse_attention(spec.to_string()) == spec
+    rng = np.random.default_rng(0)
+    src = jnp.asarray(rng.normal(size=(2, 64, cfg.hidden_dim)), jnp.float32)
+    pos = jnp.asarray(rng.normal(size=src.shape), jnp.float32)
+    mask = jnp.asarray(np.arange(64)[None, :] >= np.array([[64], [40]]))
+    partial = Encoder(cfg, spec, jnp.float32, nnx.Rngs(0))
+    exact = Encoder(cfg, detr_jax.parse_attention("exact"), jnp.float32, nnx.Rngs(0))
+    assert not hasattr(partial.layers[0].self_attn, "entropy")
+    assert hasattr(partial.layers[1].self_attn, "entropy")
+    nnx.update(exact.layers[0], nnx.state(partial.layers[0]))  # same weights in layer 0
+    first_partial = partial.layers[0](src, pos, mask)
+    first_exact = exact.layers[0](src, pos, mask)
+    np.testing.assert_allclose(np.asarray(first_partial[0]), np.asarray(first_exact[0]), atol=1e-6)
+    _, stats = partial(src, pos, mask)
+    assert all("num_clusters" in s for s in stats)
+    np.testing.assert_array_equal(np.asarray(stats[0]["num_clusters"])[:, 0], [64, 40])
+    assert (np.asarray(stats[1]["num_clusters"]) < np.array([[64], [40]])).all()
+    with pytest.raises(ValueError, match="do not exist"):
+        Encoder(cfg, ENACT(layers=(0, 9)), jnp.float32, nnx.Rngs(0))
+    with pytest.raises(ValueError, match="layer indices"):
+        detr_jax.parse_attention("enact:layers=a/b")
