@@ -1,0 +1,101 @@
+"""Tile sizes of the fused attention kernel at DETR-DC5 size: full and ragged query rows.
+
+    python benchmarks/flash_tiles.py --batches 1,8 --output flash_tiles.json
+
+At batch 1 the kernel's grid (query blocks x 8 heads) is small next to an H100's 132
+multiprocessors, so halving the real query rows (ACT at N/2) need not halve the time.
+This times ``flash.flash_attention`` (N = ``--tokens`` = 3800 keys, 8 heads of 32, fp32 inputs, default
+matmul precision) for every (block_q, block_k, num_warps) in the sweep, with all N query
+rows real (exact attention) and with N/2, N/4, N/8 real rows per (image, head) (ACT's
+prototype slots), and prints the median ms of each and the best tiles per case. GPU only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from detr_jax.attention.flash import flash_attention  # noqa: E402
+
+TOKENS, HEADS, HEAD_DIM = 3800, 8, 32
+
+
+def time_ms(fn, warmup: int = 3, reps: int = 30) -> float:
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--block-q", default="16,32,64")
+    parser.add_argument("--block-k", default="32,64")
+    parser.add_argument("--warps", default="2,4")
+    parser.add_argument("--tokens", type=int, default=TOKENS)
+    parser.add_argument("--divisors", default="1,2,4,8", help="real rows = N / divisor")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--output", default="")
+    args = parser.parse_args(argv)
+    if jax.default_backend() != "gpu":  # the Pallas interpreter: checks the script, slowly
+        from detr_jax.attention.kernel import set_attention_kernel
+        set_attention_kernel("flash_interpret")
+    ints = lambda text: [int(v) for v in text.split(",") if v]
+    rows = []
+    for batch in ints(args.batches):
+        rng = np.random.default_rng(0)
+        q, k, v = (jnp.asarray(rng.normal(size=(batch, args.tokens, HEADS, HEAD_DIM)).astype(np.float32)
+                               / (HEAD_DIM ** 0.25 if i < 2 else 1.0)) for i in range(3))
+        valid = jnp.ones((batch, args.tokens), bool)
+        for divisor in ints(args.divisors):
+            counts = jnp.full((batch, HEADS), args.tokens // divisor, jnp.int32)
+            for block_q, block_k, warps in itertools.product(
+                    ints(args.block_q), ints(args.block_k), ints(args.warps)):
+                fn = jax.jit(lambda q, k, v, valid, counts, bq=block_q, bk=block_k, w=warps:
+                             flash_attention(q, k, v, valid, counts, block_q=bq, block_k=bk,
+                                             num_warps=w))
+                try:
+                    ms = time_ms(lambda: fn(q, k, v, valid, counts), reps=args.reps)
+                except Exception as err:  # noqa: BLE001 - a tile that does not compile
+                    print(f"B={batch} N/{divisor} bq={block_q} bk={block_k} warps={warps}: "
+                          f"failed ({type(err).__name__})", flush=True)
+                    continue
+                rows.append(dict(batch=batch, divisor=divisor, block_q=block_q, block_k=block_k,
+                                 num_warps=warps, ms=ms, device=jax.devices()[0].device_kind))
+                print(f"B={batch} N/{divisor} bq={block_q} bk={block_k} warps={warps}: "
+                      f"{ms:.3f} ms", flush=True)
+    print("\n| batch | real rows | default (64, 64, 4) ms | best ms | best tiles (bq, bk, warps) |")
+    print("| --- | --- | --- | --- | --- |")
+    for batch, divisor in sorted({(r["batch"], r["divisor"]) for r in rows}):
+        case = [r for r in rows if r["batch"] == batch and r["divisor"] == divisor]
+        best = min(case, key=lambda r: r["ms"])
+        default = [r["ms"] for r in case if (r["block_q"], r["block_k"], r["num_warps"]) == (64, 64, 4)]
+        print(f"| {batch} | N/{divisor} | {default[0]:.3f} | {best['ms']:.3f} | "
+              f"({best['block_q']}, {best['block_k']}, {best['num_warps']}) |"
+              if default else f"| {batch} | N/{divisor} | n/a | {best['ms']:.3f} | "
+              f"({best['block_q']}, {best['block_k']}, {best['num_warps']}) |")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
