@@ -3,10 +3,13 @@
     python benchmarks/act_profile.py --batches 1,8 --output act_profile.json
 
 One encoder layer's attention core at DETR-DC5 size (N tokens, 8 heads of 32), with
-inputs holding N/``--divisor`` distinct tokens per image (so that many prototypes):
-hashing (projection + 64-bit combination), cluster numbering (sort), prototype means
-(scatter-add), prototype attention at the chosen capacity, broadcast back (gather), the
-whole ACT core with the capacity switch and at a fixed capacity, and exact attention.
+inputs holding N/divisor distinct tokens per image (so that many prototypes; one pass per
+``--divisors`` entry): hashing (projection + 64-bit combination), cluster numbering
+(sort), prototype means (scatter-add), prototype attention at the chosen capacity,
+broadcast back (gather), the whole ACT core with the capacity switch and at a fixed
+capacity, and exact attention. It also times a candidate numbering + means without
+atomic adds (``sorted_segment_means``: one sort, then a segmented scan) against the
+current pair and checks that both give the same clusters and means.
 Medians of ``--reps`` calls after warm-up.
 """
 
@@ -48,6 +51,43 @@ def median_ms(fn, *args, warmup=5, reps=50):
     return statistics.median(times)
 
 
+def sorted_segment_means(x, hi, lo, valid, capacity):
+    """Candidate replacement of ``cluster_ids`` + ``cluster_means`` without atomics.
+
+    One sort by (padding, hash) as ``cluster_ids`` does; then the members of each cluster
+    are contiguous, so a segmented inclusive scan (``lax.associative_scan``) leaves each
+    cluster's sum at its last member, which is stored into the cluster's slot (one write
+    per slot). Returns (means (R, capacity, D), counts (R, capacity), ids (R, N)), equal to
+    ``cluster_means(x, cluster_ids(hi, lo, valid)[0], capacity)`` and those ids.
+    """
+    rows, n, d = x.shape
+    padding = (~valid).astype(jnp.int32)
+    signed_hi = jax.lax.bitcast_convert_type(hi, jnp.int32)
+    order = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n))
+    pad_s, hi_s, lo_s, perm = jax.lax.sort((padding, signed_hi, lo, order), dimension=1, num_keys=3)
+    real = pad_s == 0
+    changed = (hi_s[:, 1:] != hi_s[:, :-1]) | (lo_s[:, 1:] != lo_s[:, :-1])
+    starts = jnp.concatenate([jnp.ones((rows, 1), bool), changed], axis=1) & real
+    sorted_ids = jnp.where(real, jnp.cumsum(starts.astype(jnp.int32), axis=1) - 1, -1)
+    x_s = jnp.take_along_axis(x.astype(jnp.float32), perm[..., None], axis=1)
+
+    def combine(a, b):
+        (a_sum, a_count, a_flag), (b_sum, b_count, b_flag) = a, b
+        return (jnp.where(b_flag[..., None], b_sum, a_sum + b_sum),
+                jnp.where(b_flag, b_count, a_count + b_count), a_flag | b_flag)
+
+    sums, sizes, _ = jax.lax.associative_scan(
+        combine, (x_s, real.astype(jnp.int32), starts), axis=1)
+    last = real & jnp.concatenate([starts[:, 1:] | ~real[:, 1:], jnp.ones((rows, 1), bool)], axis=1)
+    slot = jnp.where(last & (sorted_ids < capacity), sorted_ids, capacity)  # capacity: dropped
+    row = jnp.arange(rows)[:, None]
+    total = jnp.zeros((rows, capacity + 1, d), jnp.float32).at[row, slot].set(sums)[:, :capacity]
+    counts = jnp.zeros((rows, capacity + 1), jnp.int32).at[row, slot].set(sizes)[:, :capacity]
+    ids = jnp.zeros((rows, n), jnp.int32).at[row, perm].set(sorted_ids, unique_indices=True)
+    means = total / jnp.maximum(counts, 1)[..., None].astype(jnp.float32)
+    return means.astype(x.dtype), counts, ids
+
+
 def inputs(batch, n, distinct, seed=0):
     rng = np.random.default_rng(seed)
     rows = rng.normal(0, 1, (batch, distinct, HEADS, HEAD_DIM)).astype(np.float32)
@@ -62,7 +102,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=3800)
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--divisor", type=int, default=2)
+    parser.add_argument("--divisors", default="2,64",
+                        help="distinct tokens (prototypes) = N / divisor, one pass each")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--output", default="")
     args = parser.parse_args(argv)
@@ -70,10 +111,11 @@ def main(argv=None):
     spec = act_mod.ACT(bucket_width=1e-3)
     weights, biases = draw_hash_params(jax.random.key(0), HEAD_DIM, 32, 1e-3)
     rows_out = []
-    for batch in (int(b) for b in args.batches.split(",")):
-        q, k, v = inputs(batch, n, n // args.divisor)
+    cases = [(int(b), int(m)) for b in args.batches.split(",") for m in args.divisors.split(",")]
+    for batch, divisor in cases:
+        q, k, v = inputs(batch, n, n // divisor)
         valid = clustering.row_valid(None, batch, HEADS, n)
-        capacity = -(-n // args.divisor)
+        capacity = -(-n // divisor)
         hash_fn = jax.jit(lambda q: combine_rounds(round_hashes(clustering.to_rows(q), weights, biases, 1e-3)))
         hi, lo = hash_fn(q)
         ids_fn = jax.jit(clustering.cluster_ids)
@@ -93,10 +135,21 @@ def main(argv=None):
         slots = clustering.from_rows(jax.jit(lambda q, ids: clustering.cluster_means(
             clustering.to_rows(q), ids, n)[0])(q, ids), batch)
         ragged = counts.reshape(batch, HEADS)
+        ids_means_fn = jax.jit(lambda q, hi, lo, valid: clustering.cluster_means(
+            clustering.to_rows(q), clustering.cluster_ids(hi, lo, valid)[0], capacity)[0])
+        sorted_fn = jax.jit(lambda q, hi, lo, valid: sorted_segment_means(
+            clustering.to_rows(q), hi, lo, valid, capacity))
+        new_means, new_counts, new_ids = sorted_fn(q, hi, lo, valid)
+        ref_means, ref_counts = clustering.cluster_means(clustering.to_rows(q), ids, capacity)
+        check = dict(ids_equal=bool((new_ids == ids).all()),
+                     counts_equal=bool((new_counts == ref_counts).all()),
+                     means_max_abs=float(jnp.abs(new_means - ref_means).max()))
         pieces = {
             "hash (project + combine)": (hash_fn, q),
             "cluster ids (sort)": (ids_fn, hi, lo, valid),
             "prototype means (scatter)": (means_fn, q, ids),
+            "ids + means: sort, scatter-add": (ids_means_fn, q, hi, lo, valid),
+            "ids + means: sort, segmented scan": (sorted_fn, q, hi, lo, valid),
             "prototype attention": (attn_fn, protos, k, v),
             "broadcast (gather)": (bcast_fn, out, ids),
             "ACT core, capacity switch": (full_fn, q, k, v),
@@ -115,10 +168,11 @@ def main(argv=None):
                     fn = jax.jit(lambda q, k, v: module.attend(q, k, v, None, jax.random.key(0))[0])
                     jax.block_until_ready(fn(q, k, v))  # traced under this kernel
                 pieces[f"ACT core [{kernel}]"] = (fn, q, k, v)
-        print(f"batch {batch}: {int(counts.max())} clusters max, capacity {capacity}", flush=True)
+        print(f"batch {batch}, N/{divisor}: {int(counts.max())} clusters max, capacity {capacity}; "
+              f"segmented scan against scatter-add: {check}", flush=True)
         for name, (fn, *a) in pieces.items():
             ms = median_ms(fn, *a, reps=args.reps)
-            rows_out.append(dict(batch=batch, piece=name, ms=ms))
+            rows_out.append(dict(batch=batch, divisor=divisor, piece=name, ms=ms, **check))
             print(f"  {name:30s} {ms:8.3f} ms", flush=True)
     if args.output:
         with open(args.output, "w") as f:
