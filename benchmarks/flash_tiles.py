@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,19 +27,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from detr_jax.attention.flash import flash_attention  # noqa: E402
+from detr_jax.benchmark import _timed  # noqa: E402
 
 TOKENS, HEADS, HEAD_DIM = 3800, 8, 32
 
 
 def time_ms(fn, warmup: int = 3, reps: int = 30) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds of ``fn()`` after ``warmup`` calls."""
+    return statistics.median(_timed(fn, warmup, reps)) * 1e3
 
 
 def main(argv=None) -> int:
@@ -87,10 +81,9 @@ def main(argv=None) -> int:
         case = [r for r in rows if r["batch"] == batch and r["divisor"] == divisor]
         best = min(case, key=lambda r: r["ms"])
         default = [r["ms"] for r in case if (r["block_q"], r["block_k"], r["num_warps"]) == (64, 64, 4)]
-        print(f"| {batch} | N/{divisor} | {default[0]:.3f} | {best['ms']:.3f} | "
-              f"({best['block_q']}, {best['block_k']}, {best['num_warps']}) |"
-              if default else f"| {batch} | N/{divisor} | n/a | {best['ms']:.3f} | "
-              f"({best['block_q']}, {best['block_k']}, {best['num_warps']}) |")
+        default_ms = f"{default[0]:.3f}" if default else "n/a"
+        tiles = f"({best['block_q']}, {best['block_k']}, {best['num_warps']})"
+        print(f"| {batch} | N/{divisor} | {default_ms} | {best['ms']:.3f} | {tiles} |")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(rows, f, indent=1)
