@@ -54,21 +54,15 @@ def median_ms(fn, *args, warmup=5, reps=50):
 def sorted_segment_means(x, hi, lo, valid, capacity):
     """Candidate replacement of ``cluster_ids`` + ``cluster_means`` without atomics.
 
-    One sort by (padding, hash) as ``cluster_ids`` does; then the members of each cluster
-    are contiguous, so a segmented inclusive scan (``lax.associative_scan``) leaves each
+    One sort by (padding, hash) (``clustering.sorted_clusters``); then the members of each
+    cluster are contiguous, so a segmented inclusive scan (``lax.associative_scan``) leaves each
     cluster's sum at its last member, which is stored into the cluster's slot (one write
     per slot). Returns (means (R, capacity, D), counts (R, capacity), ids (R, N)), equal to
     ``cluster_means(x, cluster_ids(hi, lo, valid)[0], capacity)`` and those ids.
     """
     rows, n, d = x.shape
-    padding = (~valid).astype(jnp.int32)
-    signed_hi = jax.lax.bitcast_convert_type(hi, jnp.int32)
-    order = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n))
-    pad_s, hi_s, lo_s, perm = jax.lax.sort((padding, signed_hi, lo, order), dimension=1, num_keys=3)
-    real = pad_s == 0
-    changed = (hi_s[:, 1:] != hi_s[:, :-1]) | (lo_s[:, 1:] != lo_s[:, :-1])
-    starts = jnp.concatenate([jnp.ones((rows, 1), bool), changed], axis=1) & real
-    sorted_ids = jnp.where(real, jnp.cumsum(starts.astype(jnp.int32), axis=1) - 1, -1)
+    perm, sorted_ids, starts = clustering.sorted_clusters(hi, lo, valid)
+    real = sorted_ids >= 0
     x_s = jnp.take_along_axis(x.astype(jnp.float32), perm[..., None], axis=1)
 
     def combine(a, b):

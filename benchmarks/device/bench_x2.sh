@@ -3,9 +3,8 @@
 # machine (nvidia-h200-x2), plus the single-GPU training rows of the DETR vs DETR+ENACT
 # comparison. Random inputs (python -m detr_jax.benchmark --mode train), medians.
 #   bash benchmarks/device/bench_x2.sh [GROUP ...]   -> $OUT/*.json, printed tables
-# GROUPs, run in the order given: demo demo64 enact dc5 r50 (default: these four, more than one
-# 10-minute call),
-# and dist: why two GPUs are not 2x (NCCL's transport between the GPUs, and the demo step
+# GROUPs, run in the order given: demo demo64 enact dc5 r50 (default: demo enact dc5 r50,
+# more than one 10-minute call), and dist: why two GPUs are not 2x (NCCL's transport between the GPUs, and the demo step
 # on two GPUs with XLA's latency-hiding scheduler, which overlaps the gradient all-reduce)
 set -euo pipefail
 source benchmarks/device/common.sh

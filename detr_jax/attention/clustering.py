@@ -15,6 +15,33 @@ import jax.numpy as jnp
 NO_CLUSTER = -1
 
 
+def sorted_clusters(hi: jax.Array, lo: jax.Array, valid: jax.Array
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Sort each row by hash and number its clusters in that order.
+
+    Args:
+      hi, lo: (R, N) uint32 words of 64-bit hashes (see ``e2lsh.combine_rounds``).
+      valid: (R, N) bool, False on padding.
+    Returns:
+      perm: (R, N) int32, the token at each sorted position (valid tokens first, then by
+        signed 64-bit hash, so each cluster's members are contiguous);
+      sorted_ids: (R, N) int32 cluster id at each sorted position, ``NO_CLUSTER`` on padding;
+      starts: (R, N) bool, True at each cluster's first sorted position.
+    """
+    rows, n = hi.shape
+    padding = (~valid).astype(jnp.int32)
+    signed_hi = jax.lax.bitcast_convert_type(hi, jnp.int32)
+    order = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n))
+    # Valid tokens first, then by (hi signed, lo unsigned) = signed int64 order.
+    pad_s, hi_s, lo_s, perm = jax.lax.sort((padding, signed_hi, lo, order), dimension=1,
+                                           num_keys=3)
+    changed = (hi_s[:, 1:] != hi_s[:, :-1]) | (lo_s[:, 1:] != lo_s[:, :-1])
+    starts = jnp.concatenate([jnp.ones((rows, 1), bool), changed], axis=1) & (pad_s == 0)
+    sorted_ids = jnp.cumsum(starts.astype(jnp.int32), axis=1) - 1
+    sorted_ids = jnp.where(pad_s == 0, sorted_ids, NO_CLUSTER)
+    return perm, sorted_ids, starts
+
+
 def cluster_ids(hi: jax.Array, lo: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Number the distinct hashes of each row.
 
@@ -28,16 +55,7 @@ def cluster_ids(hi: jax.Array, lo: jax.Array, valid: jax.Array) -> tuple[jax.Arr
       num_clusters: (R,) int32 number of distinct hashes among the valid tokens.
     """
     rows, n = hi.shape
-    padding = (~valid).astype(jnp.int32)
-    signed_hi = jax.lax.bitcast_convert_type(hi, jnp.int32)
-    order = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n))
-    # Valid tokens first, then by (hi signed, lo unsigned) = signed int64 order.
-    pad_s, hi_s, lo_s, perm = jax.lax.sort((padding, signed_hi, lo, order), dimension=1,
-                                           num_keys=3)
-    changed = (hi_s[:, 1:] != hi_s[:, :-1]) | (lo_s[:, 1:] != lo_s[:, :-1])
-    starts = jnp.concatenate([jnp.ones((rows, 1), bool), changed], axis=1) & (pad_s == 0)
-    sorted_ids = jnp.cumsum(starts.astype(jnp.int32), axis=1) - 1
-    sorted_ids = jnp.where(pad_s == 0, sorted_ids, NO_CLUSTER)
+    perm, sorted_ids, starts = sorted_clusters(hi, lo, valid)
     ids = jnp.zeros((rows, n), jnp.int32).at[jnp.arange(rows)[:, None], perm].set(sorted_ids)
     return ids, starts.sum(axis=1, dtype=jnp.int32)
 
