@@ -159,6 +159,10 @@ def _flash_fwd(q, k, v, key_valid, query_counts, *static):
 
 def _flash_bwd(block_q, block_k, num_warps, num_stages, interpret, residuals, grad):
     q, k, v, key_valid, query_counts = residuals
+    # Recompute the probabilities only once the incoming gradient exists: without the
+    # barrier XLA may schedule every layer's recomputation right after the forward pass
+    # (it depends only on q, k, v) and keep all of them alive at once.
+    q, k, v, grad = jax.lax.optimization_barrier((q, k, v, grad))
     _, vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, key_valid, query_counts), q, k, v)
     dq, dk, dv = vjp(grad)
     zero = lambda x: None if x is None else jnp.zeros(x.shape, jax.dtypes.float0)
