@@ -47,6 +47,28 @@ def test_gradients_flow_through_the_reference_backward():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_backward_recomputation_waits_for_the_incoming_gradient():
+    """The backward pass recomputes the attention matrix behind an optimization barrier
+    that also holds the incoming gradient, so XLA cannot hoist every layer's
+    recomputation to the end of the forward pass (docs/performance.md)."""
+    q, k, v = inputs(seed=3, nq=16, nk=16)
+    f = lambda q, k, v: (flash_attention(q, k, v, None, interpret=True) ** 2).sum()
+    jaxpr = jax.make_jaxpr(jax.grad(f, argnums=(0, 1, 2)))(q, k, v)
+    barriers = [eqn for eqn in _equations(jaxpr.jaxpr) if eqn.primitive.name == "optimization_barrier"]
+    assert barriers, "no optimization_barrier in the backward pass"
+    # q, k, v and the cotangent go through it together
+    assert any(len(eqn.invars) >= 4 for eqn in barriers)
+
+
+def _equations(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", None)
+            if inner is not None:
+                yield from _equations(getattr(inner, "jaxpr", inner))
+
+
 def test_bad_block_size_is_named():
     q, k, v = inputs()
     with pytest.raises(ValueError, match="block_q=48"):
