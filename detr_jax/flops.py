@@ -300,6 +300,8 @@ def count_flops(config, image_hw: Sequence[int], *, valid_hw: Sequence[int] | No
     """
     spec = _spec(attention)
     name = getattr(spec, "name", type(spec).__name__).lower()
+    if name == "act_forced":  # ACT with forced cluster counts costs what ACT costs
+        name = "act"
     d = int(_field(config, "hidden_dim"))
     heads = int(_field(config, "num_heads"))
     enc_layers = int(_field(config, "enc_layers"))
