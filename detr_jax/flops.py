@@ -300,7 +300,8 @@ def count_flops(config, image_hw: Sequence[int], *, valid_hw: Sequence[int] | No
     """
     spec = _spec(attention)
     name = getattr(spec, "name", type(spec).__name__).lower()
-    if name == "act_forced":  # ACT with forced cluster counts costs what ACT costs
+    from detr_jax.attention.act import ACT
+    if isinstance(spec, ACT):  # variants of ACT (act_forced) cost what ACT costs
         name = "act"
     d = int(_field(config, "hidden_dim"))
     heads = int(_field(config, "num_heads"))

@@ -10,7 +10,7 @@ from detr_jax.attention.kmeans import KMeans, KMeansAttention
 from detr_jax.attention.enact import ENACT, ENACTAttention
 
 __all__ = [
-    "ACT", "ACTAttention", "ForcedACT", "AttentionSpec", "ENACT", "ENACTAttention", "EncoderAttention", "MultiHeadAttention",
-    "masked_softmax_attention", "Exact", "ExactAttention", "KMeans", "KMeansAttention",
+    "ACT", "ACTAttention", "AttentionSpec", "ENACT", "ENACTAttention", "EncoderAttention", "MultiHeadAttention",
+    "masked_softmax_attention", "Exact", "ExactAttention", "ForcedACT", "KMeans", "KMeansAttention",
     "parse_attention", "register_attention", "valid_forms",
 ]
