@@ -142,10 +142,14 @@ def cases(args) -> list[tuple[str, AttentionSpec, Any, int | None]]:
     out = [("exact fp32", detr_jax.Exact(), jnp.float32, None)]
     if not args.no_cudnn and cudnn_available():
         out.append(("exact bf16 cudnn", Cudnn(), jnp.float32, None))
+    numberings = args.act_numbering.split(",")
     for name in args.act_dtypes.split(","):
         for divisor in (int(f) for f in args.fractions.split(",")):
-            spec = detr_jax.ACT(bucket_width=args.act_bucket_width)
-            out.append((f"ACT N/{divisor} {name}", spec, dtypes[name], args.tokens // divisor))
+            for numbering in numberings:
+                spec = detr_jax.ACT(bucket_width=args.act_bucket_width, numbering=numbering)
+                label = f"ACT N/{divisor} {name}" + (f" ids={numbering}" if len(numberings) > 1
+                                                     else "")
+                out.append((label, spec, dtypes[name], args.tokens // divisor))
     if args.kmeans:
         out.append((f"K-means C={args.kmeans} fp32", detr_jax.KMeans(clusters=args.kmeans),
                     jnp.float32, None))
@@ -165,6 +169,8 @@ def main(argv=None):
     parser.add_argument("--act-bucket-width", type=float, default=1e-3,
                         help="r for the forced-count ACT cases (tiny: one cluster per "
                              "distinct token)")
+    parser.add_argument("--act-numbering", default="sort",
+                        help="ACT cluster numberings to time, comma-separated (sort, table)")
     parser.add_argument("--kmeans", type=int, default=0, help="also time K-means with C")
     parser.add_argument("--no-cudnn", action="store_true", help="skip the cuDNN case")
     parser.add_argument("--kernels", default="xla,flash",

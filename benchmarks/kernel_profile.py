@@ -7,7 +7,9 @@ For each attention setting: build the config's model (random weights), jit its f
 pass, warm up, then trace ``--reps`` calls with ``jax.profiler`` (a Perfetto trace, read
 back here as JSON) and sum the duration of every device event by name. Prints the
 ``--top`` names per setting (ms per call and share of the busy time) and writes all of
-them with ``--output``. On a machine without an accelerator the events are the host's XLA
+them with ``--output``. Each kernel is attributed to the JAX operation it comes from (the
+``op_name`` of the HLO instruction of the same name in the compiled program), so ACT's
+pieces (hashing, numbering, means) can be told apart from the rest. On a machine without an accelerator the events are the host's XLA
 thunks, which still rank the ops but include the CPU runtime's own events.
 """
 
@@ -19,6 +21,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -55,6 +58,26 @@ def device_event_times(trace_dir: str) -> dict[str, float]:
     return dict(totals)
 
 
+def hlo_op_names(hlo_text: str) -> dict[str, str]:
+    """Instruction name (dots as underscores, as kernels are named) -> its JAX op_name."""
+    names = {}
+    for match in re.finditer(r'%([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]*)"', hlo_text):
+        names[match.group(1).replace(".", "_").replace("-", "_")] = match.group(2)
+    return names
+
+
+def attribute(kernel: str, op_names: dict[str, str]) -> str:
+    """op_name of the instruction whose name is the longest prefix of ``kernel``."""
+    best = ""
+    for name in op_names:
+        if kernel.startswith(name) and len(name) > len(best):
+            best = name
+    if not best:
+        return ""
+    # Drop the jit(...) prefix and nnx's module plumbing: keep the last few scopes.
+    return "/".join(op_names[best].split("/")[-4:])
+
+
 def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int) -> dict:
     model_cfg = cfg.model.copy_and_resolve_references()
     model_cfg.encoder_attention = attention
@@ -72,10 +95,14 @@ def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int)
         jax.profiler.stop_trace()
         totals = device_event_times(trace_dir)
     per_call = {name: ms / reps for name, ms in totals.items()}
+    hlo = forward._run.lower(forward.state, pixels, mask, key).compile().as_text()
+    op_names = hlo_op_names(hlo)
+    sources = {name: attribute(name, op_names) for name in per_call}
     return {"attention": attention, "batch": batch, "size": f"{size[0]}x{size[1]}",
             "device": jax.devices()[0].device_kind, "reps": reps,
             "busy_ms_per_call": sum(per_call.values()),
-            "kernels_ms_per_call": dict(sorted(per_call.items(), key=lambda kv: -kv[1]))}
+            "kernels_ms_per_call": dict(sorted(per_call.items(), key=lambda kv: -kv[1])),
+            "kernel_sources": sources}
 
 
 def main(argv=None) -> int:
@@ -97,9 +124,10 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"\n{attention}, batch {args.batch}, {r['size']} on {r['device']}: "
               f"{r['busy_ms_per_call']:.3f} ms of device events per call")
-        print("| ms per call | share | event |\n| --- | --- | --- |")
+        print("| ms per call | share | event | JAX operation |\n| --- | --- | --- | --- |")
         for name, ms in list(r["kernels_ms_per_call"].items())[:args.top]:
-            print(f"| {ms:.4f} | {ms / r['busy_ms_per_call']:.1%} | {name[:90]} |")
+            print(f"| {ms:.4f} | {ms / r['busy_ms_per_call']:.1%} | {name[:60]} | "
+                  f"{r['kernel_sources'].get(name, '')[:110]} |")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=1)

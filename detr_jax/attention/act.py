@@ -23,12 +23,13 @@ from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats, mask
 from detr_jax.attention.capacity import (DEFAULT_LADDER, format_ladder, ladder_capacities, parse_ladder,
                                          run_at_capacity)
 from detr_jax.attention.clustering import (broadcast_to_members, cluster_ids, cluster_means,
-                                           from_rows, row_valid, to_rows)
+                                           from_rows, row_valid, table_cluster_ids, to_rows)
 from detr_jax.attention.e2lsh import MAX_ROUNDS, combine_rounds, draw_hash_params, round_hashes
 from detr_jax.attention.kernel import resolved_kernel
 from detr_jax.attention.registry import register_attention
 
 GROUPS = ("Q", "K", "QK")
+NUMBERINGS = ("sort", "table")
 # Logit bias of empty key-cluster slots: finite (a row of only empty slots stays finite).
 EMPTY_SLOT_BIAS = -1e30
 
@@ -91,6 +92,9 @@ class ACT(ArraySpecMixin, AttentionSpec):
       seed: seed of the hash draws when the call gets no PRNG key.
       ladder: capacity fractions of N (or a divisor string such as ``"16/8/4/2/1"``); N is
         always added, so no cluster is ever dropped.
+      numbering: how equal hashes are found: ``"sort"`` (sort each row by hash; exact) or
+        ``"table"`` (rounds of hash-table probing, no sort; a cluster is split with
+        probability below 1e-9 per layer, see ``clustering.table_cluster_ids``).
     Without hash arrays, each layer draws ``a ~ N(0, I)``, ``b ~ U(0, r)`` from the call's
     key (or ``seed``) folded with the layer index.
     """
@@ -104,6 +108,7 @@ class ACT(ArraySpecMixin, AttentionSpec):
     key_rounds: Optional[int] = None
     seed: int = 0
     ladder: Any = DEFAULT_LADDER
+    numbering: str = "sort"
 
     def __post_init__(self):
         set_field = lambda k, v: object.__setattr__(self, k, v)
@@ -125,6 +130,9 @@ class ACT(ArraySpecMixin, AttentionSpec):
             if not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_ROUNDS:
                 raise ValueError(f"ACT: {label} must be an integer in 1..{MAX_ROUNDS}, "
                                  f"got {value!r}")
+        if self.numbering not in NUMBERINGS:
+            raise ValueError(f"ACT: ids (numbering) must be one of {NUMBERINGS}, "
+                             f"got {self.numbering!r}")
         if self.group not in GROUPS:
             raise ValueError(f"ACT: group must be one of {GROUPS}, got {self.group!r}")
         if not self.bucket_width > 0:
@@ -161,6 +169,8 @@ class ACT(ArraySpecMixin, AttentionSpec):
             parts.append(f"seed={self.seed}")
         if self.ladder != parse_ladder(DEFAULT_LADDER):
             parts.append("ladder=" + format_ladder(self.ladder))
+        if self.numbering != "sort":
+            parts.append(f"ids={self.numbering}")
         return "act:" + ",".join(parts)
 
 
@@ -185,8 +195,17 @@ class ACTAttention(EncoderAttention):
     def clusters(self, x: jax.Array, valid_rows: jax.Array, rng, side: str):
         """Cluster ids (B*H, N) and counts (B*H,) of per-head vectors x (B, N, H, Dh)."""
         weights, biases = self.hash_params(rng, side)
-        hashes = round_hashes(to_rows(x), weights, biases, self.spec.bucket_width)
-        return cluster_ids(*combine_rounds(hashes), valid_rows)
+        with jax.named_scope("act_hash"):
+            words = combine_rounds(round_hashes(to_rows(x), weights, biases,
+                                                self.spec.bucket_width))
+        return self.number(*words, valid_rows)
+
+    def number(self, hi: jax.Array, lo: jax.Array, valid_rows: jax.Array):
+        """Cluster ids (R, N) and counts (R,) of hash words (R, N) with the spec's numbering."""
+        with jax.named_scope(f"act_numbering_{self.spec.numbering}"):
+            if self.spec.numbering == "table":
+                return table_cluster_ids(hi, lo, valid_rows)
+            return cluster_ids(hi, lo, valid_rows)
 
     def attend(self, q, k, v, key_padding_mask, rng) -> tuple[jax.Array, Stats]:
         """ACT attention core. q (B, N, H, Dh) scaled, k/v (B, N, H, Dh), key_padding_mask
@@ -234,11 +253,14 @@ def fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count,
     """
     from detr_jax.attention.flash import flash_attention
     batch, n, heads, _ = q.shape
-    prototypes = from_rows(cluster_means(to_rows(q), q_ids, n)[0], batch)
+    with jax.named_scope("act_means"):
+        prototypes = from_rows(cluster_means(to_rows(q), q_ids, n)[0], batch)
     valid = None if key_padding_mask is None else ~key_padding_mask.astype(bool)
     out = flash_attention(prototypes, k, v, valid, q_count.reshape(batch, heads), block_q=block_q)
     work = jnp.minimum(-(-jnp.max(q_count) // block_q) * block_q, n).astype(jnp.int32)
-    return from_rows(broadcast_to_members(to_rows(out), q_ids), batch), work
+    with jax.named_scope("act_broadcast"):
+        out = from_rows(broadcast_to_members(to_rows(out), q_ids), batch)
+    return out, work
 
 
 def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int) -> jax.Array:
@@ -273,14 +295,15 @@ def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int) 
     return from_rows(broadcast_to_members(to_rows(out), q_ids), batch)
 
 
-def _act_from_string(L=32, r=8.0, group="Q", Lk=None, seed=0, ladder=DEFAULT_LADDER) -> ACT:
+def _act_from_string(L=32, r=8.0, group="Q", Lk=None, seed=0, ladder=DEFAULT_LADDER,
+                     ids="sort") -> ACT:
     try:
         return ACT(rounds=L, bucket_width=r, group=group, key_rounds=Lk, seed=seed,
-                   ladder=ladder)
+                   ladder=ladder, numbering=ids)
     except ValueError as err:
         raise ValueError(f"{err}; form: {ACT_USAGE}") from None
 
 
 ACT_USAGE = ("act[:L=<rounds 1..32>,r=<bucket width>,group=Q|K|QK,Lk=<key rounds>,seed=<int>,"
-             "ladder=<divisors of N, e.g. 16/8/4/2/1>]")
+             "ladder=<divisors of N, e.g. 16/8/4/2/1>,ids=sort|table]")
 register_attention("act", _act_from_string, ACT_USAGE)

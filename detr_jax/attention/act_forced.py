@@ -3,9 +3,9 @@ cluster counts on random weights (``act_forced:ratios=0.5/0.5/0.49/0.45/0.5/0.44
 
 Random weights cluster very differently from trained ones (docs/performance.md), so an end-
 to-end timing of ACT on random weights says little about a trained model. This variant runs
-every piece of ACT as usual (E2LSH projection and 64-bit combination, the sort and cluster
+every piece of ACT as usual (E2LSH projection and 64-bit combination, the cluster
 numbering, the prototype means, the prototype attention, the broadcast back) except that
-the numbering sorts synthetic hash words instead of the real ones: each (image, head) of
+the numbering groups synthetic hash words instead of the real ones: each (image, head) of
 layer ``l`` gets ``floor((V - 1) * ratios[l]) + 1`` clusters of its V valid tokens (about
 ``ratios[l] * V``), with members spread over the image. The real hashes are still computed
 and kept alive (behind an optimization barrier), so their cost is counted. Not for
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from detr_jax.attention.act import ACT, ACTAttention
 from detr_jax.attention.base import EncoderAttention
-from detr_jax.attention.clustering import cluster_ids, to_rows
+from detr_jax.attention.clustering import to_rows
 from detr_jax.attention.e2lsh import combine_rounds, round_hashes
 from detr_jax.attention.registry import register_attention
 
@@ -87,20 +87,23 @@ class ForcedACTAttention(ACTAttention):
 
     def clusters(self, x: jax.Array, valid_rows: jax.Array, rng, side: str):
         weights, biases = self.hash_params(rng, side)
-        real = combine_rounds(round_hashes(to_rows(x), weights, biases, self.spec.bucket_width))
+        with jax.named_scope("act_hash"):
+            real = combine_rounds(round_hashes(to_rows(x), weights, biases,
+                                               self.spec.bucket_width))
         ratios = self.spec.ratios
         forced = forced_words(valid_rows, ratios[min(self.layer_index, len(ratios) - 1)])
         forced, _ = jax.lax.optimization_barrier((forced, real))  # keep the hashing's cost
-        return cluster_ids(*forced, valid_rows)
+        return self.number(*forced, valid_rows)
 
 
-def _from_string(ratios="0.5", L=32, r=8.0, seed=0, ladder=None) -> ForcedACT:
+def _from_string(ratios="0.5", L=32, r=8.0, seed=0, ladder=None, ids="sort") -> ForcedACT:
     kwargs = {} if ladder is None else {"ladder": ladder}
     try:
-        return ForcedACT(ratios=ratios, rounds=L, bucket_width=r, seed=seed, **kwargs)
+        return ForcedACT(ratios=ratios, rounds=L, bucket_width=r, seed=seed, numbering=ids,
+                         **kwargs)
     except ValueError as err:
         raise ValueError(f"{err}; form: {USAGE}") from None
 
 
-USAGE = "act_forced[:ratios=<per-layer prototype ratios, e.g. 0.5/0.45>,L=..,r=..]"
+USAGE = "act_forced[:ratios=<per-layer prototype ratios, e.g. 0.5/0.45>,L=..,r=..,ids=sort|table]"
 register_attention("act_forced", _from_string, USAGE)

@@ -60,6 +60,83 @@ def cluster_ids(hi: jax.Array, lo: jax.Array, valid: jax.Array) -> tuple[jax.Arr
     return ids, starts.sum(axis=1, dtype=jnp.int32)
 
 
+# Hash-table numbering (``table_cluster_ids``): rounds of probing and the table size as a
+# multiple of the token count (rounded up to a power of two).
+TABLE_ROUNDS = 4
+TABLE_FACTOR = 4
+_ROUND_SEEDS = (0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F, 0x165667B1, 0xD3A2646C,
+                0xFD7046C5, 0xB55A4F09)
+
+
+def _fmix32(x: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finalizer: a bijection of uint32 that mixes every input bit."""
+    x = x ^ (x >> jnp.uint32(16))
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> jnp.uint32(13))
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> jnp.uint32(16))
+
+
+def _table_slot(hi: jax.Array, lo: jax.Array, round_index: int, bits: int) -> jax.Array:
+    """Slot in ``[0, 2**bits)`` of 64-bit hashes (hi, lo) for one probing round (int32)."""
+    seed = jnp.uint32(_ROUND_SEEDS[round_index % len(_ROUND_SEEDS)])
+    mixed = _fmix32(_fmix32(lo ^ seed) + hi * jnp.uint32(2 * round_index + 0x9E3779B1 | 1))
+    return (mixed >> jnp.uint32(32 - bits)).astype(jnp.int32)
+
+
+def table_cluster_ids(hi: jax.Array, lo: jax.Array, valid: jax.Array, *,
+                      rounds: int = TABLE_ROUNDS, factor: int = TABLE_FACTOR
+                      ) -> tuple[jax.Array, jax.Array]:
+    """Number the distinct hashes of each row with a hash table instead of a sort.
+
+    Each row's distinct hash gets as representative its first (lowest-index) token, found
+    by rounds of open addressing: every unresolved token writes its index into its hash's
+    slot of a fresh table of ``factor * N`` slots (rounded up to a power of two) with an
+    atomic minimum, and reads the slot back; the tokens whose hash equals the slot winner's
+    hash are resolved (a slot's winner always resolves, so each round resolves at least the
+    lowest token of every slot). A hash's tokens share every slot, so a group is resolved
+    whole or not at all and its representative is its lowest token. Clusters are then
+    numbered by representative index (a cumulative sum), i.e. in order of first
+    occurrence: the numbering is a function of the partition alone.
+
+    After ``rounds`` rounds any still unresolved token becomes a cluster of its own: a
+    cluster can be split, never merged. With every token distinct (the worst case) at
+    DETR-DC5 size (N = 3800, 16384 slots), 10.7% of the hashes were unresolved after round
+    1 and 0.12% after round 2 (64 random rows); each further round multiplies the share by
+    about load * share / 2, so about 2e-7 remain after round 3 and 4e-15 after round 4: a
+    split is expected less than once in 10**9 layers of 30,400 hashes (docs/act.md).
+
+    Args:
+      hi, lo: (R, N) uint32 words of 64-bit hashes (see ``e2lsh.combine_rounds``).
+      valid: (R, N) bool, False on padding.
+      rounds: probing rounds; factor: table slots per token.
+    Returns:
+      ids (R, N) int32 in ``[0, num_clusters)`` for valid tokens, ``NO_CLUSTER`` for
+      padding, numbered in order of first occurrence; num_clusters (R,) int32.
+    """
+    rows, n = hi.shape
+    bits = max(1, int(factor * n - 1).bit_length())
+    if bits > 31:
+        raise ValueError(f"table_cluster_ids: {n} tokens need a table of 2**{bits} slots")
+    row = jnp.arange(rows, dtype=jnp.int32)[:, None]
+    token = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n))
+    rep = token  # unresolved tokens end as their own representative
+    pending = valid
+    for r in range(rounds):
+        slot = _table_slot(hi, lo, r, bits)
+        table = jnp.full((rows, 1 << bits), n, jnp.int32)
+        table = table.at[row, slot].min(jnp.where(pending, token, n), mode="promise_in_bounds")
+        winner = jnp.minimum(table[row, slot], n - 1)
+        same = (pending & (jnp.take_along_axis(hi, winner, axis=1) == hi)
+                & (jnp.take_along_axis(lo, winner, axis=1) == lo))
+        rep = jnp.where(same, winner, rep)
+        pending = pending & ~same
+    first = valid & (rep == token)
+    number = jnp.cumsum(first.astype(jnp.int32), axis=1) - 1
+    ids = jnp.where(valid, jnp.take_along_axis(number, rep, axis=1), NO_CLUSTER)
+    return ids, first.sum(axis=1, dtype=jnp.int32)
+
+
 def _flat_segments(ids: jax.Array, capacity: int) -> jax.Array:
     """Row-local ids (R, N) -> global segment ids of ``R * capacity`` segments; ids outside
     ``[0, capacity)`` go to the out-of-range segment ``R * capacity`` (dropped)."""

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# ACT's speed against exact attention, cluster numbering by sort against the hash table
+# (issues 3 and 8), on one GPU, in parts that each fit one 10-minute call:
+#   bash benchmarks/device/act_speed.sh [PART ...]        (default: encoder profile e2e)
+# encoder: one layer and the 6-layer encoder at DC5 size (3800 tokens), batch 1 and 8,
+#          exact against ACT at N/2, N/4, N/8 prototypes, ids=sort and ids=table
+# profile: device time per kernel of the DC5 forward at batch 1 (800x1216), exact against
+#          ACT at the demo model's r = 3 prototype ratios, each kernel traced to its JAX op
+# e2e:     DC5 end to end at batch 1 and 8, exact against the same ACT settings
+set -uo pipefail
+source benchmarks/device/common.sh
+nvidia-smi -L
+ratios="${RATIOS:-0.707/0.636/0.617/0.625/0.624/0.567}"
+forced=("act_forced:L=32,r=8,ratios=$ratios" "act_forced:L=32,r=8,ratios=$ratios,ids=table")
+dc5=(--config configs/detr_r50_dc5.py --size 800x1216)
+for part in ${@:-encoder profile e2e}; do
+  case "$part" in
+    encoder)
+      python3 benchmarks/encoder_attention.py --batches 1,8 --reps 30 --kernels flash \
+        --act-numbering sort,table --output "$out/encoder.json" > "$out/encoder.log" 2>&1
+      grep -E "^\||rror" "$out/encoder.log" | tail -40 ;;
+    profile)
+      python3 benchmarks/kernel_profile.py "${dc5[@]}" --batch 1 --reps 10 --top 45 \
+        --attention exact "${forced[@]}" --output "$out/kernels.json" > "$out/kernels.log" 2>&1
+      grep -vE "Warning|cuda_timer" "$out/kernels.log" | tail -150 ;;
+    e2e)
+      python3 -m detr_jax.benchmark "${dc5[@]}" --mode infer --batch 1 8 --repeats 30 \
+        --attention exact "${forced[@]}" --json "$out/e2e.json" > "$out/e2e.log" 2>&1
+      grep -E "^\||rror" "$out/e2e.log" | tail -20 ;;
+    *) echo "unknown part $part (encoder profile e2e)"; exit 2 ;;
+  esac
+  echo "-- $part done at $(elapsed) s"
+done
