@@ -23,7 +23,8 @@ from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats, mask
 from detr_jax.attention.capacity import (DEFAULT_LADDER, format_ladder, ladder_capacities, parse_ladder,
                                          run_at_capacity)
 from detr_jax.attention.clustering import (broadcast_to_members, cluster_ids, cluster_means,
-                                           from_rows, row_valid, table_cluster_ids, to_rows)
+                                           from_rows, head_broadcast, head_cluster_means,
+                                           row_valid, table_cluster_ids, to_rows, words_to_rows)
 from detr_jax.attention.e2lsh import MAX_ROUNDS, combine_rounds, draw_hash_params, round_hashes
 from detr_jax.attention.kernel import resolved_kernel
 from detr_jax.attention.registry import register_attention
@@ -196,8 +197,7 @@ class ACTAttention(EncoderAttention):
         """Cluster ids (B*H, N) and counts (B*H,) of per-head vectors x (B, N, H, Dh)."""
         weights, biases = self.hash_params(rng, side)
         with jax.named_scope("act_hash"):
-            words = combine_rounds(round_hashes(to_rows(x), weights, biases,
-                                                self.spec.bucket_width))
+            words = head_hash_words(x, weights, biases, self.spec.bucket_width)
         return self.number(*words, valid_rows)
 
     def number(self, hi: jax.Array, lo: jax.Array, valid_rows: jax.Array):
@@ -243,6 +243,14 @@ class ACTAttention(EncoderAttention):
         return out, stats
 
 
+def head_hash_words(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_width: float
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Combined E2LSH hashes of per-head vectors x (B, N, H, Dh) as row words: (hi, lo),
+    each (B * H, N) uint32. Hashing runs in x's layout; only the two words are transposed."""
+    hi, lo = combine_rounds(round_hashes(x, weights, biases, bucket_width))
+    return words_to_rows(hi), words_to_rows(lo)
+
+
 def fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count,
                               block_q: int = 64) -> tuple[jax.Array, jax.Array]:
     """Query-clustered attention through the fused kernel with ragged prototype counts.
@@ -254,12 +262,12 @@ def fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count,
     from detr_jax.attention.flash import flash_attention
     batch, n, heads, _ = q.shape
     with jax.named_scope("act_means"):
-        prototypes = from_rows(cluster_means(to_rows(q), q_ids, n)[0], batch)
+        prototypes = head_cluster_means(q, q_ids, n)
     valid = None if key_padding_mask is None else ~key_padding_mask.astype(bool)
     out = flash_attention(prototypes, k, v, valid, q_count.reshape(batch, heads), block_q=block_q)
     work = jnp.minimum(-(-jnp.max(q_count) // block_q) * block_q, n).astype(jnp.int32)
     with jax.named_scope("act_broadcast"):
-        out = from_rows(broadcast_to_members(to_rows(out), q_ids), batch)
+        out = head_broadcast(out, q_ids)
     return out, work
 
 

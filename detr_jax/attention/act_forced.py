@@ -20,10 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from detr_jax.attention.act import ACT, ACTAttention
+from detr_jax.attention.act import ACT, ACTAttention, head_hash_words
 from detr_jax.attention.base import EncoderAttention
-from detr_jax.attention.clustering import to_rows
-from detr_jax.attention.e2lsh import combine_rounds, round_hashes
 from detr_jax.attention.registry import register_attention
 
 # Multiplier of the spreading map rank -> (rank * SPREAD) mod V. SPREAD is prime, so the map
@@ -88,8 +86,7 @@ class ForcedACTAttention(ACTAttention):
     def clusters(self, x: jax.Array, valid_rows: jax.Array, rng, side: str):
         weights, biases = self.hash_params(rng, side)
         with jax.named_scope("act_hash"):
-            real = combine_rounds(round_hashes(to_rows(x), weights, biases,
-                                               self.spec.bucket_width))
+            real = head_hash_words(x, weights, biases, self.spec.bucket_width)
         ratios = self.spec.ratios
         forced = forced_words(valid_rows, ratios[min(self.layer_index, len(ratios) - 1)])
         forced, _ = jax.lax.optimization_barrier((forced, real))  # keep the hashing's cost

@@ -190,6 +190,50 @@ def broadcast_to_members(values: jax.Array, ids: jax.Array) -> jax.Array:
     return jnp.take_along_axis(values, safe[..., None], axis=1)
 
 
+def head_cluster_means(x: jax.Array, ids: jax.Array, capacity: int) -> jax.Array:
+    """Prototypes in the per-head layout, without transposing ``x``.
+
+    Args:
+      x: (B, N, H, D) per-head vectors; ids: (B * H, N) int32 row cluster ids (negative:
+        no cluster); capacity: static number of cluster slots per (image, head).
+    Returns:
+      (B, capacity, H, D) cluster means in ``x.dtype`` (zero in empty slots): the same
+      values as ``from_rows(cluster_means(to_rows(x), ids, capacity)[0], B)``.
+    """
+    b, n, h, d = x.shape
+    head_ids = ids.reshape(b, h, n).transpose(0, 2, 1)  # (B, N, H), small next to x
+    inside = (head_ids >= 0) & (head_ids < capacity)
+    segments = ((jnp.arange(b, dtype=jnp.int32)[:, None, None] * capacity + head_ids) * h
+                + jnp.arange(h, dtype=jnp.int32))
+    segments = jnp.where(inside, segments, b * capacity * h).reshape(-1)
+    sums = jax.ops.segment_sum(x.reshape(b * n * h, d).astype(jnp.float32), segments,
+                               num_segments=b * capacity * h)
+    counts = jax.ops.segment_sum(jnp.ones((b * n * h,), jnp.float32), segments,
+                                 num_segments=b * capacity * h)
+    means = sums / jnp.maximum(counts, 1.0)[:, None]
+    return means.reshape(b, capacity, h, d).astype(x.dtype)
+
+
+def head_broadcast(values: jax.Array, ids: jax.Array) -> jax.Array:
+    """Give each token its cluster's value in the per-head layout.
+
+    Args:
+      values: (B, C, H, D) per-cluster values; ids: (B * H, N) int32 row cluster ids.
+    Returns:
+      (B, N, H, D), ``out[b, n, h] = values[b, ids[b * H + h, n], h]``; tokens without a
+      cluster get slot 0's value (as ``broadcast_to_members``).
+    """
+    b, c, h, _ = values.shape
+    head_ids = jnp.clip(ids.reshape(b, h, -1).transpose(0, 2, 1), 0, c - 1)  # (B, N, H)
+    return jnp.take_along_axis(values, head_ids[..., None], axis=1)
+
+
+def words_to_rows(word: jax.Array) -> jax.Array:
+    """(B, N, H) per-head hash word -> (B * H, N) rows."""
+    b, n, h = word.shape
+    return word.transpose(0, 2, 1).reshape(b * h, n)
+
+
 def to_rows(x: jax.Array) -> jax.Array:
     """(B, N, H, D) per-head tensor -> (B * H, N, D) rows."""
     b, n, h, d = x.shape

@@ -93,3 +93,16 @@ def test_act_with_table_numbering_matches_sort_numbering():
     assert outputs[0][1].max() < q.shape[1] // 2  # the case does cluster
     valid = ~np.asarray(mask)  # padded queries' outputs are unspecified
     np.testing.assert_allclose(outputs[0][0][valid], outputs[1][0][valid], rtol=1e-5, atol=1e-6)
+
+
+def test_head_layout_means_and_broadcast_equal_the_row_layout():
+    from detr_jax.attention.clustering import (broadcast_to_members, cluster_means, from_rows,
+                                               head_broadcast, head_cluster_means, to_rows)
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 50, 4, 8)).astype(np.float32))
+    ids = jnp.asarray(rng.integers(-1, 24, (8, 50)).astype(np.int32))  # -1: padding
+    np.testing.assert_allclose(head_cluster_means(x, ids, 20),  # ids >= 20 are dropped
+                               from_rows(cluster_means(to_rows(x), ids, 20)[0], 2), rtol=1e-6)
+    values = jnp.asarray(rng.normal(size=(2, 24, 4, 8)).astype(np.float32))
+    np.testing.assert_array_equal(head_broadcast(values, ids),
+                                  from_rows(broadcast_to_members(to_rows(values), ids), 2))

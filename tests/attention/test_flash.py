@@ -83,7 +83,8 @@ def test_kernel_setting_is_checked_and_scoped():
     assert resolved_kernel() == "xla"  # CPU: "auto" resolves to XLA
 
 
-@pytest.mark.parametrize("spec", [detr_jax.Exact(), detr_jax.ACT(rounds=16, bucket_width=0.5)])
+@pytest.mark.parametrize("spec", [detr_jax.Exact(), detr_jax.ACT(rounds=16, bucket_width=0.5),
+                                  detr_jax.ACT(rounds=16, bucket_width=0.5, numbering="table")])
 def test_attention_variants_give_the_same_result_on_the_kernel(spec):
     """Exact and ACT (ragged prototype counts, no capacity switch) through the kernel equal
     their XLA paths on a padded batch."""
