@@ -91,8 +91,8 @@ def table_cluster_ids(hi: jax.Array, lo: jax.Array, valid: jax.Array, *,
 
     Each row's distinct hash gets as representative its first (lowest-index) token, found
     by rounds of open addressing: every unresolved token writes its index into its hash's
-    slot of a fresh table of ``factor * N`` slots (rounded up to a power of two) with an
-    atomic minimum, and reads the slot back; the tokens whose hash equals the slot winner's
+    slot (a new slot function each round) of a table of ``factor * N`` slots (rounded up to
+    a power of two), the lowest index winning, and reads the slot back; the tokens whose hash equals the slot winner's
     hash are resolved (a slot's winner always resolves, so each round resolves at least the
     lowest token of every slot). A hash's tokens share every slot, so a group is resolved
     whole or not at all and its representative is its lowest token. Clusters are then
@@ -118,15 +118,21 @@ def table_cluster_ids(hi: jax.Array, lo: jax.Array, valid: jax.Array, *,
     bits = max(1, int(factor * n - 1).bit_length())
     if bits > 31:
         raise ValueError(f"table_cluster_ids: {n} tokens need a table of 2**{bits} slots")
+    if rounds * (n + 1) >= 2**31:
+        raise ValueError(f"table_cluster_ids: {rounds} rounds of {n} tokens overflow int32")
     row = jnp.arange(rows, dtype=jnp.int32)[:, None]
     token = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n))
     rep = token  # unresolved tokens end as their own representative
     pending = valid
+    # One table for all rounds: round r writes r * (n + 1) + (n - token) with an atomic
+    # maximum, so this round's entries beat earlier rounds' and, within the round, the
+    # lowest token wins; a pending token always finds this round's entry in its slot.
+    table = jnp.full((rows, 1 << bits), -1, jnp.int32)
     for r in range(rounds):
         slot = _table_slot(hi, lo, r, bits)
-        table = jnp.full((rows, 1 << bits), n, jnp.int32)
-        table = table.at[row, slot].min(jnp.where(pending, token, n), mode="promise_in_bounds")
-        winner = jnp.minimum(table[row, slot], n - 1)
+        entry = jnp.where(pending, r * (n + 1) + (n - token), -1)
+        table = table.at[row, slot].max(entry, mode="promise_in_bounds")
+        winner = jnp.clip(n - table[row, slot] % (n + 1), 0, n - 1)
         same = (pending & (jnp.take_along_axis(hi, winner, axis=1) == hi)
                 & (jnp.take_along_axis(lo, winner, axis=1) == lo))
         rep = jnp.where(same, winner, rep)
