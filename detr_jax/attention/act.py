@@ -24,7 +24,7 @@ from detr_jax.attention.capacity import (DEFAULT_LADDER, format_ladder, ladder_c
                                          run_at_capacity)
 from detr_jax.attention.clustering import (broadcast_to_members, cluster_ids, cluster_means,
                                            from_rows, head_broadcast, head_cluster_means,
-                                           row_valid, table_cluster_ids, to_rows, words_to_rows)
+                                           row_valid, table_cluster_ids, to_rows)
 from detr_jax.attention.e2lsh import MAX_ROUNDS, combine_rounds, draw_hash_params, round_hashes
 from detr_jax.attention.kernel import resolved_kernel
 from detr_jax.attention.registry import register_attention
@@ -246,9 +246,16 @@ class ACTAttention(EncoderAttention):
 def head_hash_words(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_width: float
                     ) -> tuple[jax.Array, jax.Array]:
     """Combined E2LSH hashes of per-head vectors x (B, N, H, Dh) as row words: (hi, lo),
-    each (B * H, N) uint32. Hashing runs in x's layout; only the two words are transposed."""
-    hi, lo = combine_rounds(round_hashes(x, weights, biases, bucket_width))
-    return words_to_rows(hi), words_to_rows(lo)
+    each (B * H, N) uint32. The projection reads x in its layout and writes rows, so x is
+    never transposed. It runs at the model's matmul precision like every other product
+    (fp32 on CPU; on GPUs TF32 unless ``jax.default_matmul_precision("highest")``): the
+    queries it hashes come from a projection at that precision anyway, and an fp32 product
+    here took 30 us per layer on an H100 (docs/act.md, "Speed")."""
+    batch, n, heads, _ = x.shape
+    hashes = round_hashes(x, weights, biases, bucket_width, subscripts="bnhd,dl->bhnl",
+                          precision=None)
+    hi, lo = combine_rounds(hashes)
+    return hi.reshape(batch * heads, n), lo.reshape(batch * heads, n)
 
 
 def fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count,

@@ -234,12 +234,6 @@ def head_broadcast(values: jax.Array, ids: jax.Array) -> jax.Array:
     return jnp.take_along_axis(values, head_ids[..., None], axis=1)
 
 
-def words_to_rows(word: jax.Array) -> jax.Array:
-    """(B, N, H) per-head hash word -> (B * H, N) rows."""
-    b, n, h = word.shape
-    return word.transpose(0, 2, 1).reshape(b * h, n)
-
-
 def to_rows(x: jax.Array) -> jax.Array:
     """(B, N, H, D) per-head tensor -> (B * H, N, D) rows."""
     b, n, h, d = x.shape
