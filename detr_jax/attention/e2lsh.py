@@ -36,21 +36,18 @@ def draw_hash_params(key: jax.Array, dim: int, rounds: int, bucket_width: float
 
 
 def round_hashes(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_width: float, *,
-                 subscripts: str = "...d,dl->...l",
                  precision=jax.lax.Precision.HIGHEST) -> jax.Array:
     """Per-round E2LSH buckets ``floor((x . a_i + b_i) / r)``.
 
     Args:
       x: (..., D) vectors (computed in float32).
       weights: (D, L) projections; biases: (L,) offsets; bucket_width: ``r``.
-      subscripts: the projection as an einsum whose output ends with the rounds axis, e.g.
-        ``"bnhd,dl->bhnl"`` to hash per-head vectors straight into rows.
       precision: of the projection; None follows ``jax.default_matmul_precision`` (fp32 on
         CPU; TF32 on recent NVIDIA GPUs unless set to "highest").
     Returns:
-      (..., L) int32 bucket indices (shaped by ``subscripts``).
+      (..., L) int32 bucket indices.
     """
-    proj = jnp.einsum(subscripts, x.astype(jnp.float32), weights.astype(jnp.float32),
+    proj = jnp.einsum("...d,dl->...l", x.astype(jnp.float32), weights.astype(jnp.float32),
                       precision=precision)
     return jnp.floor((proj + biases.astype(jnp.float32)) / bucket_width).astype(jnp.int32)
 
