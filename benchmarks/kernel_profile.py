@@ -58,6 +58,9 @@ def device_event_times(trace_dir: str) -> dict[str, float]:
     return dict(totals)
 
 
+DUMP: list[str] = []  # kernel names to print the HLO of (--dump)
+
+
 def hlo_op_names(hlo_text: str) -> dict[str, str]:
     """Instruction name (dots as underscores, as kernels are named) -> its JAX op_name."""
     names = {}
@@ -76,6 +79,27 @@ def attribute(kernel: str, op_names: dict[str, str]) -> str:
         return ""
     # Drop the jit(...) prefix and nnx's module plumbing: keep the last few scopes.
     return "/".join(op_names[best].split("/")[-4:])
+
+
+def fused_computation(hlo_text: str, kernel: str, max_lines: int = 60) -> str:
+    """The HLO of the instruction named like ``kernel`` and of the computation it calls."""
+    lines = hlo_text.splitlines()
+    pattern = re.compile(r'^\s*(ROOT )?%([\w.\-]+) = ')
+    for line in lines:
+        match = pattern.match(line)
+        if match and match.group(2).replace(".", "_").replace("-", "_") == kernel:
+            called = re.search(r'calls=%([\w.\-]+)', line)
+            out = [line.strip()[:400]]
+            if called:
+                start = next((i for i, l in enumerate(lines)
+                              if re.match(rf'^\s*%{re.escape(called.group(1))} ', l)), None)
+                if start is not None:
+                    for body in lines[start:start + max_lines]:
+                        out.append("    " + body.strip()[:300])
+                        if body.strip() == "}":
+                            break
+            return "\n".join(out)
+    return f"(no instruction named {kernel})"
 
 
 def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int) -> dict:
@@ -98,11 +122,12 @@ def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int)
     hlo = forward._run.lower(forward.state, pixels, mask, key).compile().as_text()
     op_names = hlo_op_names(hlo)
     sources = {name: attribute(name, op_names) for name in per_call}
+    dumps = {name: fused_computation(hlo, name) for name in DUMP}
     return {"attention": attention, "batch": batch, "size": f"{size[0]}x{size[1]}",
             "device": jax.devices()[0].device_kind, "reps": reps,
             "busy_ms_per_call": sum(per_call.values()),
             "kernels_ms_per_call": dict(sorted(per_call.items(), key=lambda kv: -kv[1])),
-            "kernel_sources": sources}
+            "kernel_sources": sources, "kernel_hlo": dumps}
 
 
 def main(argv=None) -> int:
@@ -116,8 +141,11 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="")
+    parser.add_argument("--dump", nargs="*", default=[],
+                        help="kernel names whose HLO (and called computation) to print")
     args, rest = parser.parse_known_args(argv)
     cfg = config_for_parser(parser, args.config, rest)
+    DUMP[:] = args.dump
     results = []
     for attention in args.attention:
         r = profile_setting(cfg, attention, args.batch, args.size, args.reps, args.seed)
@@ -128,6 +156,8 @@ def main(argv=None) -> int:
         for name, ms in list(r["kernels_ms_per_call"].items())[:args.top]:
             print(f"| {ms:.4f} | {ms / r['busy_ms_per_call']:.1%} | {name[:60]} | "
                   f"{r['kernel_sources'].get(name, '')[:110]} |")
+        for name, text in r["kernel_hlo"].items():
+            print(f"\nHLO of {name}:\n{text}")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=1)
