@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats, masked_softmax_attention
+from detr_jax.attention.base import (AttentionSpec, EncoderAttention, Stats, count_valid,
+                                     masked_softmax_attention)
 from detr_jax.attention.capacity import (DEFAULT_LADDER, format_ladder, ladder_capacities, parse_ladder,
                                          run_at_capacity)
 from detr_jax.attention.clustering import (broadcast_to_members, cluster_ids, cluster_means,
@@ -225,7 +226,7 @@ class ACTAttention(EncoderAttention):
             stats["num_key_clusters" if q_ids is not None else "num_clusters"] = (
                 k_count.reshape(batch, heads))
             counts.append(k_count)
-        stats["num_valid"] = valid.reshape(batch, heads, n)[:, 0].sum(axis=-1, dtype=jnp.int32)
+        stats["num_valid"] = count_valid(valid.reshape(batch, heads, n)[:, 0])
         if group == "Q" and resolved_kernel() != "xla":
             # The fused kernel skips empty prototype slots itself: no capacity switch.
             out, work = fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count)

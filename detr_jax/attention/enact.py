@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats
+from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats, count_valid
 from detr_jax.attention.capacity import DEFAULT_LADDER, format_ladder, ladder_capacities, parse_ladder, run_at_capacity
 from detr_jax.attention.blocked import key_block_attention
 from detr_jax.attention.exact import ExactAttention
@@ -209,7 +209,7 @@ class AllKeysAttention(ExactAttention):
     def attend(self, q, k, v, key_padding_mask, rng) -> tuple[jax.Array, Stats]:
         out, stats = super().attend(q, k, v, key_padding_mask, rng)
         batch, n, heads, _ = q.shape
-        valid = valid_pixels(key_padding_mask, batch, n).sum(axis=1, dtype=jnp.int32)
+        valid = count_valid(valid_pixels(key_padding_mask, batch, n))
         return out, {**stats, "num_clusters": jnp.broadcast_to(valid[:, None], (batch, heads)),
                      "num_valid": valid}
 
@@ -296,7 +296,7 @@ class ENACTAttention(EncoderAttention):
         valid = valid_pixels(key_padding_mask, batch, n)
         stats: Stats = {
             "num_clusters": jnp.broadcast_to(counts[:, None], (batch, self.num_heads)),
-            "num_valid": valid.sum(axis=1, dtype=jnp.int32),
+            "num_valid": count_valid(valid),
             "capacity": used,
         }
         return self.out_proj(out), stats

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from detr_jax.attention.act import ArraySpecMixin, layer_key
-from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats
+from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats, count_valid
 from detr_jax.attention.kernel import attention_core
 from detr_jax.attention.clustering import (broadcast_to_members, cluster_means, cluster_sums,
                                            from_rows, row_valid, to_rows)
@@ -151,7 +151,7 @@ class KMeansAttention(EncoderAttention):
         out = from_rows(broadcast_to_members(to_rows(out), ids), batch)
         stats = {
             "num_clusters": (sizes > 0).sum(axis=-1, dtype=jnp.int32).reshape(batch, heads),
-            "num_valid": valid.reshape(batch, heads, n)[:, 0].sum(axis=-1, dtype=jnp.int32),
+            "num_valid": count_valid(valid.reshape(batch, heads, n)[:, 0]),
             "capacity": jnp.asarray(clusters, jnp.int32),
         }
         return out, stats
