@@ -247,22 +247,10 @@ class ACTAttention(EncoderAttention):
 def head_hash_words(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_width: float
                     ) -> tuple[jax.Array, jax.Array]:
     """Combined E2LSH hashes of per-head vectors x (B, N, H, Dh) as row words: (hi, lo),
-    each (B * H, N) uint32.
-
-    The projection of every head is one matrix product of the (B * N, H * Dh) queries with
-    the block-diagonal (H * Dh, H * L) matrix holding ``weights`` once per head (the zero
-    blocks add exact zeros). As a per-head product (Dh = 32 deep) XLA on an H100 ran it as a
-    multiply-reduce kernel of 30 us per layer; as one 256-deep product it is an ordinary
-    GEMM. It runs at the model's matmul precision like every other product (fp32 on CPU; on
-    GPUs TF32 unless ``jax.default_matmul_precision("highest")``): the queries it hashes
-    come from a product at that precision anyway.
-    """
-    batch, n, heads, dim = x.shape
-    rounds = weights.shape[-1]
-    block_diagonal = jnp.kron(jnp.eye(heads, dtype=jnp.float32), weights.astype(jnp.float32))
-    hashes = round_hashes(x.reshape(batch * n, heads * dim), block_diagonal,
-                          jnp.tile(biases, heads), bucket_width, precision=None)
-    hi, lo = combine_rounds(hashes.reshape(batch, n, heads, rounds))
+    each (B * H, N) uint32. Hashing runs in x's layout (fp32 projection); only the two
+    words are transposed into rows, never x."""
+    batch, n, heads, _ = x.shape
+    hi, lo = combine_rounds(round_hashes(x, weights, biases, bucket_width))
     to_rows_words = lambda w: w.transpose(0, 2, 1).reshape(batch * heads, n)
     return to_rows_words(hi), to_rows_words(lo)
 

@@ -35,20 +35,18 @@ def draw_hash_params(key: jax.Array, dim: int, rounds: int, bucket_width: float
     return weights, biases
 
 
-def round_hashes(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_width: float, *,
-                 precision=jax.lax.Precision.HIGHEST) -> jax.Array:
+def round_hashes(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_width: float
+                 ) -> jax.Array:
     """Per-round E2LSH buckets ``floor((x . a_i + b_i) / r)``.
 
     Args:
       x: (..., D) vectors (computed in float32).
       weights: (D, L) projections; biases: (L,) offsets; bucket_width: ``r``.
-      precision: of the projection; None follows ``jax.default_matmul_precision`` (fp32 on
-        CPU; TF32 on recent NVIDIA GPUs unless set to "highest").
     Returns:
       (..., L) int32 bucket indices.
     """
     proj = jnp.einsum("...d,dl->...l", x.astype(jnp.float32), weights.astype(jnp.float32),
-                      precision=precision)
+                      precision=jax.lax.Precision.HIGHEST)
     return jnp.floor((proj + biases.astype(jnp.float32)) / bucket_width).astype(jnp.int32)
 
 
