@@ -91,10 +91,10 @@ def table_cluster_ids(hi: jax.Array, lo: jax.Array, valid: jax.Array, *,
 
     Each row's distinct hash gets as representative its first (lowest-index) token, found
     by rounds of open addressing: every unresolved token writes its index into its hash's
-    slot (a new slot function each round) of a table of ``factor * N`` slots (rounded up to
-    a power of two), the lowest index winning, and reads the slot back; the tokens whose hash equals the slot winner's
-    hash are resolved (a slot's winner always resolves, so each round resolves at least the
-    lowest token of every slot). A hash's tokens share every slot, so a group is resolved
+    slot (a new slot function each round) of a table of ``factor * N`` slots (rounded up
+    to a power of two), the lowest index winning, and reads the slot back; the tokens
+    whose hash equals the slot winner's hash are resolved (a slot's winner always
+    resolves, so each round resolves at least the lowest token of every slot). A hash's tokens share every slot, so a group is resolved
     whole or not at all and its representative is its lowest token. Clusters are then
     numbered by representative index (a cumulative sum), i.e. in order of first
     occurrence: the numbering is a function of the partition alone.
