@@ -58,9 +58,6 @@ def device_event_times(trace_dir: str) -> dict[str, float]:
     return dict(totals)
 
 
-DUMP: list[str] = []  # kernel names to print the HLO of (--dump)
-
-
 def hlo_op_names(hlo_text: str) -> dict[str, str]:
     """Instruction name (dots as underscores, as kernels are named) -> its JAX op_name."""
     names = {}
@@ -102,7 +99,8 @@ def fused_computation(hlo_text: str, kernel: str, max_lines: int = 60) -> str:
     return f"(no instruction named {kernel})"
 
 
-def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int) -> dict:
+def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int,
+                    dump: tuple[str, ...] = ()) -> dict:
     model_cfg = cfg.model.copy_and_resolve_references()
     model_cfg.encoder_attention = attention
     forward = Forward(build_model(model_cfg, seed=seed), return_intermediates=False)
@@ -122,7 +120,7 @@ def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int)
     hlo = forward._run.lower(forward.state, pixels, mask, key).compile().as_text()
     op_names = hlo_op_names(hlo)
     sources = {name: attribute(name, op_names) for name in per_call}
-    dumps = {name: fused_computation(hlo, name) for name in DUMP}
+    dumps = {name: fused_computation(hlo, name) for name in dump}
     return {"attention": attention, "batch": batch, "size": f"{size[0]}x{size[1]}",
             "device": jax.devices()[0].device_kind, "reps": reps,
             "busy_ms_per_call": sum(per_call.values()),
@@ -145,10 +143,10 @@ def main(argv=None) -> int:
                         help="kernel names whose HLO (and called computation) to print")
     args, rest = parser.parse_known_args(argv)
     cfg = config_for_parser(parser, args.config, rest)
-    DUMP[:] = args.dump
     results = []
     for attention in args.attention:
-        r = profile_setting(cfg, attention, args.batch, args.size, args.reps, args.seed)
+        r = profile_setting(cfg, attention, args.batch, args.size, args.reps, args.seed,
+                            tuple(args.dump))
         results.append(r)
         print(f"\n{attention}, batch {args.batch}, {r['size']} on {r['device']}: "
               f"{r['busy_ms_per_call']:.3f} ms of device events per call")

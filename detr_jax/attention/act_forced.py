@@ -81,7 +81,7 @@ class ForcedACT(ACT):
 
 
 class ForcedACTAttention(ACTAttention):
-    """ACT whose cluster numbering sorts synthetic words (see the module docstring)."""
+    """ACT whose cluster numbering groups synthetic words (see the module docstring)."""
 
     def clusters(self, x: jax.Array, valid_rows: jax.Array, rng, side: str):
         weights, biases = self.hash_params(rng, side)
