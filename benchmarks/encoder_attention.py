@@ -14,6 +14,9 @@ Cases (d=256, 8 heads, random weights, no padding), each for one self-attention 
     capacity ladder (N/16, N/8, N/4, N/2, N) runs the prototype attention at that rung.
 Every function is jitted; after warm-up the median of ``--reps`` timed calls (each ended by
 ``block_until_ready``) is reported, as a Markdown table and as JSON (``--output``).
+``--key-splits auto,1`` times the fused kernel with its automatic split-K and with one
+key range per program; ``--device-time`` adds each case's device-busy ms per call (a
+``jax.profiler`` trace of ``--reps`` calls), which leaves out the host's dispatch gaps.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ sys.path.insert(0, ROOT)
 
 import detr_jax  # noqa: E402
 from detr_jax.attention import AttentionSpec, EncoderAttention  # noqa: E402
+from detr_jax.attention.flash import fixed_key_splits  # noqa: E402
 from detr_jax.attention.kernel import attention_kernel  # noqa: E402
 from detr_jax.models.transformer import Encoder  # noqa: E402
 
@@ -98,6 +102,25 @@ def median_ms(fn, args, warmup: int, reps: int) -> tuple[float, float, Any]:
         out = jax.block_until_ready(fn(*args))
         times.append((time.perf_counter() - start) * 1e3)
     return first, statistics.median(times), out
+
+
+def device_ms(fn, args, reps: int) -> float:
+    """Device-busy milliseconds per call of ``fn(*args)`` over a profiler trace of ``reps``
+    calls (the sum of the device's kernel and copy events)."""
+    import tempfile
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from kernel_profile import device_event_times
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        for _ in range(reps):
+            jax.block_until_ready(fn(*args))
+        jax.profiler.stop_trace()
+        return sum(device_event_times(trace_dir).values()) / reps
+
+
+def parse_splits(text: str) -> list[int | None]:
+    """``"auto,1,4"`` -> [None, 1, 4] (None: the kernel's automatic split-K)."""
+    return [None if part == "auto" else int(part) for part in text.split(",") if part]
 
 
 def layer_fn(spec: AttentionSpec, dtype):
@@ -175,25 +198,35 @@ def main(argv=None):
     parser.add_argument("--no-cudnn", action="store_true", help="skip the cuDNN case")
     parser.add_argument("--kernels", default="xla,flash",
                         help="attention implementations to time, comma-separated (xla, flash)")
+    parser.add_argument("--key-splits", default="auto",
+                        help="fused-kernel key splits to time, comma-separated (auto, 1, 2, ...)")
+    parser.add_argument("--device-time", action="store_true",
+                        help="also report device-busy ms per call from a profiler trace")
     parser.add_argument("--output", required=True, help="JSON output path")
     args = parser.parse_args(argv)
 
     rows = []
     device = str(jax.devices()[0].device_kind)
-    kernels = args.kernels.split(",")
+    variants = []
+    for kernel in args.kernels.split(","):
+        for splits in (parse_splits(args.key_splits) if kernel == "flash" else [None]):
+            variants.append((kernel, splits))
     for batch in (int(b) for b in args.batches.split(",")):
         for base_label, spec, dtype, distinct in cases(args):
             x = synthetic_tokens(batch, batch, args.tokens, distinct)
             reference = None
-            for kernel in kernels if not isinstance(spec, Cudnn) else kernels[:1]:
-                label = base_label if isinstance(spec, Cudnn) else f"{base_label} [{kernel}]"
-                with attention_kernel(kernel):  # read when each function is traced
+            for kernel, splits in variants if not isinstance(spec, Cudnn) else variants[:1]:
+                tag = kernel + ("" if splits is None else f" S={splits}")
+                label = base_label if isinstance(spec, Cudnn) else f"{base_label} [{tag}]"
+                # both settings are read when each function is traced
+                with attention_kernel(kernel), fixed_key_splits(splits):
                     scopes = [("1 layer attention", layer_fn(spec, dtype))]
                     if args.layers:
                         scopes.append((f"{args.layers}-layer encoder",
                                        encoder_fn(spec, dtype, args.layers)))
                     for scope, (fn, state) in scopes:
                         first, ms, (out, stats) = median_ms(fn, (state, x), args.warmup, args.reps)
+                        busy = device_ms(fn, (state, x), args.reps) if args.device_time else ""
                         check = ""
                         if scope.startswith("1 layer"):  # kernels must agree on the output
                             if reference is None:
@@ -201,19 +234,22 @@ def main(argv=None):
                             else:
                                 err = np.linalg.norm(np.asarray(out, np.float32) - reference)
                                 check = float(err / max(np.linalg.norm(reference), 1e-30))
-                        row = dict(case=label, kernel=kernel, scope=scope, batch=batch,
-                                   tokens=args.tokens, dtype=jnp.dtype(dtype).name, median_ms=ms,
+                        row = dict(case=label, kernel=kernel, key_splits=splits or "auto",
+                                   scope=scope, batch=batch, tokens=args.tokens,
+                                   dtype=jnp.dtype(dtype).name, median_ms=ms, device_ms=busy,
                                    first_call_s=first, attention=spec.to_string(),
                                    rel_diff_vs_first_kernel=check, **cluster_summary(stats))
                         rows.append(row)
-                        print(f"{label:34s} {scope:18s} B={batch}: {ms:9.3f} ms {check}", flush=True)
+                        print(f"{label:40s} {scope:18s} B={batch}: {ms:9.3f} ms {busy} {check}",
+                              flush=True)
 
     print(f"\nDevice: {device}, N={args.tokens}, d={D_MODEL}, {HEADS} heads, "
           f"median of {args.reps}\n")
-    print("| case | scope | batch | ms | mean prototypes | capacity (slots doing work) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| case | scope | batch | ms | device ms | mean prototypes | capacity (slots doing work) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['case']} | {r['scope']} | {r['batch']} | {r['median_ms']:.3f} | "
+        busy = f"{r['device_ms']:.3f}" if r["device_ms"] != "" else ""
+        print(f"| {r['case']} | {r['scope']} | {r['batch']} | {r['median_ms']:.3f} | {busy} | "
               f"{r.get('mean_clusters', '')} | {r.get('capacity', '')} |")
     payload = dict(device=device, jax=jax.__version__, tokens=args.tokens, d_model=D_MODEL,
                    heads=HEADS, reps=args.reps, warmup=args.warmup, rows=rows)

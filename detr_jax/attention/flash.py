@@ -12,6 +12,13 @@ rows that do work, which is what clustered attention needs:
   real (ACT's prototype slots are filled from slot 0 up). Query blocks that start past
   the count do no work and write zeros, so a capacity of N costs what the real clusters
   cost: the kernel-level equivalent of the capacity ladder, with no ``lax.switch``.
+- ``key_splits`` S > 1 splits each row's keys into S contiguous ranges, one program each
+  (split-K, as in flash decoding): every program writes its range's normalized output
+  and log-sum-exp, and a small XLA combination weighs the S partial outputs. A program's
+  serial loop is S times shorter, so a small grid (batch 1; the decoder's 100 queries;
+  ACT's few prototype blocks) still fills the GPU and time follows the rows that do
+  work. ``None`` picks S from the grid size and the device's multiprocessor count
+  (``auto_key_splits``).
 
 Matrix products use TF32 under the default matmul precision and full fp32 under
 ``jax.default_matmul_precision("highest")`` (the parity setting); bf16 inputs multiply in
@@ -22,7 +29,9 @@ the Pallas interpreter (CPU tests).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -44,21 +53,28 @@ def _matmul_precision():
     return jax.lax.DotAlgorithmPreset.TF32_TF32_F32
 
 
-def _kernel(counts_ref, q_ref, k_ref, v_ref, valid_ref, o_ref, *, block_k: int,
-            num_k_blocks: int, heads: int, precision, ragged: bool):
+def _kernel(counts_ref, q_ref, k_ref, v_ref, valid_ref, o_ref, *lse_ref, block_k: int,
+            blocks_per_split: int, heads: int, splits: int, precision, ragged: bool):
+    """One program: ``block_q`` query rows of one (image, head) against one key range.
+
+    With ``splits`` > 1 the third grid axis runs over (head, split) pairs and the program
+    also writes each row's log-sum-exp of its key range (``lse_ref``)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
     block_q = q_ref.shape[0]
     first_row = pl.program_id(0) * block_q  # program ids are read outside conditionals
-    count = counts_ref[pl.program_id(1) * heads + pl.program_id(2)] if ragged else None
+    head_split = pl.program_id(2)
+    head = head_split // splits if splits > 1 else head_split
+    first_block = (head_split % splits) * blocks_per_split if splits > 1 else 0
+    count = counts_ref[pl.program_id(1) * heads + head] if ragged else None
 
     def compute():
         q = q_ref[...]
 
         def body(j, carry):
             m, l, acc = carry
-            keys = pl.ds(j * block_k, block_k)
+            keys = pl.ds((first_block + j) * block_k, block_k)
             k = k_ref[keys, :]
             v = v_ref[keys, :]
             ok = valid_ref[keys] != 0
@@ -73,12 +89,14 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, valid_ref, o_ref, *, block_k: int,
 
         init = (jnp.full((block_q,), NEG_INF, jnp.float32), jnp.zeros((block_q,), jnp.float32),
                 jnp.zeros((block_q, q.shape[-1]), jnp.float32))
-        _, l, acc = jax.lax.fori_loop(0, num_k_blocks, body, init)
+        m, l, acc = jax.lax.fori_loop(0, blocks_per_split, body, init)
         out = acc / jnp.maximum(l, 1e-30)[:, None]
         if count is not None:  # rows past the count inside the last busy block
             rows = first_row + jnp.arange(block_q)
             out = jnp.where((rows < count)[:, None], out, 0.0)
         o_ref[...] = out.astype(o_ref.dtype)
+        if lse_ref:  # a range of only masked keys gets no weight in the combination
+            lse_ref[0][...] = jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), NEG_INF)
 
     if not ragged:
         compute()
@@ -89,20 +107,67 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, valid_ref, o_ref, *, block_k: int,
     @pl.when(jnp.logical_not(busy))
     def _():
         o_ref[...] = jnp.zeros(o_ref.shape, o_ref.dtype)
+        if lse_ref:
+            lse_ref[0][...] = jnp.full(lse_ref[0].shape, NEG_INF, jnp.float32)
 
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+# Split-K heuristic: grow the splits (powers of 2) until the grid has this many programs
+# per multiprocessor, keeping at least MIN_BLOCKS_PER_SPLIT key blocks per program.
+PROGRAMS_PER_CORE = 8
+MIN_BLOCKS_PER_SPLIT = 4
+DEFAULT_CORES = 132  # an H100 SXM; used when the device does not report its count
+
+
+def auto_key_splits(programs: int, key_blocks: int, cores: int | None = None) -> int:
+    """Key splits S (a power of 2) for a grid of ``programs`` query blocks and rows.
+
+    S doubles while the grid has fewer than ``PROGRAMS_PER_CORE`` programs per
+    multiprocessor and every split keeps at least ``MIN_BLOCKS_PER_SPLIT`` key blocks.
+    A full grid (DC5 encoder at batch 8: 3840 programs) keeps S = 1; the batch-1 encoder
+    (480 programs) gets 4 and the decoder's cross-attention (16 programs) 8.
+    """
+    if cores is None:
+        cores = getattr(jax.devices()[0], "core_count", None) or DEFAULT_CORES
+    splits = 1
+    while (programs * splits < PROGRAMS_PER_CORE * cores
+           and key_blocks // (2 * splits) >= MIN_BLOCKS_PER_SPLIT):
+        splits *= 2
+    return splits
+
+
+def combine_splits(partial: jax.Array, lse: jax.Array) -> jax.Array:
+    """Merge per-range attention outputs into the output over all keys.
+
+    Args:
+      partial: (S, B, Nq, H, D) each key range's softmax-normalized output (fp32).
+      lse: (S, B, H, Nq) each range's log-sum-exp of the logits (``NEG_INF``: no key).
+    Returns:
+      (B, Nq, H, D) fp32, ``sum_s w_s partial_s / sum_s w_s`` with ``w_s = exp(lse_s -
+      max lse)``; rows without any valid key come out as zeros (every partial is zero).
+    """
+    lse = lse.transpose(0, 1, 3, 2)  # (S, B, Nq, H)
+    weights = jnp.exp(lse - jnp.max(lse, axis=0, keepdims=True))
+    total = jnp.sum(weights, axis=0)
+    return jnp.sum(weights[..., None] * partial, axis=0) / total[..., None]
+
+
 def _pallas_forward(q, k, v, key_valid, query_counts, *, block_q, block_k, num_warps,
-                    num_stages, interpret):
+                    num_stages, interpret, key_splits):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
     batch, nq, heads, dim = q.shape
     nk = k.shape[1]
-    nq_p, nk_p = _round_up(nq, block_q), _round_up(nk, block_k)
+    nq_p = _round_up(nq, block_q)
+    key_blocks = -(-nk // block_k)
+    splits = key_splits or auto_key_splits(nq_p // block_q * batch * heads, key_blocks)
+    splits = max(1, min(splits, key_blocks))
+    blocks_per_split = -(-key_blocks // splits)
+    nk_p = splits * blocks_per_split * block_k
     dim_p = max(16, 1 << (dim - 1).bit_length())
     pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, dim_p - dim)))
     q, k, v = pad(q, nq_p), pad(k, nk_p), pad(v, nk_p)
@@ -115,24 +180,40 @@ def _pallas_forward(q, k, v, key_valid, query_counts, *, block_q, block_k, num_w
     counts = jnp.pad(counts, (0, (1 << max(rows - 1, 0).bit_length()) - rows))
     precision = (_matmul_precision() if q.dtype == jnp.float32 and not interpret
                  else jax.lax.DotAlgorithmPreset.DEFAULT)  # the interpreter (CPU) takes DEFAULT
-    kernel = functools.partial(_kernel, block_k=block_k, num_k_blocks=nk_p // block_k,
-                               heads=heads, precision=precision, ragged=ragged)
+    kernel = functools.partial(_kernel, block_k=block_k, blocks_per_split=blocks_per_split,
+                               heads=heads, splits=splits, precision=precision, ragged=ragged)
+    head_of = (lambda hs: hs // splits) if splits > 1 else (lambda hs: hs)
+    in_specs = [
+        pl.BlockSpec((counts.shape[0],), lambda i, b, hs: (0,)),
+        pl.BlockSpec((None, block_q, None, dim_p), lambda i, b, hs: (b, i, head_of(hs), 0)),
+        pl.BlockSpec((None, nk_p, None, dim_p), lambda i, b, hs: (b, 0, head_of(hs), 0)),
+        pl.BlockSpec((None, nk_p, None, dim_p), lambda i, b, hs: (b, 0, head_of(hs), 0)),
+        pl.BlockSpec((None, nk_p), lambda i, b, hs: (b, 0)),
+    ]
+    if splits == 1:
+        out_specs = pl.BlockSpec((None, block_q, None, dim_p), lambda i, b, h: (b, i, h, 0))
+        out_shape = jax.ShapeDtypeStruct((batch, nq_p, heads, dim_p), q.dtype)
+    else:
+        out_specs = [
+            pl.BlockSpec((None, None, block_q, None, dim_p),
+                         lambda i, b, hs: (hs % splits, b, i, hs // splits, 0)),
+            pl.BlockSpec((None, None, None, block_q),
+                         lambda i, b, hs: (hs % splits, b, hs // splits, i)),
+        ]
+        out_shape = [jax.ShapeDtypeStruct((splits, batch, nq_p, heads, dim_p), jnp.float32),
+                     jax.ShapeDtypeStruct((splits, batch, heads, nq_p), jnp.float32)]
     out = pl.pallas_call(
         kernel,
-        grid=(nq_p // block_q, batch, heads),
-        in_specs=[
-            pl.BlockSpec((counts.shape[0],), lambda i, b, h: (0,)),
-            pl.BlockSpec((None, block_q, None, dim_p), lambda i, b, h: (b, i, h, 0)),
-            pl.BlockSpec((None, nk_p, None, dim_p), lambda i, b, h: (b, 0, h, 0)),
-            pl.BlockSpec((None, nk_p, None, dim_p), lambda i, b, h: (b, 0, h, 0)),
-            pl.BlockSpec((None, nk_p), lambda i, b, h: (b, 0)),
-        ],
-        out_specs=pl.BlockSpec((None, block_q, None, dim_p), lambda i, b, h: (b, i, h, 0)),
-        out_shape=jax.ShapeDtypeStruct((batch, nq_p, heads, dim_p), q.dtype),
+        grid=(nq_p // block_q, batch, heads * splits),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
         name="detr_flash_attention",
     )(counts, q, k, v, valid)
+    if splits > 1:
+        out = combine_splits(*out).astype(q.dtype)
     return out[:, :nq, :, :dim]
 
 
@@ -147,17 +228,19 @@ def reference_attention(q, k, v, key_valid, query_counts):
     return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
-def _flash(q, k, v, key_valid, query_counts, block_q, block_k, num_warps, num_stages, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9, 10))
+def _flash(q, k, v, key_valid, query_counts, block_q, block_k, num_warps, num_stages, interpret,
+           key_splits):
     return _pallas_forward(q, k, v, key_valid, query_counts, block_q=block_q, block_k=block_k,
-                           num_warps=num_warps, num_stages=num_stages, interpret=interpret)
+                           num_warps=num_warps, num_stages=num_stages, interpret=interpret,
+                           key_splits=key_splits)
 
 
 def _flash_fwd(q, k, v, key_valid, query_counts, *static):
     return _flash(q, k, v, key_valid, query_counts, *static), (q, k, v, key_valid, query_counts)
 
 
-def _flash_bwd(block_q, block_k, num_warps, num_stages, interpret, residuals, grad):
+def _flash_bwd(block_q, block_k, num_warps, num_stages, interpret, key_splits, residuals, grad):
     q, k, v, key_valid, query_counts = residuals
     # Recompute the probabilities only once the incoming gradient exists: without the
     # barrier XLA may schedule every layer's recomputation right after the forward pass
@@ -174,7 +257,7 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 def flash_attention(q, k, v, key_valid=None, query_counts=None, *, block_q: int = 64,
                     block_k: int = 64, num_warps: int = 4, num_stages: int = 2,
-                    interpret: bool | None = None) -> jax.Array:
+                    interpret: bool | None = None, key_splits: int | None = None) -> jax.Array:
     """Scaled dot-product attention with padded keys and ragged queries, fused.
 
     Args:
@@ -185,6 +268,9 @@ def flash_attention(q, k, v, key_valid=None, query_counts=None, *, block_q: int 
       block_q, block_k: tile sizes (powers of 2); num_warps, num_stages: Triton options.
       interpret: run through the Pallas interpreter; None: when the selected kernel is
         ``"flash_interpret"`` (see ``attention.kernel``).
+      key_splits: programs per row's keys (split-K, a positive integer); None: the
+        ``fixed_key_splits`` setting if one is active (default: the environment variable
+        ``DETR_JAX_KEY_SPLITS``), else ``auto_key_splits``.
     Returns:
       (B, Nq, H, Dh) in q's dtype.
     """
@@ -194,11 +280,40 @@ def flash_attention(q, k, v, key_valid=None, query_counts=None, *, block_q: int 
     for name, block in (("block_q", block_q), ("block_k", block_k)):
         if block < 16 or block & (block - 1):
             raise ValueError(f"flash_attention: {name}={block} must be a power of 2 >= 16")
+    if key_splits is None:
+        key_splits = _splits_setting["value"]
+    if key_splits is not None and (not isinstance(key_splits, int) or key_splits < 1):
+        raise ValueError(f"flash_attention: key_splits={key_splits!r} must be a positive integer")
     if interpret is None:
         from detr_jax.attention.kernel import resolved_kernel
         interpret = resolved_kernel() == "flash_interpret"
     return _flash(q, k, v, key_valid, query_counts, block_q, block_k, num_warps, num_stages,
-                  bool(interpret))
+                  bool(interpret), key_splits)
+
+
+def _splits_from_env() -> int | None:
+    text = os.environ.get("DETR_JAX_KEY_SPLITS", "auto")
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"DETR_JAX_KEY_SPLITS={text!r}: expected auto or a positive integer")
+    return int(text)
+
+
+# The DETR_JAX_KEY_SPLITS environment variable (auto or an integer) sets the default.
+_splits_setting: dict = {"value": _splits_from_env()}
+
+
+@contextlib.contextmanager
+def fixed_key_splits(splits: int | None):
+    """Use ``splits`` key ranges (None: automatic) in kernels traced inside the block
+    (benchmarks compare split-K against one range with it)."""
+    previous = _splits_setting["value"]
+    _splits_setting["value"] = splits
+    try:
+        yield
+    finally:
+        _splits_setting["value"] = previous
 
 
 def available() -> bool:

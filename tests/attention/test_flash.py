@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import detr_jax
-from detr_jax.attention.flash import flash_attention, reference_attention
+from detr_jax.attention.flash import (NEG_INF, auto_key_splits, combine_splits, fixed_key_splits,
+                                      flash_attention, reference_attention)
 from detr_jax.attention.kernel import attention_kernel, resolved_kernel, set_attention_kernel
 from tests.attention.clustered_cases import build_attention, padded_case, relative_error
 
@@ -33,6 +34,49 @@ def test_block_sizes_and_odd_head_dim(block_q, block_k):
     q, k, v = inputs(seed=1, nq=50, nk=45, dim=24)  # head_dim padded to 32 inside
     out = flash_attention(q, k, v, None, None, block_q=block_q, block_k=block_k, interpret=True)
     np.testing.assert_allclose(out, reference_attention(q, k, v, None, None), atol=2e-6)
+
+
+@pytest.mark.parametrize("splits", [2, 3, 4])
+def test_key_splits_match_the_reference(splits):
+    """Split-K: key ranges in separate programs, merged by their log-sum-exp; ranges of
+    only padded keys (image 1 has 37 valid keys of 100) get no weight."""
+    q, k, v = inputs(seed=5)
+    valid = jnp.asarray(np.arange(100)[None] < np.array([[100], [37]]))
+    counts = jnp.asarray([[70, 10, 33], [1, 64, 0]], jnp.int32)
+    out = flash_attention(q, k, v, valid, counts, block_q=16, block_k=16, key_splits=splits,
+                          interpret=True)
+    np.testing.assert_allclose(out, reference_attention(q, k, v, valid, counts), atol=2e-6)
+    assert float(jnp.abs(out[1, :, 2]).max()) == 0.0  # a row with no real query rows
+
+
+def test_combine_splits_weighs_ranges_by_their_softmax_mass():
+    """Two ranges with log-sum-exp 0 and log 3 weigh 1 : 3; a range without keys is ignored."""
+    partial = jnp.stack([jnp.full((1, 1, 1, 2), 1.0), jnp.full((1, 1, 1, 2), 5.0),
+                         jnp.full((1, 1, 1, 2), 0.0)])
+    lse = jnp.asarray([0.0, np.log(3.0), NEG_INF], jnp.float32).reshape(3, 1, 1, 1)
+    np.testing.assert_allclose(combine_splits(partial, lse), np.full((1, 1, 1, 2), 4.0),
+                               rtol=1e-6)
+
+
+def test_auto_key_splits_fill_a_small_grid():
+    assert auto_key_splits(3840, 60, cores=132) == 1  # DC5 encoder at batch 8
+    assert auto_key_splits(480, 60, cores=132) == 4  # DC5 encoder at batch 1
+    assert auto_key_splits(16, 60, cores=132) == 8  # decoder cross-attention at batch 1
+    assert auto_key_splits(16, 7, cores=132) == 1  # too few key blocks to split
+
+
+def test_fixed_key_splits_setting_is_scoped_and_checked():
+    q, k, v = inputs(seed=6, nq=20, nk=40)
+    split_partials = "f32[2,2,64,3,32]"  # (splits, batch, padded rows, heads, dim)
+    jaxpr = lambda: str(jax.make_jaxpr(
+        lambda q: flash_attention(q, k, v, block_k=16, interpret=True))(q))
+    with fixed_key_splits(2):
+        assert split_partials in jaxpr()
+        split_out = flash_attention(q, k, v, block_k=16, interpret=True)
+    assert split_partials not in jaxpr()  # automatic: 3 key blocks are too few to split
+    np.testing.assert_allclose(split_out, reference_attention(q, k, v, None, None), atol=2e-6)
+    with pytest.raises(ValueError, match="key_splits=0"):
+        flash_attention(q, k, v, key_splits=0, interpret=True)
 
 
 def test_gradients_flow_through_the_reference_backward():
