@@ -104,18 +104,21 @@ def median_ms(fn, args, warmup: int, reps: int) -> tuple[float, float, Any]:
     return first, statistics.median(times), out
 
 
-def device_ms(fn, args, reps: int) -> float:
-    """Device-busy milliseconds per call of ``fn(*args)`` over a profiler trace of ``reps``
-    calls (the sum of the device's kernel and copy events)."""
+def device_kernels(fn, args, reps: int) -> dict[str, tuple[float, str]]:
+    """Device milliseconds per call of each kernel of ``fn(*args)`` (a profiler trace of
+    ``reps`` calls), with the JAX operation it comes from: {kernel: (ms, op)}."""
     import tempfile
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from kernel_profile import device_event_times
+    from kernel_profile import attribute, device_event_times, hlo_op_names
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         for _ in range(reps):
             jax.block_until_ready(fn(*args))
         jax.profiler.stop_trace()
-        return sum(device_event_times(trace_dir).values()) / reps
+        totals = device_event_times(trace_dir)
+    op_names = hlo_op_names(fn.lower(*args).compile().as_text())
+    return {name: (ms / reps, attribute(name, op_names))
+            for name, ms in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 def parse_splits(text: str) -> list[int | None]:
@@ -202,6 +205,8 @@ def main(argv=None):
                         help="fused-kernel key splits to time, comma-separated (auto, 1, 2, ...)")
     parser.add_argument("--device-time", action="store_true",
                         help="also report device-busy ms per call from a profiler trace")
+    parser.add_argument("--kernel-top", type=int, default=0,
+                        help="with --device-time: print the K slowest kernels of each case")
     parser.add_argument("--output", required=True, help="JSON output path")
     args = parser.parse_args(argv)
 
@@ -226,7 +231,9 @@ def main(argv=None):
                                        encoder_fn(spec, dtype, args.layers)))
                     for scope, (fn, state) in scopes:
                         first, ms, (out, stats) = median_ms(fn, (state, x), args.warmup, args.reps)
-                        busy = device_ms(fn, (state, x), args.reps) if args.device_time else ""
+                        kernels = (device_kernels(fn, (state, x), args.reps)
+                                   if args.device_time else {})
+                        busy = sum(ms for ms, _ in kernels.values()) if kernels else ""
                         check = ""
                         if scope.startswith("1 layer"):  # kernels must agree on the output
                             if reference is None:
@@ -238,10 +245,14 @@ def main(argv=None):
                                    scope=scope, batch=batch, tokens=args.tokens,
                                    dtype=jnp.dtype(dtype).name, median_ms=ms, device_ms=busy,
                                    first_call_s=first, attention=spec.to_string(),
-                                   rel_diff_vs_first_kernel=check, **cluster_summary(stats))
+                                   rel_diff_vs_first_kernel=check, kernels=kernels,
+                                   **cluster_summary(stats))
                         rows.append(row)
                         print(f"{label:40s} {scope:18s} B={batch}: {ms:9.3f} ms {busy} {check}",
                               flush=True)
+                        for name, (kms, op) in list(kernels.items())[:args.kernel_top]:
+                            print(f"    {kms:8.4f} ms  {len(kernels):3d} kernels  "
+                                  f"{name[:50]:50s} {op[:90]}")
 
     print(f"\nDevice: {device}, N={args.tokens}, d={D_MODEL}, {HEADS} heads, "
           f"median of {args.reps}\n")
