@@ -107,18 +107,12 @@ def median_ms(fn, args, warmup: int, reps: int) -> tuple[float, float, Any]:
 def device_kernels(fn, args, reps: int) -> dict[str, tuple[float, str]]:
     """Device milliseconds per call of each kernel of ``fn(*args)`` (a profiler trace of
     ``reps`` calls), with the JAX operation it comes from: {kernel: (ms, op)}."""
-    import tempfile
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from kernel_profile import attribute, device_event_times, hlo_op_names
-    with tempfile.TemporaryDirectory() as trace_dir:
-        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-        for _ in range(reps):
-            jax.block_until_ready(fn(*args))
-        jax.profiler.stop_trace()
-        totals = device_event_times(trace_dir)
+    from kernel_profile import attribute, hlo_op_names, traced_device_times
+    per_call = traced_device_times(lambda: fn(*args), reps)
     op_names = hlo_op_names(fn.lower(*args).compile().as_text())
-    return {name: (ms / reps, attribute(name, op_names))
-            for name, ms in sorted(totals.items(), key=lambda kv: -kv[1])}
+    return {name: (ms, attribute(name, op_names))
+            for name, ms in sorted(per_call.items(), key=lambda kv: -kv[1])}
 
 
 def parse_splits(text: str) -> list[int | None]:

@@ -3,11 +3,15 @@
     python benchmarks/flash_tiles.py --batches 1,8 --output flash_tiles.json
 
 At batch 1 the kernel's grid (query blocks x 8 heads) is small next to an H100's 132
-multiprocessors, so halving the real query rows (ACT at N/2) need not halve the time.
-This times ``flash.flash_attention`` (N = ``--tokens`` = 3800 keys, 8 heads of 32, fp32 inputs, default
-matmul precision) for every (block_q, block_k, num_warps) in the sweep, with all N query
-rows real (exact attention) and with N/2, N/4, N/8 real rows per (image, head) (ACT's
-prototype slots), and prints the median ms of each and the best tiles per case. GPU only.
+multiprocessors, so halving the real query rows (ACT at N/2) need not halve the time
+unless the keys are split over several programs (``--splits``, split-K).
+This times ``flash.flash_attention`` (N = ``--tokens`` = 3800 keys, 8 heads of 32, fp32
+inputs, default matmul precision) for every (block_q, block_k, num_warps, key splits) in
+the sweep, with all N query rows real (exact attention) and with N/2, N/4, N/8 real rows
+per (image, head) (ACT's prototype slots). It prints the median wall-clock ms and the
+device-busy ms (a profiler trace: the kernel plus the split combination) of each, and
+the best setting per case by device time. Without a GPU it runs the Pallas interpreter
+(a check of the script, not a measurement).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ sys.path.insert(0, ROOT)
 
 from detr_jax.attention.flash import flash_attention  # noqa: E402
 from detr_jax.benchmark import _timed  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kernel_profile import traced_device_times  # noqa: E402
 
 TOKENS, HEADS, HEAD_DIM = 3800, 8, 32
 
@@ -45,6 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warps", default="2,4")
     parser.add_argument("--tokens", type=int, default=TOKENS)
     parser.add_argument("--divisors", default="1,2,4,8", help="real rows = N / divisor")
+    parser.add_argument("--splits", default="1",
+                        help="key splits to sweep, comma-separated (integers, auto)")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--output", default="")
     args = parser.parse_args(argv)
@@ -60,30 +68,37 @@ def main(argv=None) -> int:
         valid = jnp.ones((batch, args.tokens), bool)
         for divisor in ints(args.divisors):
             counts = jnp.full((batch, HEADS), args.tokens // divisor, jnp.int32)
-            for block_q, block_k, warps in itertools.product(
-                    ints(args.block_q), ints(args.block_k), ints(args.warps)):
-                fn = jax.jit(lambda q, k, v, valid, counts, bq=block_q, bk=block_k, w=warps:
-                             flash_attention(q, k, v, valid, counts, block_q=bq, block_k=bk,
-                                             num_warps=w))
+            for block_q, block_k, warps, splits in itertools.product(
+                    ints(args.block_q), ints(args.block_k), ints(args.warps),
+                    [None if s == "auto" else int(s) for s in args.splits.split(",")]):
+                fn = jax.jit(lambda q, k, v, valid, counts, bq=block_q, bk=block_k, w=warps,
+                             s=splits: flash_attention(q, k, v, valid, counts, block_q=bq,
+                                                       block_k=bk, num_warps=w, key_splits=s))
+                tag = (f"B={batch} N/{divisor} bq={block_q} bk={block_k} warps={warps} "
+                       f"splits={splits or 'auto'}")
                 try:
                     ms = time_ms(lambda: fn(q, k, v, valid, counts), reps=args.reps)
                 except Exception as err:  # noqa: BLE001 - a tile that does not compile
-                    print(f"B={batch} N/{divisor} bq={block_q} bk={block_k} warps={warps}: "
-                          f"failed ({type(err).__name__})", flush=True)
+                    print(f"{tag}: failed ({type(err).__name__})", flush=True)
                     continue
+                busy = sum(traced_device_times(lambda: fn(q, k, v, valid, counts),
+                                               args.reps).values())
                 rows.append(dict(batch=batch, divisor=divisor, block_q=block_q, block_k=block_k,
-                                 num_warps=warps, ms=ms, device=jax.devices()[0].device_kind))
-                print(f"B={batch} N/{divisor} bq={block_q} bk={block_k} warps={warps}: "
-                      f"{ms:.3f} ms", flush=True)
-    print("\n| batch | real rows | default (64, 64, 4) ms | best ms | best tiles (bq, bk, warps) |")
+                                 num_warps=warps, key_splits=splits or "auto", ms=ms,
+                                 device_ms=busy, device=jax.devices()[0].device_kind))
+                print(f"{tag}: {ms:.3f} ms, device {busy:.3f} ms", flush=True)
+    print("\n| batch | real rows | default tiles device ms | best device ms | "
+          "best (bq, bk, warps, splits) |")
     print("| --- | --- | --- | --- | --- |")
     for batch, divisor in sorted({(r["batch"], r["divisor"]) for r in rows}):
         case = [r for r in rows if r["batch"] == batch and r["divisor"] == divisor]
-        best = min(case, key=lambda r: r["ms"])
-        default = [r["ms"] for r in case if (r["block_q"], r["block_k"], r["num_warps"]) == (64, 64, 4)]
+        best = min(case, key=lambda r: r["device_ms"])
+        default = [r["device_ms"] for r in case if (r["block_q"], r["block_k"], r["num_warps"],
+                                                    r["key_splits"]) == (64, 64, 4, "auto")]
         default_ms = f"{default[0]:.3f}" if default else "n/a"
-        tiles = f"({best['block_q']}, {best['block_k']}, {best['num_warps']})"
-        print(f"| {batch} | N/{divisor} | {default_ms} | {best['ms']:.3f} | {tiles} |")
+        tiles = (f"({best['block_q']}, {best['block_k']}, {best['num_warps']}, "
+                 f"{best['key_splits']})")
+        print(f"| {batch} | N/{divisor} | {default_ms} | {best['device_ms']:.3f} | {tiles} |")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(rows, f, indent=1)

@@ -58,6 +58,17 @@ def device_event_times(trace_dir: str) -> dict[str, float]:
     return dict(totals)
 
 
+def traced_device_times(call, reps: int) -> dict[str, float]:
+    """Device milliseconds per call of each event name over a trace of ``reps`` calls of
+    ``call()`` (each ended by ``block_until_ready``)."""
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        for _ in range(reps):
+            jax.block_until_ready(call())
+        jax.profiler.stop_trace()
+        return {name: ms / reps for name, ms in device_event_times(trace_dir).items()}
+
+
 def hlo_op_names(hlo_text: str) -> dict[str, str]:
     """Instruction name (dots as underscores, as kernels are named) -> its JAX op_name."""
     names = {}
@@ -110,13 +121,7 @@ def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int,
     key = jax.random.PRNGKey(seed)
     for _ in range(3):
         jax.block_until_ready(forward(pixels, mask, key))
-    with tempfile.TemporaryDirectory() as trace_dir:
-        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-        for _ in range(reps):
-            jax.block_until_ready(forward(pixels, mask, key))
-        jax.profiler.stop_trace()
-        totals = device_event_times(trace_dir)
-    per_call = {name: ms / reps for name, ms in totals.items()}
+    per_call = traced_device_times(lambda: forward(pixels, mask, key), reps)
     hlo = forward._run.lower(forward.state, pixels, mask, key).compile().as_text()
     op_names = hlo_op_names(hlo)
     sources = {name: attribute(name, op_names) for name in per_call}

@@ -53,31 +53,51 @@ def _matmul_precision():
     return jax.lax.DotAlgorithmPreset.TF32_TF32_F32
 
 
-def _kernel(counts_ref, q_ref, k_ref, v_ref, valid_ref, o_ref, *lse_ref, block_k: int,
-            blocks_per_split: int, heads: int, splits: int, precision, ragged: bool):
+def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, nq: int,
+            nk: int, blocks_per_split: int, heads: int, splits: int, precision, ragged: bool,
+            masked_keys: bool):
     """One program: ``block_q`` query rows of one (image, head) against one key range.
 
+    The refs hold whole unpadded rows ((Nq, Dh) queries, (Nk, Dh) keys and values): tiles
+    are read and written with masked loads and stores, so no padded copy of q, k, v is made.
     With ``splits`` > 1 the third grid axis runs over (head, split) pairs and the program
-    also writes each row's log-sum-exp of its key range (``lse_ref``)."""
+    also writes each row's log-sum-exp of its key range."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
-    block_q = q_ref.shape[0]
+    valid_ref = refs[0] if masked_keys else None
+    o_ref, lse_ref = (refs[-2], refs[-1]) if splits > 1 else (refs[-1], None)
     first_row = pl.program_id(0) * block_q  # program ids are read outside conditionals
     head_split = pl.program_id(2)
     head = head_split // splits if splits > 1 else head_split
     first_block = (head_split % splits) * blocks_per_split if splits > 1 else 0
-    count = counts_ref[pl.program_id(1) * heads + head] if ragged else None
+    count = counts_ref[pl.program_id(1) * heads + head] if ragged else nq
+    rows = first_row + jnp.arange(block_q)
+    row_ok = rows < jnp.minimum(count, nq)
+    queries = pl.ds(first_row, block_q)
+    dim = q_ref.shape[-1]
+
+    def write(out, lse):
+        plgpu.store(o_ref.at[queries, :], out.astype(o_ref.dtype),
+                    mask=jnp.broadcast_to((rows < nq)[:, None], out.shape))
+        if lse_ref is not None:
+            plgpu.store(lse_ref.at[queries], lse, mask=rows < nq)
 
     def compute():
-        q = q_ref[...]
+        q = plgpu.load(q_ref.at[queries, :], mask=jnp.broadcast_to(row_ok[:, None], (block_q, dim)),
+                       other=0.0)
 
         def body(j, carry):
             m, l, acc = carry
-            keys = pl.ds((first_block + j) * block_k, block_k)
-            k = k_ref[keys, :]
-            v = v_ref[keys, :]
-            ok = valid_ref[keys] != 0
+            start = (first_block + j) * block_k
+            keys = pl.ds(start, block_k)
+            in_range = start + jnp.arange(block_k) < nk
+            tile_mask = jnp.broadcast_to(in_range[:, None], (block_k, dim))
+            k = plgpu.load(k_ref.at[keys, :], mask=tile_mask, other=0.0)
+            v = plgpu.load(v_ref.at[keys, :], mask=tile_mask, other=0.0)
+            ok = in_range
+            if valid_ref is not None:
+                ok = ok & (plgpu.load(valid_ref.at[keys], mask=in_range, other=0) != 0)
             s = plgpu.dot(q, k, trans_b=True, precision=precision).astype(jnp.float32)
             s = jnp.where(ok[None, :], s, NEG_INF)
             m_new = jnp.maximum(m, jnp.max(s, axis=1))
@@ -88,15 +108,12 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, valid_ref, o_ref, *lse_ref, block_k
             return m_new, l, acc * scale[:, None] + pv
 
         init = (jnp.full((block_q,), NEG_INF, jnp.float32), jnp.zeros((block_q,), jnp.float32),
-                jnp.zeros((block_q, q.shape[-1]), jnp.float32))
+                jnp.zeros((block_q, dim), jnp.float32))
         m, l, acc = jax.lax.fori_loop(0, blocks_per_split, body, init)
         out = acc / jnp.maximum(l, 1e-30)[:, None]
-        if count is not None:  # rows past the count inside the last busy block
-            rows = first_row + jnp.arange(block_q)
-            out = jnp.where((rows < count)[:, None], out, 0.0)
-        o_ref[...] = out.astype(o_ref.dtype)
-        if lse_ref:  # a range of only masked keys gets no weight in the combination
-            lse_ref[0][...] = jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), NEG_INF)
+        out = jnp.where(row_ok[:, None], out, 0.0)  # rows past the count: zeros
+        # a range of only masked keys gets no weight in the combination
+        write(out, jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), NEG_INF))
 
     if not ragged:
         compute()
@@ -106,13 +123,7 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, valid_ref, o_ref, *lse_ref, block_k
 
     @pl.when(jnp.logical_not(busy))
     def _():
-        o_ref[...] = jnp.zeros(o_ref.shape, o_ref.dtype)
-        if lse_ref:
-            lse_ref[0][...] = jnp.full(lse_ref[0].shape, NEG_INF, jnp.float32)
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
+        write(jnp.zeros((block_q, dim), jnp.float32), jnp.full((block_q,), NEG_INF, jnp.float32))
 
 
 # Split-K heuristic: grow the splits (powers of 2) until the grid has this many programs
@@ -162,59 +173,57 @@ def _pallas_forward(q, k, v, key_valid, query_counts, *, block_q, block_k, num_w
 
     batch, nq, heads, dim = q.shape
     nk = k.shape[1]
-    nq_p = _round_up(nq, block_q)
-    key_blocks = -(-nk // block_k)
-    splits = key_splits or auto_key_splits(nq_p // block_q * batch * heads, key_blocks)
+    q_blocks, key_blocks = -(-nq // block_q), -(-nk // block_k)
+    splits = key_splits or auto_key_splits(q_blocks * batch * heads, key_blocks)
     splits = max(1, min(splits, key_blocks))
     blocks_per_split = -(-key_blocks // splits)
-    nk_p = splits * blocks_per_split * block_k
     dim_p = max(16, 1 << (dim - 1).bit_length())
-    pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, dim_p - dim)))
-    q, k, v = pad(q, nq_p), pad(k, nk_p), pad(v, nk_p)
-    valid = jnp.ones((batch, nk), jnp.int32) if key_valid is None else key_valid.astype(jnp.int32)
-    valid = jnp.pad(valid, ((0, 0), (0, nk_p - nk)))
+    if dim_p != dim:  # tiles need a power-of-2 head dim
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, dim_p - dim)))
+        q, k, v = pad(q), pad(k), pad(v)
     ragged = query_counts is not None
     rows = batch * heads
     counts = (query_counts.astype(jnp.int32).reshape(rows) if ragged
-              else jnp.full((rows,), nq, jnp.int32))
-    counts = jnp.pad(counts, (0, (1 << max(rows - 1, 0).bit_length()) - rows))
+              else jnp.zeros((1,), jnp.int32))
+    counts = jnp.pad(counts, (0, (1 << max(counts.shape[0] - 1, 0).bit_length()) - counts.shape[0]))
     precision = (_matmul_precision() if q.dtype == jnp.float32 and not interpret
                  else jax.lax.DotAlgorithmPreset.DEFAULT)  # the interpreter (CPU) takes DEFAULT
-    kernel = functools.partial(_kernel, block_k=block_k, blocks_per_split=blocks_per_split,
-                               heads=heads, splits=splits, precision=precision, ragged=ragged)
+    kernel = functools.partial(
+        _kernel, block_q=block_q, block_k=block_k, nq=nq, nk=nk,
+        blocks_per_split=blocks_per_split, heads=heads, splits=splits, precision=precision,
+        ragged=ragged, masked_keys=key_valid is not None)
     head_of = (lambda hs: hs // splits) if splits > 1 else (lambda hs: hs)
-    in_specs = [
-        pl.BlockSpec((counts.shape[0],), lambda i, b, hs: (0,)),
-        pl.BlockSpec((None, block_q, None, dim_p), lambda i, b, hs: (b, i, head_of(hs), 0)),
-        pl.BlockSpec((None, nk_p, None, dim_p), lambda i, b, hs: (b, 0, head_of(hs), 0)),
-        pl.BlockSpec((None, nk_p, None, dim_p), lambda i, b, hs: (b, 0, head_of(hs), 0)),
-        pl.BlockSpec((None, nk_p), lambda i, b, hs: (b, 0)),
-    ]
+    row_spec = lambda n: pl.BlockSpec((None, n, None, dim_p), lambda i, b, hs: (b, 0, head_of(hs), 0))
+    in_specs = [pl.BlockSpec((counts.shape[0],), lambda i, b, hs: (0,)),
+                row_spec(nq), row_spec(nk), row_spec(nk)]
+    operands = [counts, q, k, v]
+    if key_valid is not None:
+        in_specs.append(pl.BlockSpec((None, nk), lambda i, b, hs: (b, 0)))
+        operands.append(key_valid.astype(jnp.int32))
     if splits == 1:
-        out_specs = pl.BlockSpec((None, block_q, None, dim_p), lambda i, b, h: (b, i, h, 0))
-        out_shape = jax.ShapeDtypeStruct((batch, nq_p, heads, dim_p), q.dtype)
+        out_specs = row_spec(nq)
+        out_shape = jax.ShapeDtypeStruct((batch, nq, heads, dim_p), q.dtype)
     else:
         out_specs = [
-            pl.BlockSpec((None, None, block_q, None, dim_p),
-                         lambda i, b, hs: (hs % splits, b, i, hs // splits, 0)),
-            pl.BlockSpec((None, None, None, block_q),
-                         lambda i, b, hs: (hs % splits, b, hs // splits, i)),
+            pl.BlockSpec((None, None, nq, None, dim_p),
+                         lambda i, b, hs: (hs % splits, b, 0, hs // splits, 0)),
+            pl.BlockSpec((None, None, None, nq), lambda i, b, hs: (hs % splits, b, hs // splits, 0)),
         ]
-        out_shape = [jax.ShapeDtypeStruct((splits, batch, nq_p, heads, dim_p), jnp.float32),
-                     jax.ShapeDtypeStruct((splits, batch, heads, nq_p), jnp.float32)]
+        out_shape = [jax.ShapeDtypeStruct((splits, batch, nq, heads, dim_p), jnp.float32),
+                     jax.ShapeDtypeStruct((splits, batch, heads, nq), jnp.float32)]
     out = pl.pallas_call(
         kernel,
-        grid=(nq_p // block_q, batch, heads * splits),
+        grid=(q_blocks, batch, heads * splits),
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
         name="detr_flash_attention",
-    )(counts, q, k, v, valid)
+    )(*operands)
     if splits > 1:
         out = combine_splits(*out).astype(q.dtype)
-    return out[:, :nq, :, :dim]
+    return out if dim_p == dim else out[..., :dim]
 
 
 def reference_attention(q, k, v, key_valid, query_counts):

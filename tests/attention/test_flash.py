@@ -67,7 +67,7 @@ def test_auto_key_splits_fill_a_small_grid():
 
 def test_fixed_key_splits_setting_is_scoped_and_checked():
     q, k, v = inputs(seed=6, nq=20, nk=40)
-    split_partials = "f32[2,2,64,3,32]"  # (splits, batch, padded rows, heads, dim)
+    split_partials = "f32[2,2,20,3,32]"  # (splits, batch, rows, heads, dim)
     jaxpr = lambda: str(jax.make_jaxpr(
         lambda q: flash_attention(q, k, v, block_k=16, interpret=True))(q))
     with fixed_key_splits(2):
