@@ -64,6 +64,7 @@ def sorted_segment_means(x, hi, lo, valid, capacity):
     perm, sorted_ids, starts = clustering.sorted_clusters(hi, lo, valid)
     real = sorted_ids >= 0
     x_s = jnp.take_along_axis(x.astype(jnp.float32), perm[..., None], axis=1)
+    x_s = jnp.where(real[..., None], x_s, 0.0)  # padding may share the last run
 
     def combine(a, b):
         (a_sum, a_count, a_flag), (b_sum, b_count, b_flag) = a, b

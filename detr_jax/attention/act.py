@@ -191,8 +191,13 @@ class ACTAttention(EncoderAttention):
             return (jnp.asarray(spec.hash_weights[self.layer_index]),
                     jnp.asarray(spec.hash_biases[self.layer_index]))
         rounds = spec.rounds if side == "Q" else spec.effective_key_rounds
-        key = jax.random.fold_in(layer_key(rng, spec.seed, self.layer_index), "QK".index(side))
-        return draw_hash_params(key, self.head_dim, rounds, spec.bucket_width)
+        draw = lambda: draw_hash_params(
+            jax.random.fold_in(layer_key(rng, spec.seed, self.layer_index), "QK".index(side)),
+            self.head_dim, rounds, spec.bucket_width)
+        if rng is None:  # drawn from the seed: constants of the compiled program
+            with jax.ensure_compile_time_eval():
+                return draw()
+        return draw()
 
     def clusters(self, x: jax.Array, valid_rows: jax.Array, rng, side: str):
         """Cluster ids (B*H, N) and counts (B*H,) of per-head vectors x (B, N, H, Dh)."""
@@ -247,12 +252,12 @@ class ACTAttention(EncoderAttention):
 def head_hash_words(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_width: float
                     ) -> tuple[jax.Array, jax.Array]:
     """Combined E2LSH hashes of per-head vectors x (B, N, H, Dh) as row words: (hi, lo),
-    each (B * H, N) uint32. Hashing runs in x's layout (fp32 projection); only the two
-    words are transposed into rows, never x."""
+    each (B * H, N) uint32. The fp32 projection writes the row layout directly (x is
+    never transposed) and both words come out of one fused array."""
     batch, n, heads, _ = x.shape
-    hi, lo = combine_rounds(round_hashes(x, weights, biases, bucket_width))
-    to_rows_words = lambda w: w.transpose(0, 2, 1).reshape(batch * heads, n)
-    return to_rows_words(hi), to_rows_words(lo)
+    hashes = round_hashes(x, weights, biases, bucket_width, layout="bnhd->bhnl")
+    words = jnp.stack(combine_rounds(hashes)).reshape(2, batch * heads, n)
+    return words[0], words[1]
 
 
 def fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count,

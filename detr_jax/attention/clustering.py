@@ -11,35 +11,46 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NO_CLUSTER = -1
+
+
+# Sort keys of padded tokens: the largest (signed hi, unsigned lo) pair, so padding sorts last.
+_PAD_HI = np.int32(np.iinfo(np.int32).max)
+_PAD_LO = np.uint32(np.iinfo(np.uint32).max)
 
 
 def sorted_clusters(hi: jax.Array, lo: jax.Array, valid: jax.Array
                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Sort each row by hash and number its clusters in that order.
 
+    Padded tokens take the largest hash as their sort key, so one sort of three operands
+    (key words and token index) does it. A valid token whose hash is that largest value
+    shares the last run of the sorted row with the padding; the padding still gets no
+    cluster, and a run of padding alone is not counted.
+
     Args:
       hi, lo: (R, N) uint32 words of 64-bit hashes (see ``e2lsh.combine_rounds``).
       valid: (R, N) bool, False on padding.
     Returns:
-      perm: (R, N) int32, the token at each sorted position (valid tokens first, then by
-        signed 64-bit hash, so each cluster's members are contiguous);
+      perm: (R, N) int32, the token at each sorted position (by signed 64-bit hash, so
+        each cluster's members are contiguous; padding last, except as said above);
       sorted_ids: (R, N) int32 cluster id at each sorted position, ``NO_CLUSTER`` on padding;
-      starts: (R, N) bool, True at each cluster's first sorted position.
+      starts: (R, N) bool, True at the first sorted position of each run of equal keys.
     """
     rows, n = hi.shape
-    padding = (~valid).astype(jnp.int32)
-    signed_hi = jax.lax.bitcast_convert_type(hi, jnp.int32)
+    key_hi = jnp.where(valid, jax.lax.bitcast_convert_type(hi, jnp.int32), _PAD_HI)
+    key_lo = jnp.where(valid, lo, _PAD_LO)
     order = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n))
-    # Valid tokens first, then by (hi signed, lo unsigned) = signed int64 order.
-    pad_s, hi_s, lo_s, perm = jax.lax.sort((padding, signed_hi, lo, order), dimension=1,
-                                           num_keys=3)
+    # (hi signed, lo unsigned) = signed int64 order
+    hi_s, lo_s, perm = jax.lax.sort((key_hi, key_lo, order), dimension=1, num_keys=2,
+                                    is_stable=False)
     changed = (hi_s[:, 1:] != hi_s[:, :-1]) | (lo_s[:, 1:] != lo_s[:, :-1])
-    starts = jnp.concatenate([jnp.ones((rows, 1), bool), changed], axis=1) & (pad_s == 0)
-    sorted_ids = jnp.cumsum(starts.astype(jnp.int32), axis=1) - 1
-    sorted_ids = jnp.where(pad_s == 0, sorted_ids, NO_CLUSTER)
-    return perm, sorted_ids, starts
+    starts = jnp.concatenate([jnp.ones((rows, 1), bool), changed], axis=1)
+    run = jnp.cumsum(starts.astype(jnp.int32), axis=1) - 1
+    valid_s = jnp.take_along_axis(valid, perm, axis=1, mode="promise_in_bounds")
+    return perm, jnp.where(valid_s, run, NO_CLUSTER), starts
 
 
 def cluster_ids(hi: jax.Array, lo: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -55,9 +66,11 @@ def cluster_ids(hi: jax.Array, lo: jax.Array, valid: jax.Array) -> tuple[jax.Arr
       num_clusters: (R,) int32 number of distinct hashes among the valid tokens.
     """
     rows, n = hi.shape
-    perm, sorted_ids, starts = sorted_clusters(hi, lo, valid)
-    ids = jnp.zeros((rows, n), jnp.int32).at[jnp.arange(rows)[:, None], perm].set(sorted_ids)
-    return ids, starts.sum(axis=1, dtype=jnp.int32)
+    perm, sorted_ids, _ = sorted_clusters(hi, lo, valid)
+    ids = jnp.zeros((rows, n), jnp.int32).at[jnp.arange(rows)[:, None], perm].set(
+        sorted_ids, unique_indices=True, mode="promise_in_bounds")
+    # valid tokens' runs are numbered 0, 1, ... in sorted order: the last one is the count
+    return ids, jnp.max(sorted_ids, axis=1) + 1
 
 
 # Hash-table numbering (``table_cluster_ids``): rounds of probing and the table size as a
@@ -193,7 +206,7 @@ def broadcast_to_members(values: jax.Array, ids: jax.Array) -> jax.Array:
       (R, N, D). Tokens without a cluster (negative ids) get slot 0's value.
     """
     safe = jnp.clip(ids, 0, values.shape[1] - 1)
-    return jnp.take_along_axis(values, safe[..., None], axis=1)
+    return jnp.take_along_axis(values, safe[..., None], axis=1, mode="promise_in_bounds")
 
 
 def head_cluster_means(x: jax.Array, ids: jax.Array, capacity: int) -> jax.Array:
@@ -231,7 +244,7 @@ def head_broadcast(values: jax.Array, ids: jax.Array) -> jax.Array:
     """
     b, c, h, _ = values.shape
     head_ids = jnp.clip(ids.reshape(b, h, -1).transpose(0, 2, 1), 0, c - 1)  # (B, N, H)
-    return jnp.take_along_axis(values, head_ids[..., None], axis=1)
+    return jnp.take_along_axis(values, head_ids[..., None], axis=1, mode="promise_in_bounds")
 
 
 def to_rows(x: jax.Array) -> jax.Array:

@@ -35,18 +35,21 @@ def draw_hash_params(key: jax.Array, dim: int, rounds: int, bucket_width: float
     return weights, biases
 
 
-def round_hashes(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_width: float
-                 ) -> jax.Array:
+def round_hashes(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_width: float,
+                 layout: str = "...d->...l") -> jax.Array:
     """Per-round E2LSH buckets ``floor((x . a_i + b_i) / r)``.
 
     Args:
       x: (..., D) vectors (computed in float32).
       weights: (D, L) projections; biases: (L,) offsets; bucket_width: ``r``.
+      layout: ``"<x axes>-><output axes>"`` with ``d`` the vector axis and ``l`` the
+        rounds, e.g. ``"bnhd->bhnl"`` to produce per-head rows directly.
     Returns:
-      (..., L) int32 bucket indices.
+      (..., L) int32 bucket indices (in ``layout``'s output order).
     """
-    proj = jnp.einsum("...d,dl->...l", x.astype(jnp.float32), weights.astype(jnp.float32),
-                      precision=jax.lax.Precision.HIGHEST)
+    inputs, output = layout.split("->")
+    proj = jnp.einsum(f"{inputs},dl->{output}", x.astype(jnp.float32),
+                      weights.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
     return jnp.floor((proj + biases.astype(jnp.float32)) / bucket_width).astype(jnp.int32)
 
 

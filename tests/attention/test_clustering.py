@@ -55,6 +55,25 @@ def test_padding_joins_no_cluster_and_uses_no_number():
         assert int(counts[r]) == len(np.unique(np.asarray(ids[r])[np.asarray(valid[r])]))
 
 
+@pytest.mark.parametrize("numbering", [cluster_ids, table_cluster_ids])
+def test_valid_tokens_with_the_padding_sort_key_keep_their_own_cluster(numbering):
+    """The sort numbering gives padding the largest hash as its sort key; valid tokens
+    with exactly that hash still form one cluster, padding joins none, and a run of
+    padding alone is not counted."""
+    hi, lo, valid = hash_rows(4, rows=3, n=40, distinct=6, pad_from=25)
+    top_hi, top_lo = np.uint32(0x7FFFFFFF), np.uint32(0xFFFFFFFF)  # the largest signed int64
+    hi, lo = np.array(hi), np.array(lo)
+    hi[:2, [3, 30, 31]], lo[:2, [3, 30, 31]] = top_hi, top_lo  # row 1: 30, 31 are padding
+    ids, counts = numbering(jnp.asarray(hi), jnp.asarray(lo), valid)
+    ids, valid = np.asarray(ids), np.asarray(valid)
+    for r in range(3):
+        keys = (hi[r].astype(np.uint64) << np.uint64(32)) | lo[r]
+        assert int(counts[r]) == len(np.unique(keys[valid[r]]))
+        np.testing.assert_array_equal(canonical(ids[r][valid[r]]), canonical(keys[valid[r]]))
+        assert np.all(ids[r][~valid[r]] == NO_CLUSTER)
+    assert ids[0, 3] == ids[0, 30] == ids[0, 31] and ids[1, 3] >= 0
+
+
 def test_crowded_table_still_exact_with_enough_rounds():
     # One slot per token and every token distinct: most slots collide in each round.
     hi, lo, valid = hash_rows(2, rows=3, n=512, distinct=4096)
