@@ -125,7 +125,7 @@ def main(argv=None):
             full_fn = jax.jit(lambda q, k, v: module.attend(q, k, v, None, jax.random.key(0))[0])
             jax.block_until_ready(full_fn(q, k, v))
         fixed_fn = jax.jit(lambda q, k, v: act_mod.clustered_attention(
-            q, k, v, None, module.clusters(q, valid, jax.random.key(0), "Q")[0], None, capacity))
+            q, k, v, None, module.clusters(q, None, jax.random.key(0), "Q")[0], None, capacity))
         exact_fn = jax.jit(lambda q, k, v: masked_softmax_attention(q, k, v, None))
         slots = clustering.from_rows(jax.jit(lambda q, ids: clustering.cluster_means(
             clustering.to_rows(q), ids, n)[0])(q, ids), batch)

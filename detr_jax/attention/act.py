@@ -199,16 +199,25 @@ class ACTAttention(EncoderAttention):
                 return draw()
         return draw()
 
-    def clusters(self, x: jax.Array, valid_rows: jax.Array, rng, side: str):
+    def clusters(self, x: jax.Array, key_padding_mask: jax.Array | None, rng, side: str):
         """Cluster ids (B*H, N) and counts (B*H,) of per-head vectors x (B, N, H, Dh)."""
         weights, biases = self.hash_params(rng, side)
         with jax.named_scope("act_hash"):
             words = head_hash_words(x, weights, biases, self.spec.bucket_width)
-        return self.number(*words, valid_rows)
+        return self.number(*words, key_padding_mask, heads=x.shape[2])
 
-    def number(self, hi: jax.Array, lo: jax.Array, valid_rows: jax.Array):
-        """Cluster ids (R, N) and counts (R,) of hash words (R, N) with the spec's numbering."""
+    def number(self, hi: jax.Array, lo: jax.Array, key_padding_mask: jax.Array | None, *,
+               heads: int):
+        """Cluster ids (R, N) and counts (R,) of hash words (R = B * heads, N) with the
+        spec's numbering; ``key_padding_mask`` (B, N) True on padding, or None. The table
+        numbering runs as one fused kernel where the fused attention kernel runs (GPUs)."""
+        rows, n = hi.shape
         with jax.named_scope(f"act_numbering_{self.spec.numbering}"):
+            if self.spec.numbering == "table" and resolved_kernel() == "flash":
+                from detr_jax.attention.table_kernel import table_numbering
+                valid = None if key_padding_mask is None else ~key_padding_mask.astype(bool)
+                return table_numbering(hi, lo, valid, heads=heads)
+            valid_rows = row_valid(key_padding_mask, rows // heads, heads, n)
             if self.spec.numbering == "table":
                 return table_cluster_ids(hi, lo, valid_rows)
             return cluster_ids(hi, lo, valid_rows)
@@ -223,11 +232,11 @@ class ACTAttention(EncoderAttention):
         counts = []
         stats: Stats = {}
         if "Q" in group:
-            q_ids, q_count = self.clusters(q, valid, rng, "Q")
+            q_ids, q_count = self.clusters(q, key_padding_mask, rng, "Q")
             stats["num_clusters"] = q_count.reshape(batch, heads)
             counts.append(q_count)
         if "K" in group:
-            k_ids, k_count = self.clusters(k, valid, rng, "K")
+            k_ids, k_count = self.clusters(k, key_padding_mask, rng, "K")
             stats["num_key_clusters" if q_ids is not None else "num_clusters"] = (
                 k_count.reshape(batch, heads))
             counts.append(k_count)

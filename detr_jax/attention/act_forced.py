@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from detr_jax.attention.act import ACT, ACTAttention, head_hash_words
 from detr_jax.attention.base import EncoderAttention
+from detr_jax.attention.clustering import row_valid
 from detr_jax.attention.registry import register_attention
 
 # Multiplier of the spreading map rank -> (rank * SPREAD) mod V. SPREAD is prime, so the map
@@ -83,14 +84,16 @@ class ForcedACT(ACT):
 class ForcedACTAttention(ACTAttention):
     """ACT whose cluster numbering groups synthetic words (see the module docstring)."""
 
-    def clusters(self, x: jax.Array, valid_rows: jax.Array, rng, side: str):
+    def clusters(self, x: jax.Array, key_padding_mask: jax.Array | None, rng, side: str):
         weights, biases = self.hash_params(rng, side)
         with jax.named_scope("act_hash"):
             real = head_hash_words(x, weights, biases, self.spec.bucket_width)
+        batch, n, heads, _ = x.shape
+        valid_rows = row_valid(key_padding_mask, batch, heads, n)
         ratios = self.spec.ratios
         forced = forced_words(valid_rows, ratios[min(self.layer_index, len(ratios) - 1)])
         forced, _ = jax.lax.optimization_barrier((forced, real))  # keep the hashing's cost
-        return self.number(*forced, valid_rows)
+        return self.number(*forced, key_padding_mask, heads=heads)
 
 
 def _from_string(ratios="0.5", L=32, r=8.0, seed=0, ladder=None, ids="sort") -> ForcedACT:

@@ -97,6 +97,17 @@ def _table_slot(hi: jax.Array, lo: jax.Array, round_index: int, bits: int) -> ja
     return (mixed >> jnp.uint32(32 - bits)).astype(jnp.int32)
 
 
+def table_bits(n: int, rounds: int = TABLE_ROUNDS, factor: int = TABLE_FACTOR) -> int:
+    """log2 of the table size for ``n`` tokens (``factor * n`` rounded up to a power of 2),
+    after checking that the table and the round-tagged entries fit int32."""
+    bits = max(1, int(factor * n - 1).bit_length())
+    if bits > 31:
+        raise ValueError(f"table numbering: {n} tokens need a table of 2**{bits} slots")
+    if rounds * (n + 1) >= 2**31:
+        raise ValueError(f"table numbering: {rounds} rounds of {n} tokens overflow int32")
+    return bits
+
+
 def table_cluster_ids(hi: jax.Array, lo: jax.Array, valid: jax.Array, *,
                       rounds: int = TABLE_ROUNDS, factor: int = TABLE_FACTOR
                       ) -> tuple[jax.Array, jax.Array]:
@@ -128,11 +139,7 @@ def table_cluster_ids(hi: jax.Array, lo: jax.Array, valid: jax.Array, *,
       padding, numbered in order of first occurrence; num_clusters (R,) int32.
     """
     rows, n = hi.shape
-    bits = max(1, int(factor * n - 1).bit_length())
-    if bits > 31:
-        raise ValueError(f"table_cluster_ids: {n} tokens need a table of 2**{bits} slots")
-    if rounds * (n + 1) >= 2**31:
-        raise ValueError(f"table_cluster_ids: {rounds} rounds of {n} tokens overflow int32")
+    bits = table_bits(n, rounds, factor)
     row = jnp.arange(rows, dtype=jnp.int32)[:, None]
     token = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (rows, n))
     rep = token  # unresolved tokens end as their own representative
