@@ -24,7 +24,7 @@ from detr_jax.attention.base import (AttentionSpec, EncoderAttention, Stats, cou
 from detr_jax.attention.capacity import (DEFAULT_LADDER, format_ladder, ladder_capacities, parse_ladder,
                                          run_at_capacity)
 from detr_jax.attention.clustering import (broadcast_to_members, cluster_ids, cluster_means,
-                                           from_rows, head_broadcast, head_cluster_means,
+                                           from_rows, head_broadcast, head_cluster_sums,
                                            row_valid, table_cluster_ids, to_rows)
 from detr_jax.attention.e2lsh import MAX_ROUNDS, combine_rounds, draw_hash_params, round_hashes
 from detr_jax.attention.kernel import resolved_kernel
@@ -200,7 +200,8 @@ class ACTAttention(EncoderAttention):
         return draw()
 
     def clusters(self, x: jax.Array, key_padding_mask: jax.Array | None, rng, side: str):
-        """Cluster ids (B*H, N) and counts (B*H,) of per-head vectors x (B, N, H, Dh)."""
+        """Cluster ids (B*H, N), counts (B*H,) and sizes ((B*H, N) or None, see
+        ``number``) of per-head vectors x (B, N, H, Dh)."""
         weights, biases = self.hash_params(rng, side)
         with jax.named_scope("act_hash"):
             words = head_hash_words(x, weights, biases, self.spec.bucket_width)
@@ -208,9 +209,11 @@ class ACTAttention(EncoderAttention):
 
     def number(self, hi: jax.Array, lo: jax.Array, key_padding_mask: jax.Array | None, *,
                heads: int):
-        """Cluster ids (R, N) and counts (R,) of hash words (R = B * heads, N) with the
-        spec's numbering; ``key_padding_mask`` (B, N) True on padding, or None. The table
-        numbering runs as one fused kernel where the fused attention kernel runs (GPUs)."""
+        """Cluster ids (R, N), counts (R,) and sizes of hash words (R = B * heads, N) with
+        the spec's numbering; ``key_padding_mask`` (B, N) True on padding, or None. The
+        table numbering runs as one fused kernel where the fused attention kernel runs
+        (GPUs) and also returns the clusters' sizes (R, N) float32; otherwise sizes are
+        None."""
         rows, n = hi.shape
         with jax.named_scope(f"act_numbering_{self.spec.numbering}"):
             if self.spec.numbering == "table" and resolved_kernel() == "flash":
@@ -219,8 +222,8 @@ class ACTAttention(EncoderAttention):
                 return table_numbering(hi, lo, valid, heads=heads)
             valid_rows = row_valid(key_padding_mask, rows // heads, heads, n)
             if self.spec.numbering == "table":
-                return table_cluster_ids(hi, lo, valid_rows)
-            return cluster_ids(hi, lo, valid_rows)
+                return (*table_cluster_ids(hi, lo, valid_rows), None)
+            return (*cluster_ids(hi, lo, valid_rows), None)
 
     def attend(self, q, k, v, key_padding_mask, rng) -> tuple[jax.Array, Stats]:
         """ACT attention core. q (B, N, H, Dh) scaled, k/v (B, N, H, Dh), key_padding_mask
@@ -232,18 +235,19 @@ class ACTAttention(EncoderAttention):
         counts = []
         stats: Stats = {}
         if "Q" in group:
-            q_ids, q_count = self.clusters(q, key_padding_mask, rng, "Q")
+            q_ids, q_count, q_sizes = self.clusters(q, key_padding_mask, rng, "Q")
             stats["num_clusters"] = q_count.reshape(batch, heads)
             counts.append(q_count)
         if "K" in group:
-            k_ids, k_count = self.clusters(k, key_padding_mask, rng, "K")
+            k_ids, k_count, _ = self.clusters(k, key_padding_mask, rng, "K")
             stats["num_key_clusters" if q_ids is not None else "num_clusters"] = (
                 k_count.reshape(batch, heads))
             counts.append(k_count)
         stats["num_valid"] = count_valid(valid.reshape(batch, heads, n)[:, 0])
         if group == "Q" and resolved_kernel() != "xla":
             # The fused kernel skips empty prototype slots itself: no capacity switch.
-            out, work = fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count)
+            out, work = fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count,
+                                                  q_sizes)
             stats["capacity"] = work
             return out, stats
         needed = jnp.max(jnp.stack(counts))
@@ -269,20 +273,24 @@ def head_hash_words(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_
     return words[0], words[1]
 
 
-def fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count,
+def fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count, q_sizes=None,
                               block_q: int = 64) -> tuple[jax.Array, jax.Array]:
     """Query-clustered attention through the fused kernel with ragged prototype counts.
 
     Prototypes fill slots 0..count-1 of an N-slot buffer per (image, head); the kernel
-    does work only for query blocks holding prototypes. Returns ((B, N, H, Dh), the
-    largest count rounded up to ``block_q``: the slots that did work).
+    divides each slot's sum by its size (``q_sizes`` (B*H, N) from the numbering, or a
+    scatter-add of ones when None) and does work only for query blocks holding
+    prototypes. Returns ((B, N, H, Dh), the largest count rounded up to ``block_q``: the
+    slots that did work).
     """
     from detr_jax.attention.flash import flash_attention
     batch, n, heads, _ = q.shape
     with jax.named_scope("act_means"):
-        prototypes = head_cluster_means(q, q_ids, n)
+        sums, sizes = head_cluster_sums(q, q_ids, n, sizes=q_sizes is None)
+        sizes = q_sizes.reshape(batch, heads, n) if q_sizes is not None else sizes
     valid = None if key_padding_mask is None else ~key_padding_mask.astype(bool)
-    out = flash_attention(prototypes, k, v, valid, q_count.reshape(batch, heads), block_q=block_q)
+    out = flash_attention(sums.astype(q.dtype), k, v, valid, q_count.reshape(batch, heads),
+                          sizes, block_q=block_q)
     work = jnp.minimum(-(-jnp.max(q_count) // block_q) * block_q, n).astype(jnp.int32)
     with jax.named_scope("act_broadcast"):
         out = head_broadcast(out, q_ids)

@@ -216,15 +216,17 @@ def broadcast_to_members(values: jax.Array, ids: jax.Array) -> jax.Array:
     return jnp.take_along_axis(values, safe[..., None], axis=1, mode="promise_in_bounds")
 
 
-def head_cluster_means(x: jax.Array, ids: jax.Array, capacity: int) -> jax.Array:
-    """Prototypes in the per-head layout, without transposing ``x``.
+def head_cluster_sums(x: jax.Array, ids: jax.Array, capacity: int, *, sizes: bool = True
+                      ) -> tuple[jax.Array, jax.Array | None]:
+    """Per-cluster sums (and sizes) in the per-head layout, without transposing ``x``.
 
     Args:
       x: (B, N, H, D) per-head vectors; ids: (B * H, N) int32 row cluster ids (negative:
-        no cluster); capacity: static number of cluster slots per (image, head).
+        no cluster); capacity: static number of cluster slots per (image, head);
+      sizes: also count each cluster's members (a second scatter-add).
     Returns:
-      (B, capacity, H, D) cluster means in ``x.dtype`` (zero in empty slots): the same
-      values as ``from_rows(cluster_means(to_rows(x), ids, capacity)[0], B)``.
+      sums (B, capacity, H, D) float32 (zero in empty slots) and sizes (B, H, capacity)
+      float32, or None without ``sizes``.
     """
     b, n, h, d = x.shape
     head_ids = ids.reshape(b, h, n).transpose(0, 2, 1)  # (B, N, H), small next to x
@@ -233,11 +235,22 @@ def head_cluster_means(x: jax.Array, ids: jax.Array, capacity: int) -> jax.Array
                 + jnp.arange(h, dtype=jnp.int32))
     segments = jnp.where(inside, segments, b * capacity * h).reshape(-1)
     sums = jax.ops.segment_sum(x.reshape(b * n * h, d).astype(jnp.float32), segments,
-                               num_segments=b * capacity * h)
+                               num_segments=b * capacity * h).reshape(b, capacity, h, d)
+    if not sizes:
+        return sums, None
     counts = jax.ops.segment_sum(jnp.ones((b * n * h,), jnp.float32), segments,
                                  num_segments=b * capacity * h)
-    means = sums / jnp.maximum(counts, 1.0)[:, None]
-    return means.reshape(b, capacity, h, d).astype(x.dtype)
+    return sums, counts.reshape(b, capacity, h).transpose(0, 2, 1)
+
+
+def head_cluster_means(x: jax.Array, ids: jax.Array, capacity: int) -> jax.Array:
+    """Prototypes in the per-head layout: (B, capacity, H, D) cluster means in
+    ``x.dtype`` (zero in empty slots), the same values as
+    ``from_rows(cluster_means(to_rows(x), ids, capacity)[0], B)``; x (B, N, H, D), ids
+    (B * H, N) as ``head_cluster_sums``."""
+    sums, sizes = head_cluster_sums(x, ids, capacity)
+    means = sums / jnp.maximum(sizes, 1.0).transpose(0, 2, 1)[..., None]
+    return means.astype(x.dtype)
 
 
 def head_broadcast(values: jax.Array, ids: jax.Array) -> jax.Array:

@@ -12,6 +12,8 @@ rows that do work, which is what clustered attention needs:
   real (ACT's prototype slots are filled from slot 0 up). Query blocks that start past
   the count do no work and write zeros, so a capacity of N costs what the real clusters
   cost: the kernel-level equivalent of the capacity ladder, with no ``lax.switch``.
+- ``query_divisors`` (B, H, Nq) divides each query row before use (by at least 1): ACT
+  passes its prototype sums and cluster sizes, so the means are formed in the kernel.
 - ``key_splits`` S > 1 splits each row's keys into S contiguous ranges, one program each
   (split-K, as in flash decoding): every program writes its range's normalized output
   and log-sum-exp, and a small XLA combination weighs the S partial outputs. A program's
@@ -55,7 +57,7 @@ def _matmul_precision():
 
 def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, nq: int,
             nk: int, blocks_per_split: int, heads: int, splits: int, precision, ragged: bool,
-            masked_keys: bool):
+            masked_keys: bool, divided: bool):
     """One program: ``block_q`` query rows of one (image, head) against one key range.
 
     The refs hold whole unpadded rows ((Nq, Dh) queries, (Nk, Dh) keys and values): tiles
@@ -66,6 +68,7 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, 
     from jax.experimental.pallas import triton as plgpu
 
     valid_ref = refs[0] if masked_keys else None
+    divisor_ref = refs[int(masked_keys)] if divided else None
     o_ref, lse_ref = (refs[-2], refs[-1]) if splits > 1 else (refs[-1], None)
     first_row = pl.program_id(0) * block_q  # program ids are read outside conditionals
     head_split = pl.program_id(2)
@@ -86,6 +89,9 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, 
     def compute():
         q = plgpu.load(q_ref.at[queries, :], mask=jnp.broadcast_to(row_ok[:, None], (block_q, dim)),
                        other=0.0)
+        if divisor_ref is not None:
+            divisor = plgpu.load(divisor_ref.at[queries], mask=row_ok, other=1.0)
+            q = (q.astype(jnp.float32) / jnp.maximum(divisor, 1.0)[:, None]).astype(q.dtype)
 
         def body(j, carry):
             m, l, acc = carry
@@ -166,8 +172,8 @@ def combine_splits(partial: jax.Array, lse: jax.Array) -> jax.Array:
     return jnp.sum(weights[..., None] * partial, axis=0) / total[..., None]
 
 
-def _pallas_forward(q, k, v, key_valid, query_counts, *, block_q, block_k, num_warps,
-                    num_stages, interpret, key_splits):
+def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, *, block_q, block_k,
+                    num_warps, num_stages, interpret, key_splits):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
@@ -191,7 +197,7 @@ def _pallas_forward(q, k, v, key_valid, query_counts, *, block_q, block_k, num_w
     kernel = functools.partial(
         _kernel, block_q=block_q, block_k=block_k, nq=nq, nk=nk,
         blocks_per_split=blocks_per_split, heads=heads, splits=splits, precision=precision,
-        ragged=ragged, masked_keys=key_valid is not None)
+        ragged=ragged, masked_keys=key_valid is not None, divided=query_divisors is not None)
     head_of = (lambda hs: hs // splits) if splits > 1 else (lambda hs: hs)
     row_spec = lambda n: pl.BlockSpec((None, n, None, dim_p), lambda i, b, hs: (b, 0, head_of(hs), 0))
     in_specs = [pl.BlockSpec((counts.shape[0],), lambda i, b, hs: (0,)),
@@ -200,6 +206,9 @@ def _pallas_forward(q, k, v, key_valid, query_counts, *, block_q, block_k, num_w
     if key_valid is not None:
         in_specs.append(pl.BlockSpec((None, nk), lambda i, b, hs: (b, 0)))
         operands.append(key_valid.astype(jnp.int32))
+    if query_divisors is not None:
+        in_specs.append(pl.BlockSpec((None, None, nq), lambda i, b, hs: (b, head_of(hs), 0)))
+        operands.append(query_divisors.astype(jnp.float32))
     if splits == 1:
         out_specs = row_spec(nq)
         out_shape = jax.ShapeDtypeStruct((batch, nq, heads, dim_p), q.dtype)
@@ -226,9 +235,12 @@ def _pallas_forward(q, k, v, key_valid, query_counts, *, block_q, block_k, num_w
     return out if dim_p == dim else out[..., :dim]
 
 
-def reference_attention(q, k, v, key_valid, query_counts):
+def reference_attention(q, k, v, key_valid, query_counts, query_divisors=None):
     """The XLA computation the kernel fuses (rows past ``query_counts`` are zero)."""
     from detr_jax.attention.base import masked_softmax_attention
+    if query_divisors is not None:
+        divisors = jnp.maximum(query_divisors.astype(jnp.float32), 1.0).transpose(0, 2, 1)
+        q = (q.astype(jnp.float32) / divisors[..., None]).astype(q.dtype)
     mask = None if key_valid is None else ~key_valid.astype(bool)
     out = masked_softmax_attention(q, k, v, mask)
     if query_counts is not None:
@@ -237,35 +249,39 @@ def reference_attention(q, k, v, key_valid, query_counts):
     return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9, 10))
-def _flash(q, k, v, key_valid, query_counts, block_q, block_k, num_warps, num_stages, interpret,
-           key_splits):
-    return _pallas_forward(q, k, v, key_valid, query_counts, block_q=block_q, block_k=block_k,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10, 11))
+def _flash(q, k, v, key_valid, query_counts, query_divisors, block_q, block_k, num_warps,
+           num_stages, interpret, key_splits):
+    return _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, block_q=block_q,
+                           block_k=block_k,
                            num_warps=num_warps, num_stages=num_stages, interpret=interpret,
                            key_splits=key_splits)
 
 
-def _flash_fwd(q, k, v, key_valid, query_counts, *static):
-    return _flash(q, k, v, key_valid, query_counts, *static), (q, k, v, key_valid, query_counts)
+def _flash_fwd(q, k, v, key_valid, query_counts, query_divisors, *static):
+    return (_flash(q, k, v, key_valid, query_counts, query_divisors, *static),
+            (q, k, v, key_valid, query_counts, query_divisors))
 
 
 def _flash_bwd(block_q, block_k, num_warps, num_stages, interpret, key_splits, residuals, grad):
-    q, k, v, key_valid, query_counts = residuals
+    q, k, v, key_valid, query_counts, query_divisors = residuals
     # Recompute the probabilities only once the incoming gradient exists: without the
     # barrier XLA may schedule every layer's recomputation right after the forward pass
     # (it depends only on q, k, v) and keep all of them alive at once.
     q, k, v, grad = jax.lax.optimization_barrier((q, k, v, grad))
-    _, vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, key_valid, query_counts), q, k, v)
+    _, vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, key_valid, query_counts,
+                                                         query_divisors), q, k, v)
     dq, dk, dv = vjp(grad)
     zero = lambda x: None if x is None else jnp.zeros(x.shape, jax.dtypes.float0)
-    return dq, dk, dv, zero(key_valid), zero(query_counts)
+    divisor_grad = None if query_divisors is None else jnp.zeros_like(query_divisors)
+    return dq, dk, dv, zero(key_valid), zero(query_counts), divisor_grad
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def flash_attention(q, k, v, key_valid=None, query_counts=None, *, block_q: int = 64,
-                    block_k: int = 64, num_warps: int = 4, num_stages: int = 2,
+def flash_attention(q, k, v, key_valid=None, query_counts=None, query_divisors=None, *,
+                    block_q: int = 64, block_k: int = 64, num_warps: int = 4, num_stages: int = 2,
                     interpret: bool | None = None, key_splits: int | None = None) -> jax.Array:
     """Scaled dot-product attention with padded keys and ragged queries, fused.
 
@@ -274,6 +290,8 @@ def flash_attention(q, k, v, key_valid=None, query_counts=None, *, block_q: int 
       key_valid: (B, Nk) bool, False on padded keys (never attended), or None.
       query_counts: (B, H) int, the number of leading query rows of each (image, head)
         that are real; later rows do no work and come out as zeros. None: all rows.
+      query_divisors: (B, H, Nq) float, each query row is divided by max(divisor, 1)
+        first (prototype sums and cluster sizes give the means); None: no division.
       block_q, block_k: tile sizes (powers of 2); num_warps, num_stages: Triton options.
       interpret: run through the Pallas interpreter; None: when the selected kernel is
         ``"flash_interpret"`` (see ``attention.kernel``).
@@ -296,8 +314,11 @@ def flash_attention(q, k, v, key_valid=None, query_counts=None, *, block_q: int 
     if interpret is None:
         from detr_jax.attention.kernel import resolved_kernel
         interpret = resolved_kernel() == "flash_interpret"
-    return _flash(q, k, v, key_valid, query_counts, block_q, block_k, num_warps, num_stages,
-                  bool(interpret), key_splits)
+    if query_divisors is not None and query_divisors.shape != (q.shape[0], q.shape[2], q.shape[1]):
+        raise ValueError(f"flash_attention: query_divisors {query_divisors.shape} must be "
+                         f"(B, H, Nq) = {(q.shape[0], q.shape[2], q.shape[1])}")
+    return _flash(q, k, v, key_valid, query_counts, query_divisors, block_q, block_k, num_warps,
+                  num_stages, bool(interpret), key_splits)
 
 
 def _splits_from_env() -> int | None:

@@ -11,7 +11,9 @@ that only that program touches, so a block-wide barrier orders its rounds:
    slot; after a barrier it reads the slot back (a volatile load, past L1), gathers the winner's
    hash and is resolved if the hashes are equal;
 3. representatives are the tokens that are their own winner; their running count
-   (a cumulative sum) is written over the table and gathered by every token.
+   (a cumulative sum) is written over the table and gathered by every token;
+4. every valid token atomically adds 1 to its cluster's size (ACT's prototype means
+   divide by it in the attention kernel).
 
 On a GPU this replaces the sort numbering's sort, scatter and scan (about 0.05 ms per
 layer at batch 1 on an H100, a single-block sort per row) with one short kernel. The
@@ -62,7 +64,7 @@ def _kernel(hi_ref, lo_ref, *refs, n: int, n_pad: int, bits: int, rounds: int, m
     from jax.experimental.pallas import triton as plgpu
 
     valid_ref = refs[0] if masked else None
-    ids_ref, table_ref = refs[-2], refs[-1]
+    ids_ref, count_ref, sizes_ref, table_ref = refs[-4:]
     token = jnp.arange(n_pad, dtype=jnp.int32)
     inside = token < n
     row = pl.ds(0, n_pad)
@@ -75,6 +77,7 @@ def _kernel(hi_ref, lo_ref, *refs, n: int, n_pad: int, bits: int, rounds: int, m
     # Triton lowering has vector atomic max for floats only.
     for start in range(0, 1 << bits, n_pad):
         plgpu.store(table_ref.at[pl.ds(start, n_pad)], jnp.full((n_pad,), -1.0, jnp.float32))
+    plgpu.store(sizes_ref.at[row], jnp.zeros((n_pad,), jnp.float32), mask=inside)
     plgpu.debug_barrier()
     rep, pending = token, valid
     for r in range(rounds):
@@ -90,28 +93,36 @@ def _kernel(hi_ref, lo_ref, *refs, n: int, n_pad: int, bits: int, rounds: int, m
         rep = jnp.where(same, winner, rep)
         pending = pending & ~same
         plgpu.debug_barrier()  # every read of this round before the next round's writes
-    number = jnp.cumsum((valid & (rep == token)).astype(jnp.int32)) - 1
+    first = (valid & (rep == token)).astype(jnp.int32)
+    number = jnp.cumsum(first) - 1
+    count_ref[...] = jnp.full(count_ref.shape, jnp.sum(first), jnp.int32)
     plgpu.store(table_ref.at[row], number.astype(jnp.float32))
     plgpu.debug_barrier()
     ids = plgpu.load(table_ref.at[rep], mask=valid, other=0.0, volatile=True)
-    plgpu.store(ids_ref.at[row], jnp.where(valid, ids.astype(jnp.int32), NO_CLUSTER), mask=inside)
+    ids = jnp.where(valid, ids.astype(jnp.int32), NO_CLUSTER)
+    plgpu.store(ids_ref.at[row], ids, mask=inside)
+    plgpu.atomic_add(sizes_ref, (jnp.maximum(ids, 0),), jnp.ones((n_pad,), jnp.float32),
+                     mask=valid)
 
 
 @functools.partial(jax.jit, static_argnames=("heads", "rounds", "factor", "num_warps"))
 def table_numbering(hi: jax.Array, lo: jax.Array, valid: jax.Array | None = None, *,
                     heads: int = 1, rounds: int = TABLE_ROUNDS, factor: int = TABLE_FACTOR,
-                    num_warps: int = 8) -> tuple[jax.Array, jax.Array]:
-    """``clustering.table_cluster_ids`` in one GPU kernel launch (same ids and counts).
+                    num_warps: int = 32) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``clustering.table_cluster_ids`` in one GPU kernel launch (same ids and counts),
+    plus the cluster sizes.
 
     Args:
       hi, lo: (R, N) uint32 words of 64-bit hashes, rows ordered (image, head).
       valid: (R // heads, N) bool per image (False on padding; row r reads image
         r // heads, so ACT passes the (B, N) mask as is), or None (all valid).
       heads: rows per image; rounds, factor: as ``table_cluster_ids``; num_warps: Triton
-        warps per row.
+        warps per row (32, a full 1024-thread block, was fastest on an H100: 0.029 ms
+        for 8 rows of 3800 tokens against 0.046 with 8 warps).
     Returns:
-      ids (R, N) int32 numbered by first occurrence (``NO_CLUSTER`` on padding) and
-      num_clusters (R,) int32.
+      ids (R, N) int32 numbered by first occurrence (``NO_CLUSTER`` on padding),
+      num_clusters (R,) int32 and sizes (R, N) float32: the members of cluster c of row
+      r in ``sizes[r, c]`` (zero past the row's count).
     """
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
@@ -133,14 +144,17 @@ def table_numbering(hi: jax.Array, lo: jax.Array, valid: jax.Array | None = None
         in_specs.append(pl.BlockSpec((None, n), lambda r: (r // heads, 0)))
     kernel = functools.partial(_kernel, n=n, n_pad=n_pad, bits=bits, rounds=rounds,
                                masked=valid is not None)
-    ids, _ = pl.pallas_call(
+    ids, counts, sizes, _ = pl.pallas_call(
         kernel,
         grid=(rows,),
         in_specs=in_specs,
-        out_specs=[row_spec, pl.BlockSpec((None, 1 << bits), lambda r: (r, 0))],
+        out_specs=[row_spec, pl.BlockSpec((None, 1), lambda r: (r, 0)), row_spec,
+                   pl.BlockSpec((None, 1 << bits), lambda r: (r, 0))],
         out_shape=[jax.ShapeDtypeStruct((rows, n), jnp.int32),
+                   jax.ShapeDtypeStruct((rows, 1), jnp.int32),
+                   jax.ShapeDtypeStruct((rows, n), jnp.float32),
                    jax.ShapeDtypeStruct((rows, 1 << bits), jnp.float32)],
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         name="detr_act_table_numbering",
     )(*operands)
-    return ids, jnp.max(ids, axis=1) + 1
+    return ids, counts[:, 0], sizes

@@ -105,7 +105,7 @@ def _assignment_ids(attention, q, k, key_padding_mask, rng):
         KMeansAttention = ()
     if ACTAttention and isinstance(attention, ACTAttention):
         side = "Q" if "Q" in attention.spec.group else "K"
-        ids, _ = attention.clusters(q if side == "Q" else k, key_padding_mask, rng, side)
+        ids = attention.clusters(q if side == "Q" else k, key_padding_mask, rng, side)[0]
         return ids
     if KMeansAttention and isinstance(attention, KMeansAttention):
         codes = hamming_codes(to_rows(q), *attention.hash_params(rng))

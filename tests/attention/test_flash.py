@@ -49,6 +49,25 @@ def test_key_splits_match_the_reference(splits):
     assert float(jnp.abs(out[1, :, 2]).max()) == 0.0  # a row with no real query rows
 
 
+@pytest.mark.parametrize("splits", [1, 2])
+def test_query_divisors_divide_rows_before_attending(splits):
+    """Prototype sums and cluster sizes in, the attention of the means out; the gradient
+    reaches the sums through the division."""
+    q, k, v = inputs(seed=7)
+    sizes = jnp.asarray(np.random.default_rng(7).integers(0, 5, (2, 3, 70)), jnp.float32)
+    means = q / jnp.maximum(sizes, 1.0).transpose(0, 2, 1)[..., None]
+    out = flash_attention(q * 1.0, k, v, None, None, sizes, block_k=32, key_splits=splits,
+                          interpret=True)
+    np.testing.assert_allclose(out, reference_attention(means, k, v, None, None), atol=2e-6)
+    loss = lambda f: lambda q: (f(q) ** 2).sum()
+    grad = jax.grad(loss(lambda q: flash_attention(q, k, v, None, None, sizes, interpret=True)))(q)
+    expected = jax.grad(loss(lambda q: reference_attention(
+        q / jnp.maximum(sizes, 1.0).transpose(0, 2, 1)[..., None], k, v, None, None)))(q)
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="query_divisors"):
+        flash_attention(q, k, v, None, None, sizes[:, :, :10], interpret=True)
+
+
 def test_combine_splits_weighs_ranges_by_their_softmax_mass():
     """Two ranges with log-sum-exp 0 and log 3 weigh 1 : 3; a range without keys is ignored."""
     partial = jnp.stack([jnp.full((1, 1, 1, 2), 1.0), jnp.full((1, 1, 1, 2), 5.0),

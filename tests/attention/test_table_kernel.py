@@ -43,12 +43,15 @@ def test_kernel_equals_the_xla_table_numbering(distinct):
     valid = np.ones((2, 3800), bool)
     valid[1, 2500:] = False  # image 1 is padded
     rows_valid = jnp.asarray(np.repeat(valid, heads, axis=0))
-    ids, counts = table_numbering(hi, lo, jnp.asarray(valid), heads=heads)
+    ids, counts, sizes = table_numbering(hi, lo, jnp.asarray(valid), heads=heads)
     expected, expected_counts = table_cluster_ids(hi, lo, rows_valid)
     np.testing.assert_array_equal(ids, expected)
     np.testing.assert_array_equal(counts, expected_counts)
     assert np.all(np.asarray(ids)[heads:, 2500:] == NO_CLUSTER)
-    unmasked, _ = table_numbering(hi, lo, None, heads=heads)
+    for r in range(2 * heads):  # sizes: members per cluster, zero past the count
+        members = np.bincount(np.asarray(ids[r])[np.asarray(rows_valid[r])], minlength=3800)
+        np.testing.assert_array_equal(sizes[r], members)
+    unmasked = table_numbering(hi, lo, None, heads=heads)[0]
     np.testing.assert_array_equal(unmasked[:heads], expected[:heads])
 
 
