@@ -189,8 +189,9 @@ def main(argv=None):
     parser.add_argument("--act-bucket-width", type=float, default=1e-3,
                         help="r for the forced-count ACT cases (tiny: one cluster per "
                              "distinct token)")
-    parser.add_argument("--act-numbering", default="sort",
-                        help="ACT cluster numberings to time, comma-separated (sort, table)")
+    parser.add_argument("--act-numbering", default="auto",
+                        help="ACT cluster numberings to time, comma-separated (auto, sort, "
+                             "table; auto is the table kernel on GPUs)")
     parser.add_argument("--kmeans", type=int, default=0, help="also time K-means with C")
     parser.add_argument("--no-cudnn", action="store_true", help="skip the cuDNN case")
     parser.add_argument("--kernels", default="xla,flash",

@@ -31,7 +31,7 @@ from detr_jax.attention.kernel import resolved_kernel
 from detr_jax.attention.registry import register_attention
 
 GROUPS = ("Q", "K", "QK")
-NUMBERINGS = ("sort", "table")
+NUMBERINGS = ("auto", "sort", "table")
 # Logit bias of empty key-cluster slots: finite (a row of only empty slots stays finite).
 EMPTY_SLOT_BIAS = -1e30
 
@@ -94,9 +94,11 @@ class ACT(ArraySpecMixin, AttentionSpec):
       seed: seed of the hash draws when the call gets no PRNG key.
       ladder: capacity fractions of N (or a divisor string such as ``"16/8/4/2/1"``); N is
         always added, so no cluster is ever dropped.
-      numbering: how equal hashes are found: ``"sort"`` (sort each row by hash; exact) or
+      numbering: how equal hashes are found: ``"sort"`` (sort each row by hash; exact),
         ``"table"`` (rounds of hash-table probing, no sort; a cluster is split with
-        probability below 1e-9 per layer, see ``clustering.table_cluster_ids``).
+        probability below 1e-9 per layer, see ``clustering.table_cluster_ids``; on GPUs
+        one fused kernel, ``table_kernel``) or ``"auto"`` (the default: the table kernel
+        where the fused attention kernel runs, the sort elsewhere).
     Without hash arrays, each layer draws ``a ~ N(0, I)``, ``b ~ U(0, r)`` from the call's
     key (or ``seed``) folded with the layer index.
     """
@@ -110,7 +112,7 @@ class ACT(ArraySpecMixin, AttentionSpec):
     key_rounds: Optional[int] = None
     seed: int = 0
     ladder: Any = DEFAULT_LADDER
-    numbering: str = "sort"
+    numbering: str = "auto"
 
     def __post_init__(self):
         set_field = lambda k, v: object.__setattr__(self, k, v)
@@ -171,7 +173,7 @@ class ACT(ArraySpecMixin, AttentionSpec):
             parts.append(f"seed={self.seed}")
         if self.ladder != parse_ladder(DEFAULT_LADDER):
             parts.append("ladder=" + format_ladder(self.ladder))
-        if self.numbering != "sort":
+        if self.numbering != "auto":
             parts.append(f"ids={self.numbering}")
         return "act:" + ",".join(parts)
 
@@ -215,13 +217,16 @@ class ACTAttention(EncoderAttention):
         (GPUs) and also returns the clusters' sizes (R, N) float32; otherwise sizes are
         None."""
         rows, n = hi.shape
-        with jax.named_scope(f"act_numbering_{self.spec.numbering}"):
-            if self.spec.numbering == "table" and resolved_kernel() == "flash":
+        numbering = self.spec.numbering
+        if numbering == "auto":
+            numbering = "table" if resolved_kernel() == "flash" else "sort"
+        with jax.named_scope(f"act_numbering_{numbering}"):
+            if numbering == "table" and resolved_kernel() == "flash":
                 from detr_jax.attention.table_kernel import table_numbering
                 valid = None if key_padding_mask is None else ~key_padding_mask.astype(bool)
                 return table_numbering(hi, lo, valid, heads=heads)
             valid_rows = row_valid(key_padding_mask, rows // heads, heads, n)
-            if self.spec.numbering == "table":
+            if numbering == "table":
                 return (*table_cluster_ids(hi, lo, valid_rows), None)
             return (*cluster_ids(hi, lo, valid_rows), None)
 
@@ -330,7 +335,7 @@ def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int) 
 
 
 def _act_from_string(L=32, r=8.0, group="Q", Lk=None, seed=0, ladder=DEFAULT_LADDER,
-                     ids="sort") -> ACT:
+                     ids="auto") -> ACT:
     try:
         return ACT(rounds=L, bucket_width=r, group=group, key_rounds=Lk, seed=seed,
                    ladder=ladder, numbering=ids)
@@ -339,5 +344,5 @@ def _act_from_string(L=32, r=8.0, group="Q", Lk=None, seed=0, ladder=DEFAULT_LAD
 
 
 ACT_USAGE = ("act[:L=<rounds 1..32>,r=<bucket width>,group=Q|K|QK,Lk=<key rounds>,seed=<int>,"
-             "ladder=<divisors of N, e.g. 16/8/4/2/1>,ids=sort|table]")
+             "ladder=<divisors of N, e.g. 16/8/4/2/1>,ids=auto|sort|table]")
 register_attention("act", _act_from_string, ACT_USAGE)

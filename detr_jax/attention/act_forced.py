@@ -96,7 +96,7 @@ class ForcedACTAttention(ACTAttention):
         return self.number(*forced, key_padding_mask, heads=heads)
 
 
-def _from_string(ratios="0.5", L=32, r=8.0, seed=0, ladder=None, ids="sort") -> ForcedACT:
+def _from_string(ratios="0.5", L=32, r=8.0, seed=0, ladder=None, ids="auto") -> ForcedACT:
     kwargs = {} if ladder is None else {"ladder": ladder}
     try:
         return ForcedACT(ratios=ratios, rounds=L, bucket_width=r, seed=seed, numbering=ids,
@@ -105,5 +105,5 @@ def _from_string(ratios="0.5", L=32, r=8.0, seed=0, ladder=None, ids="sort") -> 
         raise ValueError(f"{err}; form: {USAGE}") from None
 
 
-USAGE = "act_forced[:ratios=<per-layer prototype ratios, e.g. 0.5/0.45>,L=..,r=..,ids=sort|table]"
+USAGE = "act_forced[:ratios=<per-layer prototype ratios, e.g. 0.5/0.45>,L=..,r=..,ids=auto|sort|table]"
 register_attention("act_forced", _from_string, USAGE)

@@ -101,6 +101,8 @@ def test_act_with_table_numbering_matches_sort_numbering():
     assert parse_attention(spec.to_string()) == spec
     with pytest.raises(ValueError, match="ids="):
         parse_attention("act:ids=radix")
+    assert parse_attention("act:L=8").numbering == "auto"  # the default, left out
+    assert parse_attention("act:L=8,ids=sort").to_string() == "act:L=8,r=8,ids=sort"
     q, k, v, mask, _ = padded_case(seed=4, distinct=(9, 4))
     outputs = []
     for numbering in ("sort", "table"):
