@@ -50,7 +50,12 @@ def parse_ratios(value: Any) -> tuple[float, ...]:
 def forced_words(valid: jax.Array, ratio: float) -> tuple[jax.Array, jax.Array]:
     """Synthetic 64-bit hash words (hi, lo), each (R, N) uint32, giving each row
     ``floor((V - 1) * ratio) + 1`` distinct values over its V valid tokens (``valid`` (R, N)
-    bool), spread over the row by the permutation ``rank * SPREAD mod V``."""
+    bool), spread over the row by the permutation ``rank * SPREAD mod V``. The mask is read
+    through an optimization barrier (as ``base.count_valid``): otherwise XLA fuses these
+    reductions with the position embedding's fusion of the same mask and runs that as a
+    reduction kernel (0.19 ms per DC5 forward at batch 1 on an H100), a cost ACT itself
+    does not have."""
+    valid = jax.lax.optimization_barrier(valid)
     rank = (jnp.cumsum(valid, axis=-1, dtype=jnp.int32) - 1).astype(jnp.uint32)
     count = jnp.maximum(valid.sum(axis=-1, keepdims=True, dtype=jnp.int32), 1).astype(jnp.uint32)
     spread = (rank * jnp.uint32(SPREAD)) % count
