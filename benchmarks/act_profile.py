@@ -54,7 +54,7 @@ def median_ms(fn, *args, warmup=5, reps=50):
 def sorted_segment_means(x, hi, lo, valid, capacity):
     """Candidate replacement of ``cluster_ids`` + ``cluster_means`` without atomics.
 
-    One sort by (padding, hash) (``clustering.sorted_clusters``); then the members of each
+    One sort by hash, padding last (``clustering.sorted_clusters``); then the members of each
     cluster are contiguous, so a segmented inclusive scan (``lax.associative_scan``) leaves each
     cluster's sum at its last member, which is stored into the cluster's slot (one write
     per slot). Returns (means (R, capacity, D), counts (R, capacity), ids (R, N)), equal to
