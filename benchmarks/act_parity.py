@@ -30,12 +30,10 @@ from detr_jax.attention.kernel import attention_kernel  # noqa: E402
 from detr_jax.convert.recipe import recipe_state_dict  # noqa: E402
 from detr_jax.models.inference import Forward  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from parity import rel  # noqa: E402
+
 DATA = os.path.join(ROOT, "tests", "data", "detr_r50_dc5_official.npz")
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def main(argv=None) -> int:

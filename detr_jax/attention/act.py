@@ -235,7 +235,6 @@ class ACTAttention(EncoderAttention):
         (B, N) True on padding or None -> ((B, N, H, Dh), stats)."""
         batch, n, heads, _ = q.shape
         group = self.spec.group
-        valid = row_valid(key_padding_mask, batch, heads, n)
         q_ids = k_ids = None
         counts = []
         stats: Stats = {}
@@ -248,7 +247,7 @@ class ACTAttention(EncoderAttention):
             stats["num_key_clusters" if q_ids is not None else "num_clusters"] = (
                 k_count.reshape(batch, heads))
             counts.append(k_count)
-        stats["num_valid"] = count_valid(valid.reshape(batch, heads, n)[:, 0])
+        stats["num_valid"] = count_valid(row_valid(key_padding_mask, batch, 1, n))
         if group == "Q" and resolved_kernel() != "xla":
             # The fused kernel skips empty prototype slots itself: no capacity switch.
             out, work = fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count,

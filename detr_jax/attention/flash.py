@@ -253,9 +253,8 @@ def reference_attention(q, k, v, key_valid, query_counts, query_divisors=None):
 def _flash(q, k, v, key_valid, query_counts, query_divisors, block_q, block_k, num_warps,
            num_stages, interpret, key_splits):
     return _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, block_q=block_q,
-                           block_k=block_k,
-                           num_warps=num_warps, num_stages=num_stages, interpret=interpret,
-                           key_splits=key_splits)
+                           block_k=block_k, num_warps=num_warps, num_stages=num_stages,
+                           interpret=interpret, key_splits=key_splits)
 
 
 def _flash_fwd(q, k, v, key_valid, query_counts, query_divisors, *static):
