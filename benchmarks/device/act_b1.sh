@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Why ACT is not faster than exact attention at batch 1 (issues 3 and 8), on one GPU:
+# Why ACT is not faster than exact attention at batch 1, on one GPU:
 # 1. device time per kernel of the DETR-DC5 forward pass at 800x1216, batch 1, exact
 #    against ACT (random weights; r=2 keeps 6-57% of the tokens per layer)
 # 2. ACT's pieces at N/2 and N/64 prototypes, with the atomic-free numbering + means

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ACT's speed against exact attention, the default numbering (the fused hash-table
-# kernel) against the sort (issues 3 and 8), on one GPU, in parts that each fit one
+# kernel) against the sort, on one GPU, in parts that each fit one
 # 10-minute call:
 #   bash benchmarks/device/act_speed.sh [PART ...]        (default: encoder profile e2e)
 # encoder: one layer and the 6-layer encoder at DC5 size (3800 tokens), batch 1 and 8,

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The issue-8 table on one GPU (DETR-DC5 / R50 at 800x1216, random weights), in groups
+# DETR-DC5 / R50 tables on one GPU (800x1216, random weights), in groups
 # that each fit one 10-minute call; every group writes $OUT/<group>.json and <group>.log:
 #   bash benchmarks/device/bench_h100.sh [GROUP ...]      (default: infer train act)
 # infer: exact DC5 at batch 1, 8, 32 in TF32 and bf16
-# train: training steps, DC5 and R50 at batch 4 (the issue's targets), 7 boxes per image;
+# train: training steps, DC5 and R50 at batch 4 (the official figures are at batch 4), 7 boxes per image;
 #        TRAIN_BATCHES="1 4 8" for more batches (each costs a compile of 1-2 minutes)
 # act:   ACT L=32 end to end against exact at batch 1 and 8, the prototype ratio per layer
 #        beside each row, and the encoder alone with forced prototype counts

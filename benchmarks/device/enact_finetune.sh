@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DETR vs DETR+ENACT with one recipe and budget (issue 7), on a GPU machine, resumable:
+# DETR vs DETR+ENACT with one recipe and budget, on a GPU machine, resumable:
 #   bash benchmarks/device/enact_finetune.sh SECONDS [--config.x=y ...]
 # Both start from the bundled demo model (models/demo; ENACT's entropy layers start fresh,
 # see detr_jax.checkpoint.load_model_for_finetuning) and train the same number of steps

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MTKD on the demo model (issue: ACT paper Section 3.3), on a GPU machine, resumable:
+# MTKD on the demo model (ACT paper, Section 3.3), on a GPU machine, resumable:
 #   bash benchmarks/device/mtkd_demo.sh SECONDS [--config.x=y ...]
 # 1. ACT zero-shot: eval.py of models/demo with exact and ACT at L = 16, 20, 24, 32
 #    -> $OUT/zeroshot.md, zeroshot.json (skipped with ZEROSHOT=0)

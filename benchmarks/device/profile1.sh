@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session-2 profiling run: ACT pieces, demo training step, loader throughput.
+# Profiling: ACT pieces, demo training step, loader throughput.
 set -uo pipefail
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
 pip install --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null 2>&1
