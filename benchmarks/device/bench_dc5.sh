@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end DETR-DC5 R50 inference at 800x1216 (random weights), as docs/performance.md.
+# End-to-end DETR-DC5 R50 inference at 800x1216 (random weights); docs/performance.md has the official figures.
 #   bash benchmarks/device/bench_dc5.sh [extra benchmark flags]
 set -uo pipefail
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
