@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc5 = parser.add_mutually_exclusive_group()
     dc5.add_argument("--dilation", dest="dilation", action="store_true", default=None,
                      help="DC5 model (dilated last stage); default: 'dc5' in the file name")
-    dc5.add_argument("--no-dilation", dest="dilation", action="store_false")
+    dc5.add_argument("--no-dilation", dest="dilation", action="store_false",
+                     help="plain model (undilated last stage), whatever the file name says")
     parser.add_argument("--num-heads", type=int, default=8,
                         help="attention heads (not visible in the shapes; 8 for official models)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")

@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention", nargs="+", default=None,
                         help="encoder-attention settings, e.g. exact act:L=32 kmeans:C=100 "
                              "(default: config eval.attention)")
-    parser.add_argument("--threshold", type=float, default=None, help="score threshold for drawing")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="score threshold of the detections drawn and listed for --images "
+                             f"(default: config eval.score_threshold, "
+                             f"{EVAL_DEFAULTS['score_threshold']}); COCO evaluation keeps all")
     parser.add_argument("--attention-kernel", default=None, choices=("auto", "xla", "flash"),
                         help="softmax attention implementation (default auto: the fused "
                              "Pallas kernel on GPUs, XLA elsewhere)")
