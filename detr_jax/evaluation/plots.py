@@ -104,7 +104,8 @@ def ap_vs_gflops_figure(rows: list[dict], *, title: str = ""):
     methods = sorted({m for _, m, _ in groups if m != "exact"})
     models = sorted({model for model, _, _ in groups})
     for model, method, fixed in sorted(groups, key=lambda g: (g[0], g[1] != "exact", g[1], g[2])):
-        points = [(row[x_field], row["AP"], key, value) for row, key, value in groups[model, method, fixed]
+        points = [(row[x_field], row["AP"], key, value)
+                  for row, key, value in groups[model, method, fixed]
                   if row.get(x_field) is not None and row.get("AP") is not None]
         if not points:
             continue
@@ -319,7 +320,8 @@ def cluster_maps_figure(image: np.ndarray, resized_hw, feature_hw, stride: int, 
     handles = [Line2D([], [], marker="*", linestyle="none", markersize=11,
                       markerfacecolor="yellow", markeredgecolor="black", markeredgewidth=0.5,
                       label="chosen token"),
-               Patch(facecolor=colour / 255, label=f"tokens in its cluster (that layer, head {head})"),
+               Patch(facecolor=colour / 255,
+                     label=f"tokens in its cluster (that layer, head {head})"),
                Patch(facecolor=(0.6, 0.6, 0.6), label="other tokens (dimmed)")]
     fig.tight_layout(rect=(0, 0.0, 1, 0.97))
     renderer = fig.canvas.get_renderer()
