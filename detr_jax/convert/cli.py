@@ -6,8 +6,6 @@ import argparse
 import sys
 import time
 
-import numpy as np
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -29,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import numpy as np
     from detr_jax.checkpoint import save_model
     from detr_jax.convert.errors import CheckpointError
     from detr_jax.convert.load import load_torch_checkpoint
