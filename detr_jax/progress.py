@@ -39,6 +39,7 @@ class Progress(tqdm):
         self._compiling = True   # the first step compiles unless begin() says otherwise
         self._user_postfix: dict = {}
         self._mark = clock()
+        kwargs.setdefault("postfix", "compiling")  # shown from the very first display
         super().__init__(*args, **kwargs)
         self._show_postfix(refresh=True)
 

@@ -17,11 +17,13 @@ def _bar(total=10, **kwargs):
     clock = Clock()
     out = io.StringIO()
     bar = Progress(total=total, file=out, clock=clock, mininterval=0, ascii=True, **kwargs)
+    bar.out = out
     return bar, clock
 
 
 def test_first_step_is_compiling_and_left_out_of_the_rate():
     bar, clock = _bar()
+    assert "compiling" in bar.out.getvalue()   # from the very first line written
     assert "compiling" in str(bar)
     clock.now += 120.0                  # the first step compiles for two minutes
     bar.update(1)
