@@ -13,12 +13,15 @@ Use::
         bar.begin(shape_key)          # optional: a new key marks a step that compiles
         run(batch)
         bar.update(1)                 # or update(n, compiled=flag) when the caller knows
+        with bar.paused():            # time that is no step's (e.g. an evaluation)
+            evaluate()
 
 Without :meth:`begin`, the first step after construction counts as compiling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from tqdm import tqdm
@@ -70,6 +73,16 @@ class Progress(tqdm):
             self._compiling = False
             self._show_postfix(refresh=False)
         return super().update(n)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the time spent inside (e.g. a mid-training evaluation or a checkpoint
+        save between steps) out of the rate."""
+        start = self._clock()
+        try:
+            yield
+        finally:
+            self._mark += self._clock() - start
 
     @property
     def timed_rate(self) -> float | None:

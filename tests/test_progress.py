@@ -88,3 +88,17 @@ def test_initial_counts_from_a_resume_and_disabled_bar_works():
     clock.now += 1.0
     quiet.update(1)
     quiet.close()
+
+
+def test_paused_time_is_left_out_of_the_rate():
+    bar, clock = _bar(total=10)
+    clock.now += 30.0
+    bar.update(1)
+    clock.now += 1.0
+    bar.update(1)
+    with bar.paused():                  # e.g. an evaluation between two steps
+        clock.now += 100.0
+    clock.now += 1.0
+    bar.update(1)
+    assert bar.timed_rate == 1.0
+    bar.close()
