@@ -199,18 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Config fields can be overridden as --config.path.to.field=value.")
     parser.add_argument("--config", required=True, help="config file (its model section; train section if any)")
     parser.add_argument("--checkpoint", default="", help="trained model (inference only); default random weights")
-    parser.add_argument("--mode", nargs="+", choices=("infer", "train"), default=["infer"])
+    parser.add_argument("--mode", nargs="+", choices=("infer", "train"), default=["infer"],
+                        help="what to time: forward pass (infer) and/or training step (train); "
+                             "default infer")
     parser.add_argument("--attention", nargs="+", default=["exact"], help="e.g. exact act:L=32 kmeans:C=100")
-    parser.add_argument("--batch", nargs="+", type=int, default=[1])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1],
+                        help="batch sizes to time (default 1)")
     parser.add_argument("--size", type=parse_size, default=(800, 1216), help="input HxW (default 800x1216)")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["default"],
                         help="default (TF32 matmuls on GPU), highest (fp32), bf16 (bf16 compute)")
     parser.add_argument("--attention-kernel", default="auto", choices=("auto", "xla", "flash"),
                         help="softmax attention implementation (auto: the fused kernel on GPUs)")
     parser.add_argument("--boxes", type=int, default=7, help="target boxes per image (training)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed calls after compiling (default 3)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls (default 20)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the weights, inputs and PRNG key (default 0)")
     parser.add_argument("--json", default="", help="write the rows here as JSON")
     parser.add_argument("--in-process", action="store_true",
                         help="run every setting in this process (peak memory then accumulates)")

@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention", nargs="+", default=None,
                         help="encoder-attention settings, e.g. exact act:L=32 kmeans:C=100 "
                              "(default: config eval.attention)")
-    parser.add_argument("--threshold", type=float, default=None, help="score threshold for drawing")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="score threshold of the detections drawn and listed for --images "
+                             f"(default: config eval.score_threshold, "
+                             f"{EVAL_DEFAULTS['score_threshold']}); COCO evaluation keeps all")
     parser.add_argument("--attention-kernel", default=None, choices=("auto", "xla", "flash"),
                         help="softmax attention implementation (default auto: the fused "
                              "Pallas kernel on GPUs, XLA elsewhere)")
@@ -242,7 +245,7 @@ def _print_summary(rows, result) -> None:
     header = f"{'attention':<28} {'AP':>6} {'AP50':>6} {'AP75':>6} {'AP_S':>6} {'AP_M':>6} {'AP_L':>6}"
     if rows and "gflops_total" in rows[0]:
         header += f" {'GFLOPs':>8}"
-    header += f" {'ms/img':>8}"
+    header += f" {'ms/img':>8} {'prototypes / tokens':>19}"
     print(header)
     for row in rows:
         cells = [f"{row['attention']:<28}"]
@@ -253,4 +256,14 @@ def _print_summary(rows, result) -> None:
                          else f"{'n/a':>8}")
         cells.append(f"{row['ms_per_image']:8.2f}" if row["ms_per_image"] is not None
                      else f"{'n/a':>8}")
+        # min-max over encoder layers of clusters / valid tokens (1.0: exact keeps all)
+        ratios = row.get("prototype_ratio") or []
+        if not ratios:
+            text = "n/a"
+        elif min(ratios) == 1.0:
+            text = "1.0"
+        else:
+            low, high = f"{min(ratios):.2f}", f"{max(ratios):.2f}"
+            text = low if low == high else f"{low}-{high}"
+        cells.append(f"{text:>19}")
         print(" ".join(cells))

@@ -316,7 +316,7 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
              progress: bool = True, backend: str = "auto") -> EvalResult:
     """Predict every image of ``source`` (the first ``max_images`` when > 0) under every
     encoder-attention ``settings`` string, sharing the backbone and the data pass."""
-    from tqdm import tqdm
+    from detr_jax.progress import Progress
 
     wall = time.perf_counter()
     settings = list(settings)
@@ -333,8 +333,8 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
     per_round = 1 if layout.mode == "sharded" else layout.num_devices
     local_rows = host_rows(layout, batch_size) if layout.mode == "sharded" else None
     mine = sum(1 for step in steps for i in step.indices if i >= 0)
-    bar = tqdm(total=mine, unit="img", desc="eval " + "/".join(settings), dynamic_ncols=True,
-               disable=not progress or layout.process_index != 0, file=sys.stderr)
+    bar = Progress(total=mine, unit="img", desc="eval " + "/".join(settings), dynamic_ncols=True,
+                   disable=not progress or layout.process_index != 0, file=sys.stderr)
 
     detections = {s: {} for s in settings}
     ratio_sums = {s: None for s in settings}
@@ -355,6 +355,7 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
             kept.append(batch)
         if not items:
             return
+        bar.begin(tuple(b.pixel_values.shape for b in kept))  # a new shape compiles
         outputs, backbone_s, head_s, compiled = runner.run_round(items)
         rows = sum(b.pixel_values.shape[0] for b in kept)
         if layout.mode == "sharded":
@@ -395,7 +396,7 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
                                 for l in range(layers)]
                         else:
                             entry["stats"][s] = None
-        bar.update(sum(b.num_real for b in round_batches))
+        bar.update(sum(b.num_real for b in round_batches), compiled=compiled)
         if samples[settings[0]]:
             bar.set_postfix(ms_per_img=f"{np.median(samples[settings[0]]):.1f}", refresh=False)
 
