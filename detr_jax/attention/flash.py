@@ -322,8 +322,11 @@ def _probe() -> bool:
     if jax.default_backend() != "gpu":
         return False
     try:
-        x = jnp.zeros((1, 64, 1, 32), jnp.float32)
-        jax.block_until_ready(jax.jit(flash_attention)(x, x, x))
+        # Models resolve their backend while being built, possibly inside a trace
+        # (nnx.eval_shape): run the probe eagerly all the same.
+        with jax.ensure_compile_time_eval():
+            x = jnp.zeros((1, 64, 1, 32), jnp.float32)
+            jax.block_until_ready(jax.jit(flash_attention)(x, x, x))
         return True
     except Exception:  # noqa: BLE001 - any failure means "not available here"
         return False
