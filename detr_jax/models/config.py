@@ -27,8 +27,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       attention_backend: softmax-attention kernel, resolved when the model is built
         (``auto``, ``xla``, ``flash``, ``cudnn``, ``flash_interpret``; see
         ``detr_jax.attention.backend``).
-      attention_key_splits: key ranges per row of the fused kernel (``auto`` or a
-        positive integer).
+      attention_key_splits: key ranges per row of the fused kernel: ``auto`` or a
+        positive integer, kept as a string (``"2"``; an int given here is converted).
       dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
     """
     cfg = ml_collections.ConfigDict()
@@ -51,6 +51,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     cfg.attention_key_splits = "auto"
     cfg.dtype = "float32"
     for key, value in overrides.items():
+        if key == "attention_key_splits":
+            value = str(value)
         if isinstance(value, dict) and key in cfg and isinstance(cfg[key], ml_collections.ConfigDict):
             cfg[key].update(value)
         else:
