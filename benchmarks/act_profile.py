@@ -33,7 +33,7 @@ from detr_jax.attention import act as act_mod  # noqa: E402
 from detr_jax.attention import flash  # noqa: E402
 from detr_jax.attention.backend import resolve_backend  # noqa: E402
 from detr_jax.attention import clustering  # noqa: E402
-from detr_jax.attention.base import masked_softmax_attention  # noqa: E402
+from detr_jax.attention.softmax import masked_softmax_attention  # noqa: E402
 from detr_jax.attention.e2lsh import combine_rounds, draw_hash_params, round_hashes  # noqa: E402
 
 HEADS, HEAD_DIM = 8, 32

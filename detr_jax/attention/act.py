@@ -99,8 +99,9 @@ class ACT(ArraySpecMixin, AttentionSpec):
       numbering: how equal hashes are found: ``"sort"`` (sort each row by hash; exact),
         ``"table"`` (rounds of hash-table probing, no sort; a cluster is split with
         probability below 1e-9 per layer, see ``clustering.table_cluster_ids``; on GPUs
-        one fused kernel, ``table_kernel``) or ``"auto"`` (the default: the table kernel
-        where the fused attention kernel runs, the sort elsewhere).
+        one fused kernel, ``table_kernel``) or ``"auto"`` (the default: the module's
+        backend decides, ``AttentionBackend.numbering``: the table kernel on ``flash``
+        (GPUs), the sort elsewhere).
     Without hash arrays, each layer draws ``a ~ N(0, I)``, ``b ~ U(0, r)`` from the call's
     key (or ``seed``) folded with the layer index.
     """

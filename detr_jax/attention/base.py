@@ -38,7 +38,6 @@ from flax import nnx
 
 from detr_jax.attention.backend import AttentionBackend, resolve_backend
 from detr_jax.attention.costs import exact_layer_flops
-from detr_jax.attention.softmax import masked_softmax_attention  # noqa: F401 - re-exported
 from detr_jax.attention.stats import LayerStats
 
 Stats = LayerStats | None
