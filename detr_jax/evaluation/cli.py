@@ -149,11 +149,18 @@ def _setup_jax(args, cfg):
     import jax
     if args.distributed:
         jax.distributed.initialize()
-    if args.attention_kernel:
-        from detr_jax.attention.kernel import set_attention_kernel
-        set_attention_kernel(args.attention_kernel)
     from detr_jax.evaluation.coco_eval import enable_compilation_cache
     return enable_compilation_cache(cfg.eval.compilation_cache)
+
+
+def _with_backend(args, model):
+    """``model`` rebuilt (same arrays) with ``--attention-kernel`` as its config's
+    ``attention_backend``; unchanged without the flag."""
+    if not args.attention_kernel:
+        return model
+    from detr_jax.models.build import with_encoder_attention
+    model.config["attention_backend"] = args.attention_kernel
+    return with_encoder_attention(model, model.attention_spec)
 
 
 def _dtype(args):
@@ -169,7 +176,7 @@ def _predict(args, cfg, settings, specs) -> int:
 
     _setup_jax(args, cfg)
     try:
-        base = load_model(args.checkpoint, dtype=_dtype(args))
+        base = _with_backend(args, load_model(args.checkpoint, dtype=_dtype(args)))
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -202,7 +209,7 @@ def _evaluate(args, cfg, settings, source) -> int:
 
     cache = _setup_jax(args, cfg)
     try:
-        model = load_model(args.checkpoint, dtype=_dtype(args))
+        model = _with_backend(args, load_model(args.checkpoint, dtype=_dtype(args)))
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ from flax import nnx
 
 from detr_jax.data.pipeline import (Layout, host_rows, iterate_batches, make_layout, plan_steps,
                                     to_device)
+from detr_jax.attention.stats import LayerStats
 from detr_jax.evaluation.postprocess import postprocess_arrays
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
@@ -165,13 +166,13 @@ class SettingsRunner:
                 scores, labels, boxes = postprocess_arrays(out["pred_logits"], out["pred_boxes"],
                                                            original_sizes)
                 result = {"scores": scores, "labels": labels.astype(jnp.int32), "boxes": boxes}
-                if stats and all("num_clusters" in s for s in stats):
-                    result["num_clusters"] = jnp.stack([s["num_clusters"] for s in stats], 1)
+                if stats and all(s is not None and s.num_clusters is not None for s in stats):
+                    result["num_clusters"] = jnp.stack([s.num_clusters for s in stats], 1)
                     result["num_valid"] = jnp.stack(
-                        [jnp.broadcast_to(s["num_valid"], s["num_clusters"].shape[:1])
+                        [jnp.broadcast_to(s.num_valid, s.num_clusters.shape[:1])
                          for s in stats], 1)
-                    if all("capacity" in s for s in stats):
-                        result["capacity"] = jnp.stack([jnp.asarray(s["capacity"]) for s in stats])
+                    if all(s.capacity is not None for s in stats):
+                        result["capacity"] = jnp.stack([jnp.asarray(s.capacity) for s in stats])
                 return result
             return head
 
@@ -390,9 +391,9 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
                         if "num_clusters" in out:
                             layers = out["num_clusters"].shape[1]
                             entry["stats"][s] = [
-                                {"num_clusters": out["num_clusters"][g, l][None],
-                                 "num_valid": out["num_valid"][g, l][None],
-                                 **({"capacity": out["capacity"][l]} if "capacity" in out else {})}
+                                LayerStats(num_clusters=out["num_clusters"][g, l][None],
+                                           num_valid=out["num_valid"][g, l][None],
+                                           capacity=out["capacity"][l] if "capacity" in out else None)
                                 for l in range(layers)]
                         else:
                             entry["stats"][s] = None

@@ -193,33 +193,6 @@ def plot_prototype_ratio(rows: list[dict], path: str, *, title: str = "") -> str
 # --------------------------------------------------------------------------- cluster maps
 
 
-def _assignment_ids(attention, q, k, key_padding_mask, rng):
-    """(B*H, N) cluster ids of one layer's attention module, or None for variants without
-    clusters. Uses the module's own clustering so the ids are the ones it attends with."""
-    hook = getattr(attention, "cluster_assignments", None)
-    if callable(hook):  # a variant that exposes its assignments directly
-        return hook(q, k, key_padding_mask, rng)
-    from detr_jax.attention.clustering import row_valid, to_rows
-    batch, n, heads, _ = q.shape
-    valid = row_valid(key_padding_mask, batch, heads, n)
-    try:
-        from detr_jax.attention.act import ACTAttention
-    except ImportError:
-        ACTAttention = ()
-    try:
-        from detr_jax.attention.kmeans import KMeansAttention, hamming_codes, kmeans_ids
-    except ImportError:
-        KMeansAttention = ()
-    if ACTAttention and isinstance(attention, ACTAttention):
-        side = "Q" if "Q" in attention.spec.group else "K"
-        ids = attention.clusters(q if side == "Q" else k, key_padding_mask, rng, side)[0]
-        return ids
-    if KMeansAttention and isinstance(attention, KMeansAttention):
-        codes = hamming_codes(to_rows(q), *attention.hash_params(rng))
-        return kmeans_ids(codes, valid, attention.spec.clusters, attention.spec.iterations)
-    return None
-
-
 def cluster_assignments(model, pixel_values, padding_mask, encoder_rng):
     """Per encoder layer, each token's cluster: a list of (B, H, N) int arrays (-1 on
     padding) or None for layers without clusters, and the feature map's (h, w).
@@ -227,7 +200,7 @@ def cluster_assignments(model, pixel_values, padding_mask, encoder_rng):
     encoder_rng: the key the encoder receives (``jax.random.split(key)[0]`` of the key
     given to ``DETR.__call__``), so these are the clusters the model used.
     """
-    import jax
+    from detr_jax.models.transformer import encoder_layer_keys
     features, mask, pos = model.backbone_features(pixel_values, padding_mask)
     src = model.input_proj(features)
     batch, h, w, d = src.shape
@@ -236,15 +209,11 @@ def cluster_assignments(model, pixel_values, padding_mask, encoder_rng):
     flat_mask = mask.reshape(batch, h * w)
     per_layer = []
     for index, layer in enumerate(model.transformer.encoder.layers):
-        attn_rng = None
-        if encoder_rng is not None:
-            attn_rng, _ = jax.random.split(jax.random.fold_in(encoder_rng, index))
-        attention = layer.self_attn
+        attn_rng, _ = encoder_layer_keys(encoder_rng, index)
         normed = layer.norm1(src) if layer.pre_norm else src
         qk = normed + pos
-        q, k, _ = attention.project(qk, qk, normed)
-        ids = _assignment_ids(attention, q, k, flat_mask, attn_rng)
-        per_layer.append(None if ids is None else ids.reshape(batch, -1, h * w))
+        ids = layer.self_attn.assignments(qk, qk, normed, flat_mask, attn_rng)
+        per_layer.append(ids)
         src, _ = layer(src, pos, flat_mask, attn_rng=attn_rng)
     return per_layer, (h, w)
 
