@@ -27,7 +27,8 @@ from detr_jax.attention.clustering import (broadcast_to_members, cluster_ids, cl
                                            from_rows, head_broadcast, head_cluster_sums,
                                            row_valid, table_cluster_ids, to_rows)
 from detr_jax.attention.costs import layer_clusters
-from detr_jax.attention.e2lsh import MAX_ROUNDS, combine_rounds, draw_hash_params, round_hashes
+from detr_jax.attention.e2lsh import (MAX_ROUNDS, OFFSET_MODES, combine_rounds, draw_hash_params,
+                                      round_hashes)
 from detr_jax.attention.softmax import masked_softmax_attention
 from detr_jax.attention.stats import LayerStats
 from detr_jax.attention.table_kernel import table_numbering
@@ -102,8 +103,14 @@ class ACT(ArraySpecMixin, AttentionSpec):
         one fused kernel, ``table_kernel``) or ``"auto"`` (the default: the module's
         backend decides, ``AttentionBackend.numbering``: the table kernel on ``flash``
         (GPUs), the sort elsewhere).
-    Without hash arrays, each layer draws ``a ~ N(0, I)``, ``b ~ U(0, r)`` from the call's
-    key (or ``seed``) folded with the layer index.
+      offsets: the draw of the offsets ``b``: ``"released"`` (the default) ``U[0, 1)`` as
+        the released ACT code (which produced the paper's tables) draws them, or
+        ``"paper"`` ``U(0, r)`` as the paper's text writes. With offsets in [0, 1) a bucket
+        boundary of every round lies near 0, in the bulk of the projected queries when
+        ``r`` exceeds their spread, so more rounds split the tokens and there are more
+        prototypes than with ``"paper"`` (docs/act.md gives measured ratios).
+    Without hash arrays, each layer draws ``a ~ N(0, I)`` and ``b`` (as ``offsets`` says)
+    from the call's key (or ``seed``) folded with the layer index.
     """
 
     name = "act"
@@ -117,6 +124,7 @@ class ACT(ArraySpecMixin, AttentionSpec):
     seed: int = 0
     ladder: Any = DEFAULT_LADDER
     numbering: str = "auto"
+    offsets: str = "released"
 
     def __post_init__(self):
         set_field = lambda k, v: object.__setattr__(self, k, v)
@@ -141,6 +149,8 @@ class ACT(ArraySpecMixin, AttentionSpec):
         if self.numbering not in NUMBERINGS:
             raise ValueError(f"ACT: ids (numbering) must be one of {NUMBERINGS}, "
                              f"got {self.numbering!r}")
+        if self.offsets not in OFFSET_MODES:
+            raise ValueError(f"ACT: offsets must be one of {OFFSET_MODES}, got {self.offsets!r}")
         if self.group not in GROUPS:
             raise ValueError(f"ACT: group must be one of {GROUPS}, got {self.group!r}")
         if not self.bucket_width > 0:
@@ -213,7 +223,10 @@ class ACT(ArraySpecMixin, AttentionSpec):
         if self.ladder != parse_ladder(DEFAULT_LADDER):
             parts.append("ladder=" + format_ladder(self.ladder))
         if self.numbering != "auto":
+
             parts.append(f"ids={self.numbering}")
+        if self.offsets != "released":
+            parts.append(f"offsets={self.offsets}")
         return "act:" + ",".join(parts)
 
 
@@ -235,7 +248,7 @@ class ACTAttention(EncoderAttention):
         rounds = spec.rounds if side == "Q" else spec.effective_key_rounds
         draw = lambda: draw_hash_params(
             jax.random.fold_in(layer_key(rng, spec.seed, self.layer_index), "QK".index(side)),
-            self.head_dim, rounds, spec.bucket_width)
+            self.head_dim, rounds, spec.bucket_width, spec.offsets)
         if rng is None:  # drawn from the seed: constants of the compiled program
             with jax.ensure_compile_time_eval():
                 return draw()
@@ -378,14 +391,15 @@ def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int) 
 
 
 def act_from_string(L=32, r=8.0, group="Q", Lk=None, seed=0, ladder=DEFAULT_LADDER,
-                    ids="auto") -> ACT:
+                    ids="auto", offsets="released") -> ACT:
     """The spec of ``act:L=..,r=..,...`` (see ``ACT_USAGE``)."""
     try:
         return ACT(rounds=L, bucket_width=r, group=group, key_rounds=Lk, seed=seed,
-                   ladder=ladder, numbering=ids)
+                   ladder=ladder, numbering=ids, offsets=offsets)
     except ValueError as err:
         raise ValueError(f"{err}; form: {ACT_USAGE}") from None
 
 
 ACT_USAGE = ("act[:L=<rounds 1..32>,r=<bucket width>,group=Q|K|QK,Lk=<key rounds>,seed=<int>,"
-             "ladder=<divisors of N, e.g. 16/8/4/2/1>,ids=auto|sort|table]")
+             "ladder=<divisors of N, e.g. 16/8/4/2/1>,ids=auto|sort|table,"
+             "offsets=released|paper]")

@@ -1,7 +1,7 @@
 """E2LSH hashing (Datar et al. 2004) as ACT uses it, with exact 64-bit wrapping combination.
 
 One round hashes a vector ``x`` to ``h_i(x) = floor((a_i . x + b_i) / r)`` (``a_i ~ N(0, I)``,
-``b_i ~ U(0, r)``). ACT combines ``L`` rounds as ``sum_i h_i * 4**i`` (``B = 4``), which the
+``b_i`` a random offset). ACT combines ``L`` rounds as ``sum_i h_i * 4**i`` (``B = 4``), which the
 official code evaluates as ``sum_i h_i << 2i`` in wrapping int64 arithmetic.
 
 JAX runs here without 64-bit types, so the combined hash is carried as two uint32 words
@@ -14,6 +14,10 @@ Combining is a ring homomorphism from the integers to ``Z / 2**64``, so subtract
 per-row constant from each round (the official code subtracts each round's minimum) only
 adds a row constant to every combined hash and leaves the partition unchanged; it is
 therefore not done here. See docs/act.md for the collisions this combination allows.
+
+Offsets: the ACT paper's text draws ``b ~ U(0, r)``; the released ACT code, which produced
+the paper's tables, draws ``b ~ U[0, 1)`` (``torch.rand``) whatever ``r`` is.
+``OFFSET_MODES`` names the two: ``"released"`` (the default) and ``"paper"``.
 """
 
 from __future__ import annotations
@@ -23,15 +27,26 @@ import jax.numpy as jnp
 
 BASE_BITS = 2  # B = 4 = 2**2: round i is shifted left by 2 * i bits
 MAX_ROUNDS = 32  # rounds 32.. would be shifted out of 64 bits entirely
+OFFSET_MODES = ("released", "paper")
 
 
-def draw_hash_params(key: jax.Array, dim: int, rounds: int, bucket_width: float
-                     ) -> tuple[jax.Array, jax.Array]:
-    """Random E2LSH parameters: projections ``a`` (dim, rounds) ~ N(0, 1), offsets ``b``
-    (rounds,) ~ U(0, bucket_width), both float32."""
+def offset_range(offsets: str, bucket_width: float) -> float:
+    """Upper end of the offsets' uniform draw: 1 for ``"released"`` (``U[0, 1)``, the
+    released ACT code), ``bucket_width`` for ``"paper"`` (``U(0, r)``, the paper's text)."""
+    if offsets not in OFFSET_MODES:
+        raise ValueError(f"offsets must be one of {OFFSET_MODES}, got {offsets!r}")
+    return 1.0 if offsets == "released" else float(bucket_width)
+
+
+def draw_hash_params(key: jax.Array, dim: int, rounds: int, bucket_width: float,
+                     offsets: str = "released") -> tuple[jax.Array, jax.Array]:
+    """Random E2LSH parameters: projections ``a`` (dim, rounds) ~ N(0, 1) and offsets ``b``
+    (rounds,) ~ U[0, 1) (``offsets="released"``) or U[0, bucket_width) (``"paper"``),
+    both float32."""
     key_a, key_b = jax.random.split(key)
     weights = jax.random.normal(key_a, (dim, rounds), jnp.float32)
-    biases = jax.random.uniform(key_b, (rounds,), jnp.float32, 0.0, bucket_width)
+    biases = jax.random.uniform(key_b, (rounds,), jnp.float32, 0.0,
+                                offset_range(offsets, bucket_width))
     return weights, biases
 
 

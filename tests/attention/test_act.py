@@ -70,6 +70,32 @@ def test_strings_parse_and_round_trip():
     assert parse_attention("kmeans:C=100") == detr_jax.KMeans(clusters=100)
 
 
+def test_offsets_option_parses_and_round_trips():
+    assert detr_jax.ACT().offsets == "released"
+    paper = parse_attention("act:L=32,r=8,offsets=paper")
+    assert paper == detr_jax.ACT(offsets="paper") and paper != detr_jax.ACT()
+    assert paper.to_string() == "act:L=32,r=8,offsets=paper"
+    assert parse_attention(paper.to_string()) == paper
+    assert parse_attention("act:offsets=released") == detr_jax.ACT()
+    with pytest.raises(ValueError, match="offsets"):
+        parse_attention("act:offsets=text")
+
+
+def test_layer_draws_offsets_as_the_spec_says():
+    """The module's own draw (no hash arrays): b in [0, 1) for released, [0, r) for paper."""
+    draws = {}
+    for offsets in ("released", "paper"):
+        spec = detr_jax.ACT(rounds=32, bucket_width=8.0, offsets=offsets)
+        layer = spec.build(64, 2, layer_index=1, num_layers=2, rngs=nnx.Rngs(0))
+        weights, biases = layer.hash_params(jax.random.key(5), "Q")
+        assert weights.shape == (32, 32) and biases.shape == (32,)
+        draws[offsets] = np.asarray(biases)
+    assert draws["released"].min() >= 0 and draws["released"].max() < 1
+    assert draws["paper"].min() >= 0 and draws["paper"].max() < 8
+    assert draws["paper"].max() > 1  # uses the whole width, not U[0, 1)
+    assert not np.allclose(draws["paper"], draws["released"])
+
+
 @pytest.mark.parametrize("bad, hint", [("act:X=1", "act[:L="), ("act:L=40", "1..32"),
                                        ("act:group=V", "group="), ("act:ladder=x", "ladder"),
                                        ("kmeans:C=0", "kmeans[:C="), ("actt", "kmeans")])

@@ -7,7 +7,8 @@ import pytest
 
 import detr_jax
 from detr_jax.attention.clustering import cluster_ids
-from detr_jax.attention.e2lsh import combine_rounds, round_hashes, words_to_int64
+from detr_jax.attention.e2lsh import (combine_rounds, draw_hash_params, round_hashes,
+                                      words_to_int64)
 from tests.attention.clustered_cases import build_attention
 
 
@@ -109,3 +110,19 @@ def test_same_seed_same_clusters():
     ids = [build_attention(spec).clusters(q, jnp.zeros((2, 40), bool), None, "Q")[0]
            for _ in range(2)]
     np.testing.assert_array_equal(ids[0], ids[1])
+
+
+def test_offset_draws_released_unit_interval_paper_bucket_width():
+    """Released ACT code: b ~ U[0, 1) whatever r is; the paper's text: b ~ U(0, r)."""
+    key = jax.random.key(3)
+    w_rel, b_rel = draw_hash_params(key, 32, 4096, 8.0, "released")
+    w_pap, b_pap = draw_hash_params(key, 32, 4096, 8.0, "paper")
+    b_rel, b_pap = np.asarray(b_rel), np.asarray(b_pap)
+    assert b_rel.min() >= 0.0 and b_rel.max() < 1.0
+    assert b_pap.min() >= 0.0 and b_pap.max() < 8.0
+    assert abs(b_rel.mean() - 0.5) < 0.03 and abs(b_pap.mean() - 4.0) < 0.2
+    assert b_pap.max() > 7.9 and np.mean(b_pap > 1.0) > 0.8
+    np.testing.assert_array_equal(w_rel, w_pap)  # only the offsets differ
+    np.testing.assert_array_equal(draw_hash_params(key, 32, 4096, 8.0)[1], b_rel)  # default
+    with pytest.raises(ValueError, match="offsets"):
+        draw_hash_params(key, 32, 4, 8.0, "text")
