@@ -6,10 +6,12 @@ clusters; the mean query of each cluster attends to all keys and its output is b
 the members. ``C`` is fixed, so the work runs at the static capacity ``C``. Padding tokens
 take no part in clustering. No parameters are added (see docs/act.md).
 
-Differences from the reference implementation (fast-transformers): initial centroids are
-the codes of ``C`` valid tokens evenly spaced in token order (the reference takes the first
-``C`` tokens), and an empty cluster keeps its previous centroid (the reference draws a
-random code), so results are deterministic and padding-invariant.
+As in the reference implementation (fast-transformers), the hashed queries are the
+unscaled projections ``q W_q^T + b_q``: the ``1/sqrt(Dh)`` temperature only enters the
+softmax. Differences from the reference: initial centroids are the codes of ``C`` valid
+tokens evenly spaced in token order (the reference draws the codes of random tokens), and
+an empty cluster keeps its previous centroid, so results are deterministic and
+padding-invariant.
 """
 
 from __future__ import annotations
@@ -175,8 +177,11 @@ class KMeansAttention(EncoderAttention):
         return out, stats
 
     def cluster_ids(self, q_rows: jax.Array, valid: jax.Array, rng) -> jax.Array:
-        """K-means ids (R, N) (-1 on padding) of per-row queries (R = B * H, N, Dh)."""
-        return kmeans_ids(hamming_codes(q_rows, *self.hash_params(rng)), valid,
+        """K-means ids (R, N) (-1 on padding) of per-row queries (R = B * H, N, Dh) scaled
+        by ``Dh ** -0.5`` as ``attend`` receives them; the codes hash the unscaled queries
+        (the reference's choice: the temperature belongs to the softmax only)."""
+        unscaled = q_rows.astype(jnp.float32) / jnp.float32(self.head_dim ** -0.5)
+        return kmeans_ids(hamming_codes(unscaled, *self.hash_params(rng)), valid,
                           self.spec.clusters, self.spec.iterations)
 
     def assignments(self, queries, keys, values, key_padding_mask, rng) -> jax.Array:

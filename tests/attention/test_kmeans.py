@@ -8,7 +8,9 @@ from flax import nnx
 
 import detr_jax
 from detr_jax.attention import KMeansAttention, parse_attention
-from detr_jax.attention.kmeans import assign, initial_centroids, kmeans_ids, majority_centroids
+from detr_jax.attention.clustering import to_rows
+from detr_jax.attention.kmeans import (assign, hamming_codes, initial_centroids, kmeans_ids,
+                                      majority_centroids)
 from tests.attention.clustered_cases import build_attention, exact_attention, relative_error
 
 
@@ -82,6 +84,32 @@ def test_same_seed_same_result():
     np.testing.assert_array_equal(first, build_attention(spec).attend(q, k, v, None, None)[0])
     other = build_attention(detr_jax.KMeans(clusters=5, seed=2)).attend(q, k, v, None, None)[0]
     assert not np.array_equal(first, other)
+
+
+def test_hashes_the_unscaled_queries():
+    """As fast-transformers: the codes come from q W_q^T + b_q, not from the queries scaled
+    by Dh ** -0.5 for the softmax, so the clusters do not depend on the temperature."""
+    heads, head_dim, n = 2, 16, 48
+    spec = detr_jax.KMeans(clusters=6, iterations=5, bits=32)
+    layer = spec.build(heads * head_dim, heads, layer_index=2, num_layers=6, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(3).normal(0, 1, (1, n, heads * head_dim)), jnp.float32)
+    mask = jnp.zeros((1, n), bool).at[0, 40:].set(True)
+    key = jax.random.key(7)
+    ids = np.asarray(layer.assignments(x, x, x, mask, key))  # (1, H, N)
+    raw = layer.split_heads(layer.q_proj(x))  # unscaled per-head queries (1, N, H, Dh)
+    valid = jnp.repeat(~mask, heads, axis=0)  # (H, N) rows of image 0
+    planes, offsets = layer.hash_params(key)
+    expected = kmeans_ids(hamming_codes(to_rows(raw), planes, offsets), valid, 6, 5)
+    np.testing.assert_array_equal(ids.reshape(heads, n), expected)
+    assert np.all(ids[0, :, 40:] == -1)
+    # The scaled queries give other clusters here, so the check above can fail.
+    scaled = kmeans_ids(hamming_codes(to_rows(raw) * head_dim ** -0.5, planes, offsets),
+                        valid, 6, 5)
+    assert np.mean(np.asarray(scaled) != np.asarray(expected)) > 0.1
+    # attend clusters the same way: prototypes are means over these clusters.
+    out, stats = layer.attend(*layer.project(x, x, x), mask, key)
+    np.testing.assert_array_equal(stats.num_clusters[0],
+                                  [len(set(expected[h][:40].tolist())) for h in range(heads)])
 
 
 @pytest.mark.parametrize("bad", ["kmeans:C=0", "kmeans:bits=x", "kmeans:K=3"])
