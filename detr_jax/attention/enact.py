@@ -25,10 +25,23 @@ and values are clustered before their projections (the weights of a region sum t
 this equals clustering the projected keys and values) so that only the region keys are
 projected.
 
-``variant="released"`` reproduces the released code's clustering instead: one chunk size
-for the whole batch (the mean region length, rounded), the sequence centre-cropped to a
-multiple of it, fixed chunks weighted by the softmax of the smoothed information, with
-padding ignored (padded pixels are part of the sequence, as there).
+``variant="released"`` reproduces the released DETR-ENACT module (``ClustAttn``) exactly,
+so that the released checkpoints run as trained (see docs/enact.md):
+
+- ``p = softmax(Linear(keys)) + 1e-8`` over all N pixels and ``I = -p log2 p``;
+- Gaussian taps at offsets ``-(3 sigma - 1)..3 sigma - 1`` (``6 sigma - 1`` taps), the
+  same weights, zero padding; the second derivative and the step as above;
+- one chunk size for the whole batch: the mean over images of each image's mean region
+  length (``N / regions``), rounded half to even; the sequence is centre-cropped to a
+  multiple of it and cut into fixed chunks whose keys and values are the sums weighted by
+  the softmax of the smoothed information inside the chunk;
+- attention ``softmax(q k^T) v / head_dim``: the logits are not scaled by
+  ``1/sqrt(head_dim)``, the softmax output is divided by ``head_dim``;
+- the key padding mask is ignored: padded pixels enter the entropy softmax, the chunks
+  and the attention, as in the released code (its fixtures and checkpoints were made and
+  evaluated without padding, batch size 1 or equal sizes).
+The number of chunks (``N // chunk``) is data dependent; it runs on the same capacity
+ladder as the regions, no recompilation per value.
 
 Gradients reach the entropy layer through the region weights; region membership itself
 is discrete (the straight-through step keeps the released code's form).
@@ -71,6 +84,20 @@ def gaussian_taps(sigma: float) -> np.ndarray:
     return (np.exp(-x ** 2 / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma)).astype(np.float32)
 
 
+def released_taps(sigma: float) -> np.ndarray:
+    """The released code's smoothing kernel: offsets ``-(3 sigma - 1)..3 sigma - 1``
+    (``6 sigma - 1`` taps), weights ``exp(-x^2 / 2 sigma^2) / (sqrt(2 pi) sigma)``.
+    ``3 sigma`` must be an integer (the kernel is then symmetric with odd length)."""
+    half = 3 * sigma - 1
+    if not float(3 * sigma).is_integer() or half < 0:
+        raise ValueError(f"ENACT variant=released needs 3*sigma to be a positive integer, "
+                         f"got sigma={sigma}")
+    x = np.arange(-int(half), int(half) + 1, dtype=np.float32)
+    sigma32 = np.float32(sigma)
+    coeff = np.float32(1.0) / (sigma32 * np.sqrt(np.float32(2 * math.pi)))
+    return (coeff * np.exp(-x ** 2 / (np.float32(2) * sigma32 ** 2))).astype(np.float32)
+
+
 def conv1d_same(signal: jax.Array, taps: np.ndarray) -> jax.Array:
     """(B, N) signal convolved with symmetric ``taps`` (odd length), zero beyond the ends."""
     half = len(taps) // 2
@@ -91,18 +118,28 @@ def self_information(logits: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.where(valid, -p * jnp.log(p + 1e-8), 0.0)
 
 
-def regions(information: jax.Array, valid: jax.Array, sigma: float):
+def released_information(logits: jax.Array) -> jax.Array:
+    """The released code's self-information ``-p log2 p`` with ``p = softmax(logits) + 1e-8``
+    over all N pixels of (B, N) logits (no padding mask)."""
+    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) + 1e-8
+    return -p * jnp.log(p) / jnp.log(jnp.float32(2.0))
+
+
+def regions(information: jax.Array, valid: jax.Array, sigma: float,
+            taps: np.ndarray | None = None):
     """Regions of step 2-4 over a compacted signal.
 
     Args:
       information: (B, N) self-information with the valid pixels first (``valid`` a prefix).
       valid: (B, N) bool prefix mask.
       sigma: Gaussian standard deviation.
+      taps: the smoothing kernel; None: ``gaussian_taps(sigma)``.
     Returns:
       ids (B, N) int32 region of each pixel (-1 on padding), counts (B,) int32 regions,
       smoothed (B, N) the smoothed information (0 on padding).
     """
-    smoothed = jnp.where(valid, conv1d_same(information, gaussian_taps(sigma)), 0.0)
+    taps = gaussian_taps(sigma) if taps is None else taps
+    smoothed = jnp.where(valid, conv1d_same(information, taps), 0.0)
     second = conv1d_same(smoothed, np.array([-1.0, 2.0, -1.0], np.float32))
     step = step_straight_through(second)
     change = jnp.concatenate([jnp.ones_like(step[:, :1], bool), step[:, 1:] != step[:, :-1]], axis=1)
@@ -135,13 +172,16 @@ def pool_regions(x: jax.Array, ids: jax.Array, weights: jax.Array, capacity: int
 def released_chunks(counts: jax.Array, n: int):
     """The released code's chunking: (ids (B, N), counts (B,)) from the mean region length.
 
-    ``counts`` (B,) are the region counts of :func:`regions` on the uncompacted signal;
-    chunk = round(mean run length over the batch), the sequence is centre-cropped to a
-    multiple of it and cut into fixed chunks.
+    ``counts`` (B,) are the region counts of :func:`regions` on the uncompacted signal.
+    Each image's mean region length is ``N / counts`` (float32, as the release's mean of
+    the run lengths); the chunk size is the mean of these over the batch, rounded half to
+    even (Python's ``round``, as the release). The sequence is centre-cropped to a multiple
+    of it (``(N mod chunk) // 2`` pixels dropped at the start, the rest at the end) and cut
+    into fixed chunks, the same for every image.
     """
     batch = counts.shape[0]
-    mean_run = n * batch / jnp.maximum(counts.sum(), 1)
-    chunk = jnp.clip(jnp.round(mean_run).astype(jnp.int32), 1, n)
+    mean_lengths = jnp.float32(n) / jnp.maximum(counts, 1).astype(jnp.float32)
+    chunk = jnp.clip(jnp.round(jnp.mean(mean_lengths)).astype(jnp.int32), 1, n)
     num_chunks = n // chunk
     start = (n - num_chunks * chunk) // 2
     position = jnp.arange(n, dtype=jnp.int32)
@@ -156,8 +196,13 @@ class ENACT(AttentionSpec):
 
     Args:
       sigma: standard deviation of the Gaussian smoothing (3 for DETR in the paper).
-      variant: ``"paper"`` (variable-length regions, padding excluded) or ``"released"``
-        (fixed chunks of the mean region length, padding ignored).
+      variant: ``"paper"`` (the default, for training: variable-length regions, padding
+        excluded) or ``"released"`` (the released DETR-ENACT code exactly: fixed chunks of
+        the mean region length, entropy in log base 2, ``6 sigma - 1`` smoothing taps,
+        unscaled logits with the softmax output divided by ``head_dim``, and the key
+        padding mask ignored: padded pixels are clustered and attended to as in the
+        release, so use it on unpadded batches (batch size 1 or equal image sizes) to get
+        the released numbers; see the module docstring).
       ladder: capacity fractions of N (see ``capacity.parse_ladder``).
       layers: the encoder layers (0-based) that use ENACT, as a tuple or a string such
         as ``"3/4/5"``; the others use exact attention (and have no entropy layer).
@@ -178,6 +223,8 @@ class ENACT(AttentionSpec):
             raise ValueError(f"ENACT: sigma must be positive, got {self.sigma}")
         if self.variant not in VARIANTS:
             raise ValueError(f"ENACT: variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.variant == "released":
+            released_taps(self.sigma)  # validates sigma
         if self.layers is not None:
             object.__setattr__(self, "layers", parse_layers(self.layers))
 
@@ -282,19 +329,27 @@ class ENACTAttention(EncoderAttention):
         order = jnp.argsort(~valid, axis=1, stable=True)
         prefix = jnp.take_along_axis(valid, order, axis=1)
         logits = self.entropy(jnp.take_along_axis(keys, order[..., None], axis=1))[..., 0]
+        if self.spec.variant == "released":
+            info = released_information(logits)
+            _, runs, smoothed = regions(info, prefix, self.spec.sigma,
+                                        released_taps(self.spec.sigma))
+            ids, counts = released_chunks(runs, n)
+            return order, ids, counts, smoothed
         info = self_information(logits, prefix)
         ids, counts, smoothed = regions(info, prefix, self.spec.sigma)
-        if self.spec.variant == "released":
-            ids, counts = released_chunks(counts, n)
         return order, ids, counts, smoothed
 
     def project(self, queries, keys, values):
-        """Scaled per-head queries (B, N, H, Dh); keys and values (B, N, d) unprojected
-        (``attend`` projects the pooled regions)."""
-        return self.split_heads(self.q_proj(queries)) * (self.head_dim ** -0.5), keys, values
+        """Per-head queries (B, N, H, Dh), scaled by ``Dh ** -0.5`` except for
+        ``variant="released"`` (unscaled logits there); keys and values (B, N, d)
+        unprojected (``attend`` projects the pooled regions)."""
+        q = self.split_heads(self.q_proj(queries))
+        if self.spec.variant != "released":
+            q = q * (self.head_dim ** -0.5)
+        return q, keys, values
 
     def attend(self, q, keys, values, key_padding_mask, rng) -> tuple[jax.Array, Stats]:
-        """q (B, N, H, Dh) scaled; keys, values (B, N, d) before projection; mask (B, N)
+        """q (B, N, H, Dh) from ``project``; keys, values (B, N, d) before projection; mask (B, N)
         True on padding -> ((B, N, H, Dh), stats)."""
         del rng
         batch, n, _ = keys.shape
@@ -328,6 +383,8 @@ class ENACTAttention(EncoderAttention):
             used = jnp.minimum((needed + block - 1) // block * block, n).astype(jnp.int32)
         else:
             out, used = run_at_capacity(jnp.max(counts), capacities, branch)
+        if self.spec.variant == "released":  # the release divides the softmax by head_dim
+            out = out / self.head_dim
         valid = valid_pixels(key_padding_mask, batch, n)
         stats = LayerStats(num_clusters=jnp.broadcast_to(counts[:, None], (batch, self.num_heads)),
                            num_valid=count_valid(valid), capacity=used)

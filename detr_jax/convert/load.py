@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from detr_jax.attention import parse_attention
+from detr_jax.attention.enact import ENACT
 from detr_jax.convert.errors import CheckpointError, first
 from detr_jax.convert.official import assign_official_state, infer_config
 from detr_jax.convert.reader import read_state_dict
@@ -21,7 +22,9 @@ def load_torch_checkpoint(path_or_state_dict: Any, *, encoder_attention=None,
         (torch tensors or numpy arrays), a ``.safetensors``/``.npz`` file, or a Hugging Face
         DETR checkpoint (file or directory).
       encoder_attention: an attention spec (``detr_jax.ACT(...)``) or string
-        (``"act:L=32"``); exact attention when None.
+        (``"act:L=32"``); exact attention when None, except for checkpoints holding the
+        released ENACT modules (``W_q/W_k/W_v/W_o/W_prob`` in the encoder layers, see
+        ``checkpoint_attention``).
       dilation: DC5 (dilated last stage). When None: "dc5" in the file name.
       num_heads: attention heads (not visible in tensor shapes; 8 in all official models).
       dtype: compute dtype, ``float32`` or ``bfloat16``.
@@ -31,7 +34,7 @@ def load_torch_checkpoint(path_or_state_dict: Any, *, encoder_attention=None,
     """
     state, source = read_state_dict(path_or_state_dict)
     cfg = infer_config(state, source, dilation=dilation, num_heads=num_heads)
-    spec = parse_attention(encoder_attention)
+    spec = checkpoint_attention(state, source, encoder_attention)
     cfg.encoder_attention = spec.to_string()
     cfg.dtype = dtype
     model = build_model(cfg, encoder_attention=spec, abstract=True)
@@ -41,3 +44,28 @@ def load_torch_checkpoint(path_or_state_dict: Any, *, encoder_attention=None,
         raise CheckpointError(f"{source}: model variables not in the checkpoint: "
                               f"{first('.'.join(map(str, p)) for p in left)}")
     return model
+
+
+def has_enact_modules(state) -> bool:
+    """Whether a state dict holds the released ENACT attention (an entropy layer ``W_prob``
+    in an encoder layer's ``self_attn``)."""
+    return any(k.startswith("transformer.encoder.layers.") and k.endswith(".self_attn.W_prob.weight")
+               for k in state)
+
+
+def checkpoint_attention(state, source: str, encoder_attention):
+    """The encoder-attention spec a checkpoint is loaded with: ``encoder_attention`` parsed,
+    or, for a checkpoint with the released ENACT modules, ``enact:sigma=3,variant=released``
+    (the released DETR-ENACT computation, sigma 3 as released) unless the caller passes an
+    ENACT setting. Any other setting for such a checkpoint is a CheckpointError."""
+    if not has_enact_modules(state):
+        return parse_attention(encoder_attention)
+    if encoder_attention is None:
+        return ENACT(sigma=3.0, variant="released")
+    spec = parse_attention(encoder_attention)
+    if not isinstance(spec, ENACT):
+        raise CheckpointError(
+            f"{source}: holds released ENACT attention modules (W_q/W_k/W_v/W_o/W_prob in the "
+            f"encoder layers): load it with an ENACT setting (default "
+            f"enact:sigma=3,variant=released), not {spec.to_string()!r}")
+    return spec

@@ -3,6 +3,11 @@
 Every model parameter has one official key; linear weights are (out, in) there and
 (in, out) here, convolutions OIHW there and HWIO here, and the attention's q/k/v
 projections are rows [0:d], [d:2d], [2d:3d] of the packed ``in_proj_weight``/``in_proj_bias``.
+
+The released DETR-ENACT checkpoints (GSavathrakis/ENACT) replace an encoder layer's
+``self_attn`` by their own module with separate ``W_q``, ``W_k``, ``W_v``, ``W_o`` linears
+and the entropy layer ``W_prob``; a model whose encoder layer has an ENACT entropy layer
+takes those keys instead (``ENACT_MODULES``).
 """
 
 from __future__ import annotations
@@ -22,15 +27,37 @@ from detr_jax.models.build import set_variables
 from detr_jax.models.config import model_config
 
 _QKV = {"q_proj": 0, "k_proj": 1, "v_proj": 2}
+# Released ENACT attention module names of an encoder layer's projections and entropy layer.
+ENACT_MODULES = {"q_proj": "W_q", "k_proj": "W_k", "v_proj": "W_v", "out_proj": "W_o",
+                 "entropy": "W_prob"}
 
 
-def official_target(path: tuple) -> tuple[str, int | None]:
+def enact_layers(paths) -> frozenset[int]:
+    """Indices of the encoder layers whose attention has an ENACT entropy layer, from the
+    model's parameter paths."""
+    found = set()
+    for path in paths:
+        parts = [str(p) for p in path]
+        if (len(parts) > 5 and parts[:3] == ["transformer", "encoder", "layers"]
+                and parts[4] == "self_attn" and parts[5] == "entropy"):
+            found.add(int(parts[3]))
+    return frozenset(found)
+
+
+def official_target(path: tuple, enact: frozenset[int] = frozenset()) -> tuple[str, int | None]:
     """Official key of one model parameter and, for q/k/v, the slice index in in_proj.
 
     path: the parameter's path in ``nnx.state(model)``, e.g.
     ``('transformer', 'encoder', 'layers', 0, 'self_attn', 'q_proj', 'kernel')``.
+    enact: encoder layers with ENACT attention (``enact_layers``): their projections and
+    entropy layer map to the released ENACT keys (``...self_attn.W_q.weight``, unpacked).
     """
     parts = [str(p) for p in path]
+    if (enact and len(parts) == 7 and parts[:3] == ["transformer", "encoder", "layers"]
+            and parts[4] == "self_attn" and parts[5] in ENACT_MODULES
+            and int(parts[3]) in enact):
+        leaf = "weight" if parts[6] == "kernel" else parts[6]
+        return ".".join(parts[:5] + [ENACT_MODULES[parts[5]], leaf]), None
     qkv = None
     if len(parts) >= 2 and parts[-2] in _QKV:
         qkv = _QKV[parts[-2]]
@@ -69,8 +96,10 @@ def from_official(value: np.ndarray, path: tuple) -> np.ndarray:
 def expected_official_shapes(model: nnx.Module) -> dict[str, tuple]:
     """Every official key the model needs, with its full official shape."""
     shapes: dict[str, tuple] = {}
-    for path, var in nnx.to_flat_state(nnx.state(model)):
-        key, qkv = official_target(path)
+    flat = nnx.to_flat_state(nnx.state(model))
+    enact = enact_layers(path for path, _ in flat)
+    for path, var in flat:
+        key, qkv = official_target(path, enact)
         shape = to_official_layout(tuple(var.get_value().shape), path)
         if qkv is not None:
             shape = (shape[0] * 3,) + shape[1:]
@@ -161,9 +190,10 @@ def assign_official_state(model: nnx.Module, state: Mapping[str, np.ndarray], so
     """Validate ``state`` against the model, then load it. Nothing is changed on error."""
     validate_state(state, expected_official_shapes(model), source)
     flat = nnx.to_flat_state(nnx.state(model))
+    enact = enact_layers(path for path, _ in flat)
     new_values = []
     for path, var in flat:
-        key, qkv = official_target(path)
+        key, qkv = official_target(path, enact)
         value = np.asarray(state[key])
         if qkv is not None:
             rows = value.shape[0] // 3
