@@ -8,6 +8,7 @@ from flax import nnx
 
 import detr_jax
 from detr_jax.attention.enact import (ENACT, gaussian_taps, pool_regions, region_weights, regions,
+                                      released_chunks, released_information, released_taps,
                                       step_straight_through)
 from detr_jax.models.transformer import Encoder
 from tests.attention.clustered_cases import grid_valid, relative_error
@@ -152,3 +153,73 @@ def test_layers_option_keeps_exact_attention_elsewhere():
         Encoder(cfg, ENACT(layers=(0, 9)), jnp.float32, nnx.Rngs(0))
     with pytest.raises(ValueError, match="layer indices"):
         detr_jax.parse_attention("enact:layers=a/b")
+
+
+def test_released_taps_information_and_chunk_size():
+    taps = released_taps(3.0)
+    assert len(taps) == 17  # 6 sigma - 1: offsets -8..8
+    np.testing.assert_allclose(taps, gaussian_taps(3.0)[1:-1], rtol=1e-6)
+    with pytest.raises(ValueError, match="3\\*sigma"):
+        ENACT(sigma=2.5, variant="released")
+    logits = jnp.asarray([[0.0, 1.0, -2.0, 0.5]])
+    p = np.asarray(jax.nn.softmax(logits, axis=-1)) + 1e-8
+    np.testing.assert_allclose(released_information(logits), -p * np.log2(p), rtol=1e-6)
+    # mean over images of N / regions: (100/3 + 100/7) / 2 = 23.8 -> 24 (not 200/10 = 20)
+    ids, counts = released_chunks(jnp.asarray([3, 7]), 100)
+    np.testing.assert_array_equal(counts, [4, 4])
+    expected = np.full(100, -1)
+    expected[2:98] = np.arange(96) // 24  # centre crop: 2 pixels dropped at each end
+    np.testing.assert_array_equal(ids, np.stack([expected, expected]))
+    # ties round half to even, as Python's round: (10 + 11) / 2 = 10.5 -> 10 chunks of 10
+    _, counts = released_chunks(jnp.asarray([11, 10]), 110)
+    np.testing.assert_array_equal(counts, [11, 11])
+
+
+def numpy_released_layer(attn, q_in, k_in, v_in, sigma):
+    """The released ClustAttn forward in NumPy (float64) with the module's weights."""
+    lin = lambda m, x: x @ np.asarray(m.kernel[...], np.float64) + np.asarray(m.bias[...], np.float64)
+    b, n, d = k_in.shape
+    heads, dh = attn.num_heads, attn.head_dim
+    logits = lin(attn.entropy, k_in)[..., 0]
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p = p / p.sum(-1, keepdims=True) + 1e-8
+    info = -p * np.log2(p)
+    half = int(3 * sigma - 1)
+    x = np.arange(-half, half + 1)
+    taps = np.exp(-x ** 2 / (2 * sigma ** 2)) / (sigma * np.sqrt(2 * np.pi))
+    smooth = np.stack([np.convolve(row, taps, mode="same") for row in info])
+    second = np.stack([np.convolve(row, [-1.0, 2.0, -1.0], mode="same") for row in smooth])
+    step = (second > 0).astype(int)
+    runs = [1 + np.count_nonzero(np.diff(row)) for row in step]
+    chunk = int(round(np.mean([n / r for r in runs])))
+    start, stop = (n % chunk) // 2, n - (n % chunk - (n % chunk) // 2)
+    w = smooth[:, start:stop].reshape(b, -1, chunk)
+    w = np.exp(w) / np.exp(w).sum(-1, keepdims=True)
+    pool = lambda t: (w[..., None] * t[:, start:stop].reshape(b, -1, chunk, d)).sum(2)
+    k = lin(attn.k_proj, pool(k_in)).reshape(b, -1, heads, dh)
+    v = lin(attn.v_proj, pool(v_in)).reshape(b, -1, heads, dh)
+    q = lin(attn.q_proj, q_in).reshape(b, n, heads, dh)
+    s = np.einsum("bnhd,bmhd->bhnm", q, k)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a = a / a.sum(-1, keepdims=True) / dh
+    out = np.einsum("bhnm,bmhd->bnhd", a, v).reshape(b, n, d)
+    return lin(attn.out_proj, out), n // chunk
+
+
+def test_released_layer_equals_the_released_formulas():
+    sigma = 1.0
+    attn = ENACT(sigma=sigma, variant="released").build(32, 4, layer_index=0, num_layers=1,
+                                                         rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(4)
+    src = rng.normal(size=(2, 60, 32)).astype(np.float32)
+    pos = rng.normal(size=(2, 60, 32)).astype(np.float32)
+    q = jnp.asarray(src + pos)
+    out, stats = attn(q, q, jnp.asarray(src), None, None)
+    expected, chunks = numpy_released_layer(attn, np.float64(src + pos), np.float64(src + pos),
+                                            np.float64(src), sigma)
+    assert 1 < chunks < 60
+    np.testing.assert_array_equal(np.asarray(stats.num_clusters), chunks)
+    assert relative_error(out, expected) < 1e-5
+    # the padding mask is ignored, as in the release
+    mask = jnp.zeros((2, 60), bool).at[1, 50:].set(True)
+    np.testing.assert_array_equal(attn(q, q, jnp.asarray(src), mask, None)[0], out)
