@@ -36,6 +36,11 @@ def _keys(rng, count):
     return [None] * count if rng is None else list(jax.random.split(rng, count))
 
 
+def encoder_layer_keys(rng, index):
+    """The keys of encoder layer ``index`` from the encoder's ``rng``: (attention key, dropout key)."""
+    return tuple(jax.random.split(jax.random.fold_in(rng, index)))
+
+
 def layer_norm(d, eps, dtype, rngs):
     return nnx.LayerNorm(d, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
@@ -124,7 +129,7 @@ class Encoder(nnx.Module):
         for index, layer in enumerate(self.layers):
             attn_rng = drop_rng = None
             if rng is not None:
-                attn_rng, drop_rng = jax.random.split(jax.random.fold_in(rng, index))
+                attn_rng, drop_rng = encoder_layer_keys(rng, index)
             src, layer_stats = layer(src, pos, mask, attn_rng=attn_rng,
                                      dropout_rng=drop_rng if train else None)
             stats.append(layer_stats)
