@@ -46,7 +46,9 @@ class DETR(nnx.Module):
         (B, h, w, d), ``feature_mask`` (B, h, w) and ``memory`` (B, h*w, d).
     Returns a dict with ``pred_logits`` (B, Q, num_classes + 1), ``pred_boxes`` (B, Q, 4)
     (cx, cy, w, h relative to the unpadded image), ``aux_outputs`` (the same for every
-    decoder layer but the last) and ``encoder_stats`` (one dict per encoder layer).
+    decoder layer but the last) and ``encoder_stats`` (one entry per encoder layer).
+
+    DETR implements :class:`detr_jax.models.detector.Detector` (registered as "detr").
     """
 
     def __init__(self, cfg, *, encoder_attention: AttentionSpec | str | None = None,
@@ -68,7 +70,8 @@ class DETR(nnx.Module):
                                    dtype=dtype, rngs=rngs)
         self.transformer = Transformer(cfg, spec, dtype, rngs)
         # N(0, 1) as torch's nn.Embedding: the queries must differ from the start, or all
-        # of them predict the same box (a from-scratch run with std 0.09 never recovered).
+        # of them predict the same box (with a small std, training from scratch does not
+        # recover from that).
         self.query_embed = nnx.Embed(cfg.num_queries, d, rngs=rngs,
                                      embedding_init=nnx.initializers.normal(stddev=1.0))
         self.class_embed = nnx.Linear(d, cfg.num_classes + 1, dtype=dtype, rngs=rngs)

@@ -17,7 +17,8 @@ does not say which; on the demo model the default term stayed near 0.01 against 
 loss near 8 (docs/training.md). ``kd_queries="matched"`` distils only the queries that
 the exact branch's Hungarian matching assigns to a target box (with ``"queries"`` the
 mean is over those queries): the exact branch's no-object queries have boxes no loss
-constrains, and pulling ACT's toward them fought the detection loss in the demo runs.
+constrains, and pulling ACT's toward them fought the detection loss when training the
+demo model.
 With ``kd_aux`` the auxiliary decoder layers add theirs (each with its own matching).
 ``act_loss`` optionally adds DETR's set loss of the ACT branch as well (not in the paper;
 off by default).

@@ -108,3 +108,19 @@ def test_eval_coco_bad_paths_stop_at_once(setup, tmp_path):
     assert "noimages does not exist" in no_root.stderr
     wrong = run("--checkpoint", str(ckpt), "--coco-dir", str(coco), "--attention", "fast")
     assert wrong.returncode == 2 and "valid forms" in wrong.stderr
+
+
+def test_attention_kernel_is_set_on_the_model_config():
+    """``--attention-kernel`` becomes the config field ``attention_backend`` of a model
+    built with the loaded parameters (the same arrays)."""
+    from flax import nnx
+
+    from detr_jax.evaluation.cli import with_config
+    from detr_jax.models.build import build_model
+    from detr_jax.models.config import tiny_model_config
+    model = build_model(tiny_model_config(), seed=0)
+    new = with_config(model, attention_backend="xla")
+    assert new.config["attention_backend"] == "xla" and type(new) is type(model)
+    old = dict(nnx.to_flat_state(nnx.state(model)))
+    for path, var in nnx.to_flat_state(nnx.state(new)):
+        assert var.get_value() is old[path].get_value()
