@@ -27,8 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from detr_jax.sharding import replicate
 from detr_jax.training.data import normalize_on_device
 from detr_jax.training.checkpoints import TrainCheckpoints, abstract_like
-from detr_jax.training.losses import LossWeights, set_criterion
-from detr_jax.training.mtkd import mtkd_forward, mtkd_loss
+from detr_jax.training.losses import LossFn, LossWeights, detr_loss
 from detr_jax.training.optimizer import is_trainable, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -67,13 +66,15 @@ class NonFiniteLoss(RuntimeError):
 class Trainer:
     """Holds the model split into (graphdef, trainable, rest), the optimizer and the mesh.
 
-    ``step_fn`` computes the loss of one global batch, updates the trainable parameters
+    ``loss_fn`` (a :data:`detr_jax.training.losses.LossFn`) is the training loss; None means
+    DETR's (:func:`detr_jax.training.losses.detr_loss` with ``loss_weights``). The step
+    computes the loss of one global batch, updates the trainable parameters
     (skipping the update when the loss or gradient norm is not finite) and returns
     scalar metrics. ``compiles`` counts traces of the step.
     """
 
     def __init__(self, model, train_cfg, loss_weights: LossWeights = LossWeights(), *,
-                 steps_per_epoch: int = 1, mtkd=None):
+                 steps_per_epoch: int = 1, loss_fn: LossFn | None = None):
         self.cfg = train_cfg
         self.model_config = dict(model.config)
         if train_cfg.max_targets > self.model_config["num_queries"]:
@@ -86,13 +87,7 @@ class Trainer:
         frozen = tuple(train_cfg.frozen)
         trainable_filter = is_trainable(frozen, train_cfg.lr_backbone)
         self.graphdef, trainable, rest = nnx.split(model, trainable_filter, ...)
-        self.mtkd = mtkd
-        self.act_graphdef = None
-        if mtkd is not None:  # the ACT branch: same parameters, another encoder attention
-            from detr_jax.attention import parse_attention
-            from detr_jax.models.build import with_encoder_attention
-            student = with_encoder_attention(model, parse_attention(mtkd.act))
-            self.act_graphdef = nnx.split(student, trainable_filter, ...)[0]
+        self.loss_fn = loss_fn if loss_fn is not None else detr_loss(loss_weights)
         drop_steps = [int(e * steps_per_epoch) for e in train_cfg.lr_drop_epochs]
         self.tx = make_optimizer(trainable, lr=train_cfg.lr, lr_backbone=train_cfg.lr_backbone,
                                  weight_decay=train_cfg.weight_decay, clip_norm=train_cfg.clip_norm,
@@ -119,14 +114,8 @@ class Trainer:
         def loss_fn(trainable):
             model = nnx.merge(self.graphdef, trainable, rest)
             pixels = normalize_on_device(batch["pixel_values"], batch["padding_mask"])
-            if self.mtkd is not None:
-                student = nnx.merge(self.act_graphdef, trainable, rest)
-                exact_out, act_out = mtkd_forward(model, student, pixels, batch["padding_mask"],
-                                                  rng=step_rng, train=True)
-                return mtkd_loss(exact_out, act_out, targets, self.loss_weights, self.mtkd,
-                                 self.assign)
-            outputs = model(pixels, batch["padding_mask"], rng=step_rng, train=True)
-            return set_criterion(outputs, targets, self.loss_weights, self.assign)
+            return self.loss_fn(model, pixels, batch["padding_mask"], targets, rng=step_rng,
+                                assign=self.assign)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
         grad_norm = optax.tree.norm(grads)

@@ -13,7 +13,7 @@ from detr_jax.data.augment import AugmentConfig
 from detr_jax.models.build import build_model
 from detr_jax.training.data import CocoTrainSource, TrainLoader
 from detr_jax.training.losses import LossWeights, set_criterion
-from detr_jax.training.mtkd import MTKDConfig, box_distillation, mtkd_loss
+from detr_jax.training.mtkd import MTKDConfig, box_distillation, mtkd_loss, mtkd_loss_fn
 from detr_jax.training.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -105,8 +105,9 @@ def test_one_mtkd_step_updates_the_shared_weights_through_both_branches(tiny_bat
     after = {}
     for kd_weight in (1.0, 0.0):
         model = build_model(cfg.model, seed=0)
+        mtkd = MTKDConfig(act="act:L=8,r=1", kd_weight=kd_weight)
         trainer = Trainer(model, cfg.train, LossWeights(),
-                          mtkd=MTKDConfig(act="act:L=8,r=1", kd_weight=kd_weight))
+                          loss_fn=mtkd_loss_fn(model, mtkd, LossWeights()))
         before = encoder_params(trainer)
         metrics = jax.device_get(trainer.step(batch))
         assert np.isfinite(metrics["loss"]) and float(metrics["loss_kd"]) > 0
