@@ -2,10 +2,10 @@
 
 ``CocoSource`` gives random access to :class:`Example` records (decoded RGB image, boxes,
 COCO category ids) in increasing image-id order, and the pycocotools ``COCO`` ground truth
-that ``COCOeval`` needs; it implements :class:`~detr_jax.data.source.DetectionSource`,
-read by both training and evaluation. Images are decoded with PIL and converted to RGB exactly as the
-official DETR loader does (``Image.open(path).convert("RGB")``), so grayscale, palette and
-CMYK JPEGs work. The TFDS source (``tfds_source``) yields the same examples.
+that ``COCOeval`` needs; it is the :class:`~detr_jax.data.source.DetectionSource` that
+training and evaluation read. Images are decoded with PIL and converted to RGB exactly as
+the official DETR loader does (``Image.open(path).convert("RGB")``), so grayscale, palette
+and CMYK JPEGs work. The TFDS source (``tfds_source``) yields the same examples.
 
 Errors: a missing annotation file or image root raises ``FileNotFoundError`` naming the
 path when the source is opened; an image that is missing or cannot be decoded raises
