@@ -22,3 +22,12 @@ def test_every_uint8_value_matches_the_host_and_padding_is_zero():
 def test_float_inputs_are_already_normalized():
     x = jnp.linspace(-2, 2, 2 * 3 * 4 * 3, dtype=jnp.float32).reshape(2, 3, 4, 3)
     assert normalize(x, jnp.zeros((2, 3, 4), bool)) is x
+
+
+def test_padded_uint8_batch_normalized_on_device_is_the_official_input(reference):
+    from detr_jax.data.collate import pad_images
+    pixels, mask = pad_images([reference["image0"], reference["image1"]])
+    np.testing.assert_array_equal(mask, reference["exact_batch/pixel_padding_mask"])
+    got = np.asarray(jax.jit(normalize)(jnp.asarray(pixels), jnp.asarray(mask)))
+    np.testing.assert_allclose(got[:, ::8, ::8].transpose(0, 3, 1, 2),
+                               reference["exact_batch/pixel_values_sub8"], rtol=0, atol=1e-6)
