@@ -105,14 +105,15 @@ def main(argv=None) -> int:
     import jax
     from detr_jax.checkpoint import save_model
     from detr_jax.data.augment import AugmentConfig
-    from detr_jax.training.data import CocoTrainSource, TrainLoader
+    from detr_jax.data.coco import CocoSource
+    from detr_jax.training.data import TrainLoader
     from detr_jax.training.losses import LossWeights
     from detr_jax.training.mtkd import MTKDConfig, mtkd_loss_fn
     from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        source = CocoTrainSource(cfg.data.train_annotations, cfg.data.train_images)
+        source = CocoSource(cfg.data.train_annotations, cfg.data.train_images)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from detr_jax.data.collate import extend_padding
 from detr_jax.sharding import replicate
 from detr_jax.training.data import normalize_on_device
 from detr_jax.training.checkpoints import TrainCheckpoints, abstract_like
@@ -33,16 +34,6 @@ from detr_jax.training.optimizer import is_trainable, make_optimizer
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("pixel_values", "padding_mask", "labels", "boxes", "valid")
-
-
-def pad_images(batch: dict, shape: tuple[int, int]) -> dict:
-    """Extend the bottom/right padding of a collated batch to ``shape`` (H, W)."""
-    h, w = batch["pixel_values"].shape[1:3]
-    if (h, w) == shape:
-        return batch
-    extra = ((0, 0), (0, shape[0] - h), (0, shape[1] - w))
-    return dict(batch, pixel_values=np.pad(batch["pixel_values"], extra + ((0, 0),)),
-                padding_mask=np.pad(batch["padding_mask"], extra, constant_values=True))
 
 
 def sharded_assign(mesh: Mesh, solver: str):
@@ -141,7 +132,7 @@ class Trainer:
             from jax.experimental import multihost_utils
             shapes = np.asarray(multihost_utils.process_allgather(
                 np.array(local["pixel_values"].shape[1:3], np.int32)))
-            local = pad_images(local, tuple(int(v) for v in shapes.reshape(-1, 2).max(0)))
+            local = extend_padding(local, tuple(int(v) for v in shapes.reshape(-1, 2).max(0)))
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local[k]))
                 for k in BATCH_KEYS}
 

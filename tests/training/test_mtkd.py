@@ -10,8 +10,9 @@ from flax import nnx
 
 from detr_jax.config_cli import load_config_file
 from detr_jax.data.augment import AugmentConfig
+from detr_jax.data.coco import CocoSource
 from detr_jax.models.build import build_model
-from detr_jax.training.data import CocoTrainSource, TrainLoader
+from detr_jax.training.data import TrainLoader
 from detr_jax.training.losses import LossWeights, set_criterion
 from detr_jax.training.mtkd import MTKDConfig, box_distillation, mtkd_loss, mtkd_loss_fn
 from detr_jax.training.trainer import Trainer
@@ -86,8 +87,8 @@ def test_kd_boxes_normalization_divides_by_the_target_count():
 @pytest.fixture(scope="module")
 def tiny_batch(synthetic_root):
     cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
-    source = CocoTrainSource(str(synthetic_root / "annotations" / "instances_train.json"),
-                             str(synthetic_root / "train"))
+    source = CocoSource(str(synthetic_root / "annotations" / "instances_train.json"),
+                        str(synthetic_root / "train"))
     loader = TrainLoader(source, global_batch=4, seed=0, augment=AugmentConfig.from_data_config(cfg.data),
                          granularity=32, max_targets=cfg.train.max_targets)
     return cfg, loader.batch(0)

@@ -11,8 +11,9 @@ from flax import nnx
 
 from detr_jax.config_cli import load_config_file
 from detr_jax.data.augment import AugmentConfig
+from detr_jax.data.coco import CocoSource
 from detr_jax.models.build import build_model
-from detr_jax.training.data import CocoTrainSource, TrainLoader
+from detr_jax.training.data import TrainLoader
 from detr_jax.training.losses import LossWeights
 from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
 
@@ -22,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(scope="module")
 def setup(synthetic_root):
     cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
-    source = CocoTrainSource(str(synthetic_root / "annotations" / "instances_train.json"),
-                             str(synthetic_root / "train"))
+    source = CocoSource(str(synthetic_root / "annotations" / "instances_train.json"),
+                        str(synthetic_root / "train"))
     return cfg, source, AugmentConfig.from_data_config(cfg.data)
 
 
