@@ -1,0 +1,199 @@
+"""Anchor DETR's transformer: RCDA encoder, anchor-point queries, decoder with shared heads.
+
+Follows the official ``Transformer`` of megvii-research/AnchorDETR with one feature level
+(its default). Feature maps stay (B, h, w, d) throughout (row-major, as the official
+``permute(0, 2, 3, 1)``). Post-norm layers, LayerNorm eps 1e-5, ReLU FFN.
+
+Queries: ``num_position`` learned anchor points (x, y) in [0, 1) times ``num_pattern``
+pattern embeddings; query ``p * num_position + i`` has pattern p and anchor point i.
+Every decoder layer uses the same positional queries: ``adapt_pos2d`` of the 2-D sine
+embedding of the anchor point in self-attention, ``adapt_pos1d`` of the 1-D embeddings of
+its x and y for RCDA's row and column queries. The class and box heads are one module
+shared by all decoder layers (the official ``ModuleList`` repeats the same module, so an
+official checkpoint stores identical copies under ``class_embed.0..5``); boxes add
+``inverse_sigmoid(anchor)`` to the predicted (cx, cy) before the sigmoid. No final
+decoder norm.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from detr_jax.attention import MultiHeadAttention
+from detr_jax.models.anchor_position import (inverse_sigmoid, mask2pos, pos2posemb1d,
+                                             pos2posemb2d)
+from detr_jax.models.detr import MLP
+from detr_jax.models.rcda import RowColumnAttention
+
+
+def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _keys(rng, count):
+    return [None] * count if rng is None else list(jax.random.split(rng, count))
+
+
+def _layer_norm(d, eps, dtype, rngs):
+    return nnx.LayerNorm(d, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+
+
+class FFN(nnx.Module):
+    """``norm2(x + linear2(relu(linear1(x))))`` (the official ``FFN`` with its own norm)."""
+
+    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs):
+        d = cfg.hidden_dim
+        self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, rngs=rngs)
+        self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, rngs=rngs)
+        self.norm2 = _layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.rate = cfg.dropout
+
+    def __call__(self, x, rng=None):
+        d1, d2 = _keys(rng, 2)
+        hidden = _dropout(jax.nn.relu(self.linear1(x)), self.rate, d1)
+        return self.norm2(x + _dropout(self.linear2(hidden), self.rate, d2))
+
+
+class AnchorEncoderLayer(nnx.Module):
+    """RCDA self-attention over the feature map, then the FFN. src (B, h, w, d)."""
+
+    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs):
+        d = cfg.hidden_dim
+        self.self_attn = RowColumnAttention(d, cfg.num_heads, dropout=cfg.dropout, dtype=dtype,
+                                            rngs=rngs)
+        self.norm1 = _layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.ffn = FFN(cfg, dtype, rngs)
+        self.rate = cfg.dropout
+
+    def __call__(self, src, mask, posemb_row, posemb_col, rng=None):
+        """src (B, h, w, d), mask (B, h, w), posemb_row (B, w, d), posemb_col (B, h, d)."""
+        attn_rng, d1, ffn_rng = _keys(rng, 3)
+        batch, h, w, d = src.shape
+        row = src + posemb_row[:, None, :, :]
+        col = src + posemb_col[:, :, None, :]
+        attended = self.self_attn(row.reshape(batch, h * w, d), col.reshape(batch, h * w, d),
+                                  row, col, src, mask, attn_rng)
+        src = self.norm1(src + _dropout(attended.reshape(batch, h, w, d), self.rate, d1))
+        return self.ffn(src, ffn_rng)
+
+
+class AnchorDecoderLayer(nnx.Module):
+    """Self-attention among queries (plain multi-head), RCDA cross-attention to the memory,
+    FFN; post-norm (``norm2`` after self-attention, ``norm1`` after cross-attention)."""
+
+    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs):
+        d = cfg.hidden_dim
+        self.cross_attn = RowColumnAttention(d, cfg.num_heads, dropout=cfg.dropout, dtype=dtype,
+                                             rngs=rngs)
+        self.norm1 = _layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.self_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, rngs=rngs)
+        self.norm2 = _layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.ffn = FFN(cfg, dtype, rngs)
+        self.rate = cfg.dropout
+
+    def __call__(self, tgt, query_pos, query_pos_x, query_pos_y, memory, mask, posemb_row,
+                 posemb_col, rng=None):
+        """tgt (B, Q, d); query_pos, query_pos_x, query_pos_y (Q, d); memory (B, h, w, d);
+        mask (B, h, w); posemb_row (B, w, d); posemb_col (B, h, d) -> (B, Q, d)."""
+        d1, attn_rng, d2, ffn_rng = _keys(rng, 4)
+        qk = tgt + query_pos
+        attended, _ = self.self_attn(qk, qk, tgt, None)
+        tgt = self.norm2(tgt + _dropout(attended, self.rate, d1))
+        attended = self.cross_attn(tgt + query_pos_x, tgt + query_pos_y,
+                                   memory + posemb_row[:, None, :, :],
+                                   memory + posemb_col[:, :, None, :], memory, mask, attn_rng)
+        tgt = self.norm1(tgt + _dropout(attended, self.rate, d2))
+        return self.ffn(tgt, ffn_rng)
+
+
+class AdaptPos(nnx.Module):
+    """Linear - ReLU - Linear (the official ``nn.Sequential`` indices 0 and 2)."""
+
+    def __init__(self, d: int, dtype: Any, rngs: nnx.Rngs):
+        self.linear1 = nnx.Linear(d, d, dtype=dtype, rngs=rngs)
+        self.linear2 = nnx.Linear(d, d, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        return self.linear2(jax.nn.relu(self.linear1(x)))
+
+
+class AnchorTransformer(nnx.Module):
+    """Encoder, anchor queries, decoder and the shared class/box heads (see module doc)."""
+
+    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs):
+        d = cfg.hidden_dim
+        self.d_model = d
+        self.num_pattern = cfg.num_query_pattern
+        self.num_position = cfg.num_query_position
+        self.encoder_layers = nnx.List([AnchorEncoderLayer(cfg, dtype, rngs)
+                                        for _ in range(cfg.enc_layers)])
+        self.decoder_layers = nnx.List([AnchorDecoderLayer(cfg, dtype, rngs)
+                                        for _ in range(cfg.dec_layers)])
+        self.pattern = nnx.Embed(cfg.num_query_pattern, d, rngs=rngs,
+                                 embedding_init=nnx.initializers.normal(stddev=1.0))
+        self.position = nnx.Embed(cfg.num_query_position, 2, rngs=rngs,
+                                  embedding_init=nnx.initializers.uniform(scale=1.0))
+        self.adapt_pos2d = AdaptPos(d, dtype, rngs)
+        self.adapt_pos1d = AdaptPos(d, dtype, rngs)
+        # Focal-loss prior 0.01 on the class bias; box head starts at the anchor with
+        # width and height sigmoid(-2), as the official initialization.
+        prior = -math.log((1 - 0.01) / 0.01)
+        self.class_embed = nnx.Linear(d, cfg.num_classes, dtype=dtype, rngs=rngs,
+                                      bias_init=nnx.initializers.constant(prior))
+        self.bbox_embed = MLP((d, d, d, 4), dtype, rngs)
+        last = self.bbox_embed.layers[-1]
+        last.kernel.set_value(jnp.zeros_like(last.kernel.get_value()))
+        last.bias.set_value(jnp.array([0.0, 0.0, -2.0, -2.0], jnp.float32))
+        self.dtype = dtype
+
+    def position_embeddings(self, mask):
+        """Row and column position embeddings of the memory: mask (B, h, w) ->
+        posemb_row (B, w, d) (x positions), posemb_col (B, h, d) (y positions)."""
+        pos_col, pos_row = mask2pos(mask)
+        d = self.d_model
+        return (self.adapt_pos1d(pos2posemb1d(pos_row, d).astype(self.dtype)),
+                self.adapt_pos1d(pos2posemb1d(pos_col, d).astype(self.dtype)))
+
+    def encode(self, src, mask, posemb_row, posemb_col, *, rng=None):
+        """src (B, h, w, d) projected features -> memory (B, h, w, d) after every layer."""
+        for index, layer in enumerate(self.encoder_layers):
+            layer_rng = None if rng is None else jax.random.fold_in(rng, index)
+            src = layer(src, mask, posemb_row, posemb_col, layer_rng)
+        return src
+
+    def anchors(self):
+        """Reference points (Q, 2) and initial content queries (Q, d), Q = patterns x
+        positions, pattern-major."""
+        points = jnp.tile(self.position.embedding[...], (self.num_pattern, 1))
+        content = jnp.repeat(self.pattern.embedding[...], self.num_position, axis=0)
+        return points, content
+
+    def decode(self, memory, mask, posemb_row, posemb_col, *, rng=None):
+        """memory (B, h, w, d) -> logits (L, B, Q, classes), boxes (L, B, Q, 4) per decoder
+        layer (cx, cy, w, h in [0, 1])."""
+        points, content = self.anchors()
+        d = self.d_model
+        query_pos = self.adapt_pos2d(pos2posemb2d(points, d // 2).astype(self.dtype))
+        query_pos_x = self.adapt_pos1d(pos2posemb1d(points[:, 0], d).astype(self.dtype))
+        query_pos_y = self.adapt_pos1d(pos2posemb1d(points[:, 1], d).astype(self.dtype))
+        tgt = jnp.broadcast_to(content.astype(memory.dtype), (memory.shape[0],) + content.shape)
+        reference = inverse_sigmoid(points)
+        outputs = []
+        for index, layer in enumerate(self.decoder_layers):
+            layer_rng = None if rng is None else jax.random.fold_in(rng, index)
+            tgt = layer(tgt, query_pos, query_pos_x, query_pos_y, memory, mask, posemb_row,
+                        posemb_col, layer_rng)
+            outputs.append(tgt)
+        hs = jnp.stack(outputs)
+        logits = self.class_embed(hs).astype(jnp.float32)
+        deltas = self.bbox_embed(hs).astype(jnp.float32)
+        deltas = deltas.at[..., :2].add(reference)
+        return logits, jax.nn.sigmoid(deltas)
