@@ -38,6 +38,9 @@ from detr_jax.convert.official import (detect_dilation, from_official, official_
 from detr_jax.models.build import set_variables, unloaded_paths
 from detr_jax.models.rcda import RCDA_PROJECTIONS
 
+SPEC_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets",
+                         "anchor_detr_r50_dc5_spec.json")
+
 _MHA = ("q_proj", "k_proj", "v_proj")
 _RENAME = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
 _SEQUENTIAL = {"linear1": "0", "linear2": "2"}
@@ -48,6 +51,14 @@ def is_anchor_detr(state_dict_keys: Iterable[str]) -> bool:
     position MLP, which no other detector of the family has)."""
     keys = set(state_dict_keys)
     return "transformer.pattern.weight" in keys and "transformer.adapt_pos1d.0.weight" in keys
+
+
+def anchor_recipe_state_dict(seed: int | None = None) -> dict[str, np.ndarray]:
+    """The recipe weights (:mod:`detr_jax.convert.recipe`) in the official Anchor DETR-DC5
+    R50 layout: keys, order, shapes and seed of ``assets/anchor_detr_r50_dc5_spec.json``."""
+    from detr_jax.convert.recipe import load_spec, recipe_state_dict
+    spec, default_seed = load_spec(SPEC_PATH)
+    return recipe_state_dict(spec, default_seed if seed is None else seed)
 
 
 def anchor_target(path: tuple, dec_layers: int) -> tuple[list[str], int | None, int]:
