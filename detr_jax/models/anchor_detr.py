@@ -194,6 +194,20 @@ class AnchorDETR(nnx.Module):
         """RCDA is not one of the swappable encoder attentions: no modules to plot."""
         return []
 
+    def encoder_attention_inputs(self, pixel_values, padding_mask, rng):
+        """No swappable encoder attention (see ``encoder_attention_layers``): an empty list
+        and the feature map's (h, w)."""
+        del rng
+        features, _, _ = self.backbone_features(pixel_values, padding_mask)
+        return [], tuple(features.shape[1:3])
+
+    def flops(self, image_hw, valid_hw=None, encoder_stats=None):
+        """Multiply-accumulates of one image (:func:`anchor_detr_flops`); RCDA's cost does
+        not depend on the data, so ``encoder_stats`` is ignored."""
+        del encoder_stats
+        from detr_jax.models.anchor_flops import anchor_detr_flops
+        return anchor_detr_flops(self.config, image_hw, valid_hw)
+
     def __call__(self, pixel_values, padding_mask, *, rng=None, train=False,
                  return_intermediates=False):
         if pixel_values.ndim != 4 or pixel_values.shape[-1] != 3:

@@ -4,6 +4,7 @@ the top-k post-processing."""
 import os
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -119,3 +120,48 @@ def test_tiny_model_shapes_and_padding_mask_positions():
     # at initialization every box sits on its anchor point (zero box-head weights)
     anchors = np.tile(np.asarray(model.transformer.position.embedding[...]), (2, 1))
     np.testing.assert_allclose(out["pred_boxes"][0, :, :2], anchors, atol=1e-5)
+
+
+def dot_macs(fn, *args):
+    """Multiply-accumulates of every matrix product in ``fn``'s program (no bias adds)."""
+    def count(jaxpr):
+        total = 0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                (contract, _), _ = eqn.params["dimension_numbers"]
+                lhs = eqn.invars[0].aval.shape
+                total += int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[i] for i in contract]))
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                total += count(sub)
+        return total
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+@pytest.mark.parametrize("h,w", [(3, 5), (6, 4)])
+def test_rcda_flops_match_the_computed_products(h, w):
+    from detr_jax.models.anchor_flops import rcda_macs
+    from detr_jax.models.rcda import RowColumnAttention
+    d, queries = 16, 7
+    attn = RowColumnAttention(d, 4, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(attn)
+    query = jnp.ones((1, queries, d))
+    keys = jnp.ones((1, h, w, d))
+
+    def call(state, query, keys):
+        return nnx.merge(graphdef, state)(query, query, keys, keys, keys)
+
+    counted = rcda_macs(queries, queries, h, w, h, w, d)
+    biases = 3 * queries * d + (h + w + h * w) * d
+    assert dot_macs(call, state, query, keys) == counted["projections"] - biases + counted["products"]
+
+
+def test_model_flops_follow_the_map_size():
+    model = nnx.eval_shape(lambda: AnchorDETR(tiny_anchor_detr_config(), rngs=nnx.Rngs(0)))
+    small, large = model.flops((64, 64)), model.flops((128, 128))
+    assert large["feature_hw"] == (4, 4) and small["feature_hw"] == (2, 2)
+    assert 3.5 < large["backbone"] / small["backbone"] < 4.5
+    assert large["transformer"] > small["transformer"]
+    padded = model.flops((128, 128), valid_hw=(64, 128))
+    assert padded["valid_tokens"] == 8
+    assert padded["encoder_attention_products"] < large["encoder_attention_products"]
+    assert padded["total"] == pytest.approx(padded["backbone"] + padded["transformer"])
