@@ -102,24 +102,42 @@ def test_topk_postprocess_decodes_query_and_class():
     np.testing.assert_allclose(xyxy[1, 0], [1.0, 0.5, 3.0, 1.5], atol=1e-5)
 
 
-def test_tiny_model_shapes_and_padding_mask_positions():
+def test_tiny_model_shapes_and_boxes_relative_to_anchor_points():
+    from detr_jax.convert.anchor import build_anchor_detr, expected_anchor_shapes
+    from detr_jax.convert.recipe import recipe_tensor
     cfg = tiny_anchor_detr_config()
-    model = AnchorDETR(cfg, rngs=nnx.Rngs(0))
+    shapes = expected_anchor_shapes(build_anchor_detr(cfg, abstract=True))
+    state = {name: recipe_tensor(name, shape, index, 3)
+             for index, (name, shape) in enumerate(sorted(shapes.items()))}
+    model = anchor_detr_from_state(state, "<tiny>", dilation=False)
+    # a box head that predicts no offset puts every box centre on its query's anchor point
+    last = model.transformer.bbox_embed.layers[-1]
+    last.kernel.set_value(jnp.zeros_like(last.kernel[...]))
+    last.bias.set_value(jnp.zeros_like(last.bias[...]))
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def run(params, pixels, mask):
+        module = nnx.merge(graphdef, params)
+        out = module(pixels, mask)
+        return out, module.postprocess(out, jnp.array([[64, 96], [32, 64]]))
+
     pixels = jax.random.normal(jax.random.key(1), (2, 64, 96, 3))
     mask = np.zeros((2, 64, 96), bool)
     mask[1, 32:] = True
     mask[1, :, 64:] = True
-    out = model(pixels, jnp.asarray(mask))
+    out, (scores, labels, boxes) = run(params, pixels, jnp.asarray(mask))
     queries = cfg.num_query_position * cfg.num_query_pattern
     assert out["pred_logits"].shape == (2, queries, cfg.num_classes)
     assert out["pred_boxes"].shape == (2, queries, 4)
     assert len(out["aux_outputs"]) == cfg.dec_layers - 1
-    scores, labels, boxes = model.postprocess(out, jnp.array([[64, 96], [32, 64]]))
-    assert scores.shape == (2, cfg.num_select) and boxes.shape == (2, cfg.num_select, 4)
+    kept = min(100, queries * cfg.num_classes)  # the official 100, at most every pair
+    assert scores.shape == (2, kept) and boxes.shape == (2, kept, 4)
     assert np.all(np.diff(np.asarray(scores), axis=1) <= 0)
-    # at initialization every box sits on its anchor point (zero box-head weights)
-    anchors = np.tile(np.asarray(model.transformer.position.embedding[...]), (2, 1))
-    np.testing.assert_allclose(out["pred_boxes"][0, :, :2], anchors, atol=1e-5)
+    assert int(labels.max()) < cfg.num_classes
+    anchors = np.tile(state["transformer.position.weight"], (cfg.num_query_pattern, 1))
+    np.testing.assert_allclose(out["pred_boxes"][1, :, :2], anchors, atol=1e-5)
+    np.testing.assert_allclose(out["pred_boxes"][0, :, 2:], 0.5, atol=1e-6)
 
 
 def dot_macs(fn, *args):
