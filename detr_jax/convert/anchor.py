@@ -61,27 +61,27 @@ def anchor_recipe_state_dict(seed: int | None = None) -> dict[str, np.ndarray]:
     return recipe_state_dict(spec, default_seed if seed is None else seed)
 
 
-def anchor_target(path: tuple, dec_layers: int) -> tuple[list[str], int | None, int]:
+def anchor_target(path: tuple, dec_layers: int, rcda: bool = True
+                  ) -> tuple[list[str], int | None, int]:
     """Official keys of one model parameter, its slot in a packed in-projection and the
     number of slots.
 
-    path: the parameter's path in ``nnx.state(model)``. Returns ``(keys, slot, slots)``:
-    one key except for the shared heads (one per decoder layer, loaded from the last);
-    ``slot`` None when the tensor is not packed, else its row block among ``slots``.
+    path: the parameter's path in ``nnx.state(model)``; rcda: the model's attention type is
+    RCDA (5 packed projections in the encoder and the cross-attention, else 3). Returns
+    ``(keys, slot, slots)``: one key except for the shared heads (one per decoder layer,
+    loaded from the last); ``slot`` None when the tensor is not packed, else its row
+    block among ``slots``.
     """
     parts = [str(p) for p in path]
     if parts[0] == "backbone":
         key, _ = official_target(path)
         return [re.sub(r"^backbone\.0\.body\.", "backbone.body.", key)], None, 1
-    leaf = "in_proj_weight" if parts[-1] == "kernel" else "in_proj_bias"
-    if len(parts) >= 2 and parts[-2] in RCDA_PROJECTIONS and parts[-3] in ("self_attn",
-                                                                          "cross_attn"):
-        rcda = "encoder_layers" in parts or parts[-3] == "cross_attn"
-        names = RCDA_PROJECTIONS if rcda else _MHA
-        if parts[-2] in names:
-            return [".".join(parts[:-2] + [leaf])], names.index(parts[-2]), len(names)
-    if len(parts) >= 2 and parts[-2] in _MHA:
-        return [".".join(parts[:-2] + [leaf])], _MHA.index(parts[-2]), len(_MHA)
+    if (len(parts) >= 3 and parts[-2] in RCDA_PROJECTIONS + _MHA
+            and parts[-3] in ("self_attn", "cross_attn")):
+        packed_rcda = rcda and ("encoder_layers" in parts or parts[-3] == "cross_attn")
+        names = RCDA_PROJECTIONS if packed_rcda else _MHA
+        leaf = "in_proj_weight" if parts[-1] == "kernel" else "in_proj_bias"
+        return [".".join(parts[:-2] + [leaf])], names.index(parts[-2]), len(names)
     parts[-1] = _RENAME.get(parts[-1], parts[-1])
     if parts[0] == "input_proj":
         parts = ["input_proj", "0", {"conv": "0", "norm": "1"}[parts[1]]] + parts[2:]
@@ -92,15 +92,15 @@ def anchor_target(path: tuple, dec_layers: int) -> tuple[list[str], int | None, 
     return [".".join(parts)], None, 1
 
 
-def _dec_layers(model) -> int:
-    return len(model.transformer.decoder_layers)
+def _target(model, path):
+    return anchor_target(path, len(model.transformer.decoder_layers), model.transformer.rcda)
 
 
 def expected_anchor_shapes(model: nnx.Module) -> dict[str, tuple]:
     """Every official key the model needs, with its full official shape."""
     shapes: dict[str, tuple] = {}
     for path, var in nnx.to_flat_state(nnx.state(model)):
-        keys, slot, slots = anchor_target(path, _dec_layers(model))
+        keys, slot, slots = _target(model, path)
         shape = to_official_layout(tuple(var.get_value().shape), path)
         if slot is not None:
             shape = (shape[0] * slots,) + shape[1:]
@@ -114,7 +114,7 @@ def assign_anchor_state(model: nnx.Module, state: Mapping[str, np.ndarray], sour
     validate_state(state, expected_anchor_shapes(model), source)
     new_values = {}
     for path, var in nnx.to_flat_state(nnx.state(model)):
-        keys, slot, slots = anchor_target(path, _dec_layers(model))
+        keys, slot, slots = _target(model, path)
         value = np.asarray(state[keys[-1]])
         if slot is not None:
             rows = value.shape[0] // slots
@@ -151,8 +151,9 @@ def infer_anchor_config(state: Mapping[str, np.ndarray], source: str, *,
     """Read the architecture of an official Anchor DETR state dict from its shapes.
 
     DC5 is not visible in the shapes: ``dilation``, else :func:`anchor_dilation`.
+    The attention type (RCDA or standard) is read from the packed in-projection's rows.
     Raises CheckpointError for the official variants this model does not implement
-    (several feature levels, the ``grid`` spatial prior, standard attention in the encoder).
+    (several feature levels, the ``grid`` spatial prior).
     """
     from detr_jax.models.anchor_detr import anchor_detr_config
     keys = list(state)
@@ -164,10 +165,13 @@ def infer_anchor_config(state: Mapping[str, np.ndarray], source: str, *,
         raise CheckpointError(f"{source}: not an Anchor DETR checkpoint with learned anchor "
                               f"points: missing {first(missing)}")
     d = int(state["transformer.pattern.weight"].shape[1])
-    enc_in = state.get("transformer.encoder_layers.0.self_attn.in_proj_weight")
-    if enc_in is not None and enc_in.shape[0] != 5 * d:
-        raise CheckpointError(f"{source}: the encoder uses standard attention "
-                              f"(in_proj_weight {tuple(enc_in.shape)}); only RCDA is supported")
+    packed = state.get("transformer.decoder_layers.0.cross_attn.in_proj_weight",
+                       state.get("transformer.encoder_layers.0.self_attn.in_proj_weight"))
+    if packed is None or packed.shape[0] not in (3 * d, 5 * d):
+        raise CheckpointError(f"{source}: cannot tell the attention type: expected "
+                              f"transformer.decoder_layers.0.cross_attn.in_proj_weight of "
+                              f"{5 * d} (RCDA) or {3 * d} (standard) rows")
+    attention_type = "RCDA" if packed.shape[0] == 5 * d else "nn.MultiheadAttention"
     stages = tuple(_count(keys, rf"backbone\.body\.layer{s}\.(\d+)\.") for s in range(1, 5))
     if 0 in stages:
         raise CheckpointError(f"{source}: backbone stages with blocks {stages}: expected four "
@@ -186,18 +190,19 @@ def infer_anchor_config(state: Mapping[str, np.ndarray], source: str, *,
         ffn_dim=int(ffn.shape[0]),
         num_query_position=int(state["transformer.position.weight"].shape[0]),
         num_query_pattern=int(state["transformer.pattern.weight"].shape[0]),
-        num_classes=int(state["transformer.class_embed.0.weight"].shape[0]))
+        num_classes=int(state["transformer.class_embed.0.weight"].shape[0]),
+        attention_type=attention_type)
 
 
-def build_anchor_detr(cfg, *, seed: int = 0, abstract: bool = False):
+def build_anchor_detr(cfg, *, encoder_attention=None, seed: int = 0, abstract: bool = False):
     """An AnchorDETR for ``cfg``; ``abstract=True`` allocates nothing (shapes only)."""
     from detr_jax.models.anchor_detr import AnchorDETR
-    make = lambda: AnchorDETR(cfg, rngs=nnx.Rngs(seed))
+    make = lambda: AnchorDETR(cfg, encoder_attention=encoder_attention, rngs=nnx.Rngs(seed))
     return nnx.eval_shape(make) if abstract else make()
 
 
-def load_anchor_detr(path_or_state_dict: Any, *, dilation: bool | None = None,
-                     num_heads: int = 8, dtype: str = "float32"):
+def load_anchor_detr(path_or_state_dict: Any, *, encoder_attention=None,
+                     dilation: bool | None = None, num_heads: int = 8, dtype: str = "float32"):
     """An official Anchor DETR checkpoint (file or state dict, as
     :func:`detr_jax.load_torch_checkpoint` reads) -> a ready AnchorDETR.
 
@@ -206,17 +211,24 @@ def load_anchor_detr(path_or_state_dict: Any, *, dilation: bool | None = None,
     """
     from detr_jax.convert.reader import read_state_dict
     state, source = read_state_dict(path_or_state_dict)
-    return anchor_detr_from_state(state, source, dilation=dilation, num_heads=num_heads,
-                                  dtype=dtype)
+    return anchor_detr_from_state(state, source, encoder_attention=encoder_attention,
+                                  dilation=dilation, num_heads=num_heads, dtype=dtype)
 
 
 def anchor_detr_from_state(state: Mapping[str, np.ndarray], source: str, *,
-                           dilation: bool | None = None, num_heads: int = 8,
-                           dtype: str = "float32"):
-    """An already-read official state dict (numpy arrays) -> a ready AnchorDETR."""
+                           encoder_attention=None, dilation: bool | None = None,
+                           num_heads: int = 8, dtype: str = "float32"):
+    """An already-read official state dict (numpy arrays) -> a ready AnchorDETR.
+
+    encoder_attention: spec or string for the encoder of the "nn.MultiheadAttention" type
+    (exact when None); RCDA models take only exact attention.
+    """
+    from detr_jax.attention import parse_attention
     cfg = infer_anchor_config(state, source, dilation=dilation, num_heads=num_heads)
+    spec = parse_attention(encoder_attention)
+    cfg.encoder_attention = spec.to_string()
     cfg.dtype = dtype
-    model = build_anchor_detr(cfg, abstract=True)
+    model = build_anchor_detr(cfg, encoder_attention=spec, abstract=True)
     assign_anchor_state(model, state, source)
     left = unloaded_paths(model)
     if left:

@@ -53,7 +53,11 @@ def anchor_detr_config(**overrides) -> ml_collections.ConfigDict:
         the model has ``num_query_position * num_query_pattern`` queries.
       num_classes: sigmoid classes (91 for COCO; class index = COCO category id).
       num_select: detections kept per image by ``postprocess`` (100).
-      encoder_attention: "exact" (the official RCDA encoder).
+      attention_type: "RCDA" (the default) or "nn.MultiheadAttention" (the official
+        option: standard attention with 2-D position embeddings in the encoder and the
+        decoder's cross-attention).
+      encoder_attention: the encoder attention of the "nn.MultiheadAttention" type
+        (``exact``, ``act:L=32``, ``kmeans:...``); RCDA supports "exact" only.
       dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
     """
     cfg = ml_collections.ConfigDict()
@@ -73,6 +77,7 @@ def anchor_detr_config(**overrides) -> ml_collections.ConfigDict:
     cfg.num_query_pattern = 3
     cfg.num_classes = 91
     cfg.num_select = 100
+    cfg.attention_type = "RCDA"
     cfg.encoder_attention = "exact"
     cfg.dtype = "float32"
     for key, value in overrides.items():
@@ -123,11 +128,12 @@ class AnchorDETR(nnx.Module):
     Returns a dict with ``pred_logits`` (B, Q, num_classes) (sigmoid logits),
     ``pred_boxes`` (B, Q, 4) (cx, cy, w, h relative to the unpadded image),
     ``aux_outputs`` (the same for every decoder layer but the last) and ``encoder_stats``
-    (None per encoder layer: RCDA has no statistics).
+    (one entry per encoder layer: None for RCDA and exact attention).
 
     The detector stages (``backbone_features``, ``encode``, ``decode``) follow
     :class:`detr_jax.models.detector.Detector`; this detector's position embedding ``pos``
-    is the pair ``(posemb_row, posemb_col)`` of 1-D embeddings rather than a 2-D map.
+    is the triple ``(posemb_row, posemb_col, posemb_2d)``: 1-D embeddings for RCDA, a 2-D
+    map for standard attention (the unused entries None).
     """
 
     def __init__(self, cfg, *, encoder_attention=None, rngs: nnx.Rngs | None = None):
@@ -135,9 +141,11 @@ class AnchorDETR(nnx.Module):
         self.config = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
         spec = parse_attention(encoder_attention if encoder_attention is not None
                                else cfg.get("encoder_attention", "exact"))
-        if spec.to_string() != "exact":
+        attention_type = cfg.get("attention_type", "RCDA")
+        if attention_type == "RCDA" and spec.to_string() != "exact":
             raise ValueError(f"Anchor DETR's RCDA encoder supports only exact attention, "
-                             f"not {spec.to_string()!r}")
+                             f"not {spec.to_string()!r}; use attention_type="
+                             f"'nn.MultiheadAttention' for the encoder attention variants")
         self.attention_spec = spec
         dtype = resolve_dtype(cfg.dtype)
         self.dtype = dtype
@@ -148,33 +156,30 @@ class AnchorDETR(nnx.Module):
                                dtype=dtype, rngs=rngs)
         self.input_proj = InputProjection(backbone_channels(cfg), cfg.hidden_dim,
                                           cfg.input_proj_groups, dtype, rngs)
-        self.transformer = AnchorTransformer(cfg, dtype, rngs)
+        self.transformer = AnchorTransformer(cfg, spec, dtype, rngs)
         self.num_queries = cfg.num_query_position * cfg.num_query_pattern
         self.num_select = cfg.num_select
 
     def backbone_features(self, pixel_values, padding_mask):
-        """-> features (B, h, w, C), feature mask (B, h, w), and ``pos`` = (posemb_row
-        (B, w, d), posemb_col (B, h, d))."""
+        """-> features (B, h, w, C), feature mask (B, h, w), and ``pos`` =
+        (posemb_row (B, w, d), posemb_col (B, h, d), posemb_2d (B, h, w, d)), the ones the
+        attention type uses set and the others None."""
         features = self.backbone(pixel_values.astype(self.dtype))
         mask = downsample_mask(padding_mask, features.shape[1:3])
         return features, mask, self.transformer.position_embeddings(mask)
 
     def encode(self, features, mask, pos, *, rng=None, train=False):
-        """Input projection and the RCDA encoder -> memory (B, h*w, d) and the per-layer
-        statistics (None for every layer)."""
-        src = self.input_proj(features)
-        posemb_row, posemb_col = pos
-        memory = self.transformer.encode(src, mask, posemb_row, posemb_col,
-                                         rng=rng if train else None)
+        """Input projection and the encoder -> memory (B, h*w, d) and the per-layer
+        attention statistics (None for RCDA and exact attention)."""
+        memory, stats = self.transformer.encode(self.input_proj(features), mask, pos, rng=rng,
+                                                train=train)
         batch, h, w, d = memory.shape
-        return memory.reshape(batch, h * w, d), [None] * len(self.transformer.encoder_layers)
+        return memory.reshape(batch, h * w, d), stats
 
     def decode(self, memory, mask, pos, *, rng=None, train=False):
         """Decoder and shared heads -> dict of predictions (final and auxiliary)."""
         batch, h, w = mask.shape
-        posemb_row, posemb_col = pos
-        logits, boxes = self.transformer.decode(memory.reshape(batch, h, w, -1), mask,
-                                                posemb_row, posemb_col,
+        logits, boxes = self.transformer.decode(memory.reshape(batch, h, w, -1), mask, pos,
                                                 rng=rng if train else None)
         return {
             "pred_logits": logits[-1],
@@ -191,15 +196,25 @@ class AnchorDETR(nnx.Module):
                                 self.num_select)
 
     def encoder_attention_layers(self):
-        """RCDA is not one of the swappable encoder attentions: no modules to plot."""
-        return []
+        """The encoder's attention modules in layer order for the "nn.MultiheadAttention"
+        type; none for RCDA (not one of the swappable encoder attentions)."""
+        if self.transformer.rcda:
+            return []
+        return [layer.self_attn for layer in self.transformer.encoder_layers]
 
     def encoder_attention_inputs(self, pixel_values, padding_mask, rng):
-        """No swappable encoder attention (see ``encoder_attention_layers``): an empty list
-        and the feature map's (h, w)."""
-        del rng
-        features, _, _ = self.backbone_features(pixel_values, padding_mask)
-        return [], tuple(features.shape[1:3])
+        """Per encoder layer ``(queries, keys, values (B, N, d), key_padding_mask (B, N),
+        attn_rng)`` as its attention receives them (none for RCDA), and (h, w)."""
+        features, mask, pos = self.backbone_features(pixel_values, padding_mask)
+        src = self.input_proj(features)
+        calls = []
+        if not self.transformer.rcda:
+            for index, layer in enumerate(self.transformer.encoder_layers):
+                attn_rng = (None if rng is None
+                            else jax.random.split(jax.random.fold_in(rng, index))[0])
+                calls.append((*layer.attention_inputs(src, mask, pos), attn_rng))
+                src, _ = layer(src, mask, pos, attn_rng=attn_rng)
+        return calls, tuple(src.shape[1:3])
 
     def flops(self, image_hw, valid_hw=None, encoder_stats=None):
         """Multiply-accumulates of one image (:func:`anchor_detr_flops`); RCDA's cost does

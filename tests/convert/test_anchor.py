@@ -107,14 +107,32 @@ def test_missing_key_is_named(tiny_state, tmp_path):
         load_anchor_detr(str(path))
 
 
+def test_standard_attention_variant_read_from_shapes():
+    cfg = tiny_anchor_detr_config(attention_type="nn.MultiheadAttention")
+    shapes = expected_anchor_shapes(build_anchor_detr(cfg, abstract=True))
+    assert shapes["transformer.encoder_layers.0.self_attn.in_proj_weight"] == (96, 32)
+    assert shapes["transformer.decoder_layers.1.cross_attn.in_proj_bias"] == (96,)
+    state = {name: recipe_tensor(name, shape, index, 1)
+             for index, (name, shape) in enumerate(sorted(shapes.items()))}
+    model = anchor_detr_from_state(state, "std", encoder_attention="act:L=8")
+    assert model.config["attention_type"] == "nn.MultiheadAttention"
+    assert model.config["encoder_attention"].startswith("act")
+    packed = state["transformer.encoder_layers.1.self_attn.in_proj_weight"]
+    np.testing.assert_array_equal(model.transformer.encoder_layers[1].self_attn.v_proj.kernel[...],
+                                  packed[64:].T)
+    assert len(model.encoder_attention_layers()) == 2
+
+
 def test_unsupported_variants_are_refused(tiny_state):
-    standard = dict(tiny_state)
-    standard["transformer.encoder_layers.0.self_attn.in_proj_weight"] = np.zeros((96, 32), np.float32)
-    with pytest.raises(CheckpointError, match="standard attention"):
-        anchor_detr_from_state(standard, "std")
     levels = dict(tiny_state, **{"transformer.level_embed.weight": np.zeros((3, 32), np.float32)})
     with pytest.raises(CheckpointError, match="several feature levels"):
         anchor_detr_from_state(levels, "levels")
+    odd = dict(tiny_state)
+    odd["transformer.decoder_layers.0.cross_attn.in_proj_weight"] = np.zeros((64, 32), np.float32)
+    with pytest.raises(CheckpointError, match="cannot tell the attention type"):
+        anchor_detr_from_state(odd, "odd")
+    with pytest.raises(ValueError, match="RCDA encoder supports only exact attention"):
+        anchor_detr_from_state(tiny_state, "rcda", encoder_attention="act:L=8")
     wrong = dict(tiny_state)
     wrong["transformer.decoder_layers.0.ffn.linear1.weight"] = np.zeros((3, 3), np.float32)
     with pytest.raises(CheckpointError, match=r"ffn\.linear1\.weight: \(3, 3\)"):

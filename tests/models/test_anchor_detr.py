@@ -183,3 +183,33 @@ def test_model_flops_follow_the_map_size():
     assert padded["valid_tokens"] == 8
     assert padded["encoder_attention_products"] < large["encoder_attention_products"]
     assert padded["total"] == pytest.approx(padded["backbone"] + padded["transformer"])
+
+
+@pytest.mark.parametrize("name,attention_type", [("rcda", "RCDA"),
+                                                 ("standard", "nn.MultiheadAttention")])
+def test_transformer_matches_official_for_both_attention_types(name, attention_type):
+    """The official ``Transformer`` alone (d 256, 2 + 2 layers, FFN 64, 6 anchor points x 2
+    patterns) on random features with a padded image, for RCDA and for the official
+    standard-attention option (tests/data/README.md)."""
+    from detr_jax.convert.anchor import build_anchor_detr, expected_anchor_shapes
+    from detr_jax.convert.recipe import recipe_tensor
+    with np.load(os.path.join(DATA, "anchor_transformer_official_tiny.npz")) as data:
+        ref = {k: data[k] for k in data.files}
+    cfg = tiny_anchor_detr_config(hidden_dim=256, num_heads=8, ffn_dim=64, input_proj_groups=32,
+                                  num_classes=91, attention_type=attention_type)
+    shapes = expected_anchor_shapes(build_anchor_detr(cfg, abstract=True))
+    state = {n: recipe_tensor(n, s, i, 5) for i, (n, s) in enumerate(sorted(shapes.items()))}
+    model = anchor_detr_from_state(state, "<tiny>")
+    assert model.config["attention_type"] == attention_type
+    graphdef, params = nnx.split(model.transformer)
+
+    @jax.jit
+    def run(params, src, mask):
+        transformer = nnx.merge(graphdef, params)
+        pos = transformer.position_embeddings(mask)
+        memory, stats = transformer.encode(src, mask, pos)
+        return transformer.decode(memory, mask, pos)
+
+    logits, boxes = run(params, jnp.asarray(ref["srcs"]), jnp.asarray(ref["mask"]))
+    np.testing.assert_allclose(logits, ref[f"{name}/pred_logits"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(boxes, ref[f"{name}/pred_boxes"], rtol=0, atol=1e-4)
