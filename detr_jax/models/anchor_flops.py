@@ -10,6 +10,10 @@ the values; logits ``Q (w + h) d``; the weighted sum ``Q h w d`` for the longer 
 ``Q s d`` for the shorter side s. As for DETR, token-wise layers run on the padded grid
 and the attention products count valid queries (in the encoder) and valid rows/columns.
 Position MLPs run once per image (rows and columns) and once per query set.
+
+With ``attention_type="nn.MultiheadAttention"`` the encoder and the cross-attention are
+standard attention, counted as :func:`detr_jax.flops.count_flops` counts DETR's (exact
+encoder attention only), and ``adapt_pos2d`` runs on every feature position.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def anchor_detr_flops(config, image_hw: Sequence[int], valid_hw: Sequence[int] |
     :func:`detr_jax.flops.count_flops` where they apply (``backbone``, ``transformer``,
     ``total``, ``input_proj``, ``encoder_attention``, ``encoder_ffn``, ``decoder``,
     ``heads``, ``gflops_*``, geometry)."""
-    get = (lambda k: config[k]) if isinstance(config, dict) else (lambda k: getattr(config, k))
+    get = config.__getitem__
     d, ffn = int(get("hidden_dim")), int(get("ffn_dim"))
     enc_layers, dec_layers = int(get("enc_layers")), int(get("dec_layers"))
     queries = int(get("num_query_position")) * int(get("num_query_pattern"))
@@ -55,14 +59,27 @@ def anchor_detr_flops(config, image_hw: Sequence[int], valid_hw: Sequence[int] |
     tokens, valid_tokens = h * w, vh * vw
 
     input_proj = conv_macs((h, w), 1, bb["channels"], d, bias=True)
-    positions = 2 * linear_macs(h + w, d, d)                        # adapt_pos1d, rows + cols
-    enc = rcda_macs(tokens, valid_tokens, h, w, vh, vw, d)
-    encoder_attention = enc_layers * (enc["projections"] + enc["products"])
     enc_ffn = enc_layers * (linear_macs(tokens, d, ffn) + linear_macs(tokens, ffn, d))
-    query_positions = 2 * linear_macs(queries, d, d) + 2 * 2 * linear_macs(queries, d, d)
+    rcda = config.get("attention_type", "RCDA") == "RCDA"
+    if rcda:
+        positions = 2 * linear_macs(h + w, d, d)                    # adapt_pos1d, rows + cols
+        enc = rcda_macs(tokens, valid_tokens, h, w, vh, vw, d)
+        query_positions = 2 * linear_macs(queries, d, d) + 2 * 2 * linear_macs(queries, d, d)
+        cross = rcda_macs(queries, queries, h, w, vh, vw, d)
+    else:
+        attention = get("encoder_attention")
+        if attention != "exact":
+            raise NotImplementedError(f"no Anchor DETR FLOPs model for encoder attention "
+                                      f"{attention!r}")
+        positions = 2 * linear_macs(tokens, d, d)                   # adapt_pos2d, every position
+        enc = {"projections": float(mha_projection_macs(tokens, tokens, d)),
+               "products": attention_product_macs(valid_tokens, valid_tokens, d)}
+        query_positions = 2 * linear_macs(queries, d, d)
+        cross = {"projections": float(mha_projection_macs(queries, tokens, d)),
+                 "products": attention_product_macs(queries, valid_tokens, d)}
+    encoder_attention = enc_layers * (enc["projections"] + enc["products"])
     dec_self = dec_layers * (mha_projection_macs(queries, queries, d)
                              + attention_product_macs(queries, queries, d))
-    cross = rcda_macs(queries, queries, h, w, vh, vw, d)
     dec_cross = dec_layers * (cross["projections"] + cross["products"])
     dec_ffn = dec_layers * (linear_macs(queries, d, ffn) + linear_macs(queries, ffn, d))
     decoder = query_positions + dec_self + dec_cross + dec_ffn
@@ -71,7 +88,8 @@ def anchor_detr_flops(config, image_hw: Sequence[int], valid_hw: Sequence[int] |
     transformer = input_proj + positions + encoder_attention + enc_ffn + decoder + heads
     backbone = float(bb["total"])
     return {
-        "attention": "rcda", "image_hw": image_hw, "valid_hw": valid_hw, "feature_hw": (h, w),
+        "attention": "rcda" if rcda else "exact", "image_hw": image_hw, "valid_hw": valid_hw,
+        "feature_hw": (h, w),
         "tokens": tokens, "valid_tokens": valid_tokens,
         "backbone": backbone, "transformer": float(transformer),
         "total": backbone + float(transformer),

@@ -183,6 +183,12 @@ def test_model_flops_follow_the_map_size():
     assert padded["valid_tokens"] == 8
     assert padded["encoder_attention_products"] < large["encoder_attention_products"]
     assert padded["total"] == pytest.approx(padded["backbone"] + padded["transformer"])
+    standard = dict(model.config, attention_type="nn.MultiheadAttention")
+    from detr_jax.models.anchor_flops import anchor_detr_flops
+    counted = anchor_detr_flops(standard, (128, 128))
+    assert counted["encoder_attention_products"] == 2 * 2 * 16 ** 2 * 32  # layers 2 N^2 d
+    with pytest.raises(NotImplementedError, match="act"):
+        anchor_detr_flops(dict(standard, encoder_attention="act:L=8"), (128, 128))
 
 
 @pytest.mark.parametrize("name,attention_type", [("rcda", "RCDA"),
