@@ -221,3 +221,29 @@ def test_transformer_matches_official_for_both_attention_types(name, attention_t
     logits, boxes = run(params, jnp.asarray(ref["srcs"]), jnp.asarray(ref["mask"]))
     np.testing.assert_allclose(logits, ref[f"{name}/pred_logits"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(boxes, ref[f"{name}/pred_boxes"], rtol=0, atol=1e-4)
+
+
+def test_standard_attention_type_runs_encoder_attention_variants():
+    """With the official standard-attention option the encoder takes the attention
+    variants (here ACT, which needs a key and reports per-layer statistics)."""
+    from detr_jax.convert.anchor import build_anchor_detr, expected_anchor_shapes
+    from detr_jax.convert.recipe import recipe_tensor
+    cfg = tiny_anchor_detr_config(attention_type="nn.MultiheadAttention")
+    shapes = expected_anchor_shapes(build_anchor_detr(cfg, abstract=True))
+    state = {n: recipe_tensor(n, s, i, 2) for i, (n, s) in enumerate(sorted(shapes.items()))}
+    exact = anchor_detr_from_state(state, "<tiny>", dilation=False)
+    act = anchor_detr_from_state(state, "<tiny>", dilation=False, encoder_attention="act:L=8")
+    pixels = jax.random.normal(jax.random.key(4), (1, 96, 128, 3))
+    mask = jnp.zeros((1, 96, 128), bool)
+
+    def run(model):
+        graphdef, params = nnx.split(model)
+        fn = jax.jit(lambda p, x, m, k: nnx.merge(graphdef, p)(x, m, rng=k))
+        return fn(params, pixels, mask, jax.random.key(0))
+
+    out_exact, out_act = run(exact), run(act)
+    assert out_exact["encoder_stats"] == [None, None]
+    assert len(out_act["encoder_stats"]) == 2 and out_act["encoder_stats"][0] is not None
+    assert np.all(np.isfinite(out_act["pred_logits"]))
+    assert not np.allclose(out_act["pred_logits"], out_exact["pred_logits"])
+    assert len(act.encoder_attention_layers()) == 2
