@@ -5,7 +5,8 @@ Follows the official ``Transformer`` of megvii-research/AnchorDETR with one feat
 the encoder and the decoder's cross-attention, 1-D row and column position embeddings
 through ``adapt_pos1d``) and "nn.MultiheadAttention" (standard attention there, with the
 2-D embedding ``adapt_pos2d(pos2posemb2d((x, y)))`` of every feature position; the
-encoder's attention is then any encoder attention of :mod:`detr_jax.attention`). Feature maps stay (B, h, w, d) throughout (row-major, as the official
+encoder's attention is then any encoder attention of :mod:`detr_jax.attention`).
+Feature maps stay (B, h, w, d) throughout (row-major, as the official
 ``permute(0, 2, 3, 1)``). Post-norm layers, LayerNorm eps 1e-5, ReLU FFN.
 
 Queries: ``num_position`` learned anchor points (x, y) in [0, 1) times ``num_pattern``
@@ -33,24 +34,14 @@ from detr_jax.models.anchor_position import (inverse_sigmoid, mask2pos, pos2pose
                                              pos2posemb2d)
 from detr_jax.models.detr import MLP
 from detr_jax.models.rcda import RowColumnAttention
+from detr_jax.models.transformer import dropout, layer_norm
 
 RCDA = "RCDA"
 ATTENTION_TYPES = (RCDA, "nn.MultiheadAttention")
 
 
-def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-    if rng is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-
-
 def _keys(rng, count):
     return [None] * count if rng is None else list(jax.random.split(rng, count))
-
-
-def _layer_norm(d, eps, dtype, rngs):
-    return nnx.LayerNorm(d, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 class FFN(nnx.Module):
@@ -60,13 +51,13 @@ class FFN(nnx.Module):
         d = cfg.hidden_dim
         self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, rngs=rngs)
         self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, rngs=rngs)
-        self.norm2 = _layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.norm2 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.rate = cfg.dropout
 
     def __call__(self, x, rng=None):
         d1, d2 = _keys(rng, 2)
-        hidden = _dropout(jax.nn.relu(self.linear1(x)), self.rate, d1)
-        return self.norm2(x + _dropout(self.linear2(hidden), self.rate, d2))
+        hidden = dropout(jax.nn.relu(self.linear1(x)), self.rate, d1)
+        return self.norm2(x + dropout(self.linear2(hidden), self.rate, d2))
 
 
 def _flat(x):
@@ -91,7 +82,7 @@ class AnchorEncoderLayer(nnx.Module):
         else:
             self.self_attn = spec.build(d, cfg.num_heads, layer_index=layer_index,
                                         num_layers=cfg.enc_layers, dtype=dtype, rngs=rngs)
-        self.norm1 = _layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.ffn = FFN(cfg, dtype, rngs)
         self.rate = cfg.dropout
 
@@ -114,7 +105,7 @@ class AnchorEncoderLayer(nnx.Module):
         else:
             attended, stats = self.self_attn(*self.attention_inputs(src, mask, pos), attn_rng)
             stats = stats or None
-        src = self.norm1(src + _dropout(attended.reshape(batch, h, w, d), self.rate, d1))
+        src = self.norm1(src + dropout(attended.reshape(batch, h, w, d), self.rate, d1))
         return self.ffn(src, ffn_rng), stats
 
 
@@ -129,9 +120,9 @@ class AnchorDecoderLayer(nnx.Module):
         self.cross_attn = (RowColumnAttention(d, cfg.num_heads, dropout=cfg.dropout,
                                               dtype=dtype, rngs=rngs) if self.rcda
                            else MultiHeadAttention(d, cfg.num_heads, dtype=dtype, rngs=rngs))
-        self.norm1 = _layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.self_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, rngs=rngs)
-        self.norm2 = _layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
+        self.norm2 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.ffn = FFN(cfg, dtype, rngs)
         self.rate = cfg.dropout
 
@@ -141,7 +132,7 @@ class AnchorDecoderLayer(nnx.Module):
         d1, attn_rng, d2, ffn_rng = _keys(rng, 4)
         qk = tgt + query_pos
         attended, _ = self.self_attn(qk, qk, tgt, None)
-        tgt = self.norm2(tgt + _dropout(attended, self.rate, d1))
+        tgt = self.norm2(tgt + dropout(attended, self.rate, d1))
         if self.rcda:
             attended = self.cross_attn(tgt + query_pos_x, tgt + query_pos_y,
                                        memory + pos[0][:, None, :, :],
@@ -149,7 +140,7 @@ class AnchorDecoderLayer(nnx.Module):
         else:
             attended, _ = self.cross_attn(tgt + query_pos, _flat(memory + pos[2]), _flat(memory),
                                           mask.reshape(mask.shape[0], -1))
-        tgt = self.norm1(tgt + _dropout(attended, self.rate, d2))
+        tgt = self.norm1(tgt + dropout(attended, self.rate, d2))
         return self.ffn(tgt, ffn_rng)
 
 
