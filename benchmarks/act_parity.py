@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import detr_jax  # noqa: E402
-from detr_jax.attention.kernel import attention_kernel  # noqa: E402
+from detr_jax.models.build import with_encoder_attention  # noqa: E402
 from detr_jax.convert.recipe import recipe_state_dict  # noqa: E402
 from detr_jax.models.inference import Forward  # noqa: E402
 
@@ -57,11 +57,12 @@ def main(argv=None) -> int:
                 spec = detr_jax.ACT(hash_weights=ref["act_single/hash_weights"],
                                     hash_biases=ref["act_single/hash_biases"],
                                     numbering=numbering)
-                with attention_kernel(kernel):  # read when the forward pass is traced
-                    model = detr_jax.load_torch_checkpoint(weights, dilation=True,
-                                                           encoder_attention=spec)
-                    out = Forward(model, return_intermediates=True)(*inputs)
-                counts = np.stack([np.asarray(s["num_clusters"][0]) for s in out["encoder_stats"]])
+                model = detr_jax.load_torch_checkpoint(weights, dilation=True,
+                                                       encoder_attention=spec)
+                model.config["attention_backend"] = kernel  # rebuilt with this backend
+                model = with_encoder_attention(model, spec)
+                out = Forward(model, return_intermediates=True)(*inputs)
+                counts = np.stack([np.asarray(s.num_clusters[0]) for s in out["encoder_stats"]])
                 row = dict(kernel=kernel, numbering=numbering, precision=args.precision,
                            device=jax.devices()[0].device_kind,
                            layer0_equal=bool(np.array_equal(counts[0], expected[0])),

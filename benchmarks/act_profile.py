@@ -31,9 +31,9 @@ sys.path.insert(0, ROOT)
 
 from detr_jax.attention import act as act_mod  # noqa: E402
 from detr_jax.attention import flash  # noqa: E402
-from detr_jax.attention.kernel import attention_kernel  # noqa: E402
+from detr_jax.attention.backend import resolve_backend  # noqa: E402
 from detr_jax.attention import clustering  # noqa: E402
-from detr_jax.attention.base import masked_softmax_attention  # noqa: E402
+from detr_jax.attention.softmax import masked_softmax_attention  # noqa: E402
 from detr_jax.attention.e2lsh import combine_rounds, draw_hash_params, round_hashes  # noqa: E402
 
 HEADS, HEAD_DIM = 8, 32
@@ -120,10 +120,11 @@ def main(argv=None):
         attn_fn = jax.jit(lambda p, k, v: masked_softmax_attention(p, k, v, None))
         out = attn_fn(protos, k, v)
         bcast_fn = jax.jit(lambda o, ids: clustering.broadcast_to_members(clustering.to_rows(o), ids))
-        module = spec.build(HEADS * HEAD_DIM, HEADS, layer_index=0, num_layers=6, rngs=__import__("flax").nnx.Rngs(0))
-        with attention_kernel("xla"):
-            full_fn = jax.jit(lambda q, k, v: module.attend(q, k, v, None, jax.random.key(0))[0])
-            jax.block_until_ready(full_fn(q, k, v))
+        build = lambda kernel: spec.build(HEADS * HEAD_DIM, HEADS, layer_index=0, num_layers=6,
+                                          backend=resolve_backend(kernel),
+                                          rngs=__import__("flax").nnx.Rngs(0))
+        module = build("xla")
+        full_fn = jax.jit(lambda q, k, v: module.attend(q, k, v, None, jax.random.key(0))[0])
         fixed_fn = jax.jit(lambda q, k, v: act_mod.clustered_attention(
             q, k, v, None, module.clusters(q, None, jax.random.key(0), "Q")[0], None, capacity))
         exact_fn = jax.jit(lambda q, k, v: masked_softmax_attention(q, k, v, None))
@@ -159,9 +160,8 @@ def main(argv=None):
                     jax.jit(lambda q, k, v: flash.flash_attention(q, k, v)), q, k, v),
             })
             for kernel in ("flash", "xla"):
-                with attention_kernel(kernel):
-                    fn = jax.jit(lambda q, k, v: module.attend(q, k, v, None, jax.random.key(0))[0])
-                    jax.block_until_ready(fn(q, k, v))  # traced under this kernel
+                fn = jax.jit(lambda q, k, v, m=build(kernel): m.attend(q, k, v, None,
+                                                                       jax.random.key(0))[0])
                 pieces[f"ACT core [{kernel}]"] = (fn, q, k, v)
         print(f"batch {batch}, N/{divisor}: {int(counts.max())} clusters max, capacity {capacity}; "
               f"segmented scan against scatter-add: {check}", flush=True)

@@ -40,8 +40,7 @@ sys.path.insert(0, ROOT)
 
 import detr_jax  # noqa: E402
 from detr_jax.attention import AttentionSpec, EncoderAttention  # noqa: E402
-from detr_jax.attention.flash import fixed_key_splits  # noqa: E402
-from detr_jax.attention.kernel import attention_kernel  # noqa: E402
+from detr_jax.attention.backend import resolve_backend  # noqa: E402
 from detr_jax.models.transformer import Encoder  # noqa: E402
 
 D_MODEL, HEADS = 256, 8
@@ -56,7 +55,7 @@ class CudnnAttention(EncoderAttention):
         out = jax.nn.dot_product_attention(
             q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16),
             mask=mask, scale=1.0, implementation="cudnn")
-        return out.astype(v.dtype), {}
+        return out.astype(v.dtype), None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +64,10 @@ class Cudnn(AttentionSpec):
 
     name = "cudnn"
 
-    def build(self, d_model, num_heads, *, layer_index, num_layers, dtype=None, rngs):
-        return CudnnAttention(d_model, num_heads, layer_index=layer_index, dtype=dtype, rngs=rngs)
+    def build(self, d_model, num_heads, *, layer_index, num_layers, dtype=None, backend=None,
+              rngs):
+        return CudnnAttention(d_model, num_heads, layer_index=layer_index, dtype=dtype,
+                              backend=backend, rngs=rngs)
 
 
 def cudnn_available() -> bool:
@@ -120,10 +121,10 @@ def parse_splits(text: str) -> list[int | None]:
     return [None if part == "auto" else int(part) for part in text.split(",") if part]
 
 
-def layer_fn(spec: AttentionSpec, dtype):
+def layer_fn(spec: AttentionSpec, dtype, backend):
     """Jitted one-layer self-attention ``f(state, x) -> (out, stats)`` and its state."""
     module = spec.build(D_MODEL, HEADS, layer_index=0, num_layers=6, dtype=dtype,
-                        rngs=nnx.Rngs(0))
+                        backend=backend, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(module)
 
     @jax.jit
@@ -134,10 +135,10 @@ def layer_fn(spec: AttentionSpec, dtype):
     return run, state
 
 
-def encoder_fn(spec: AttentionSpec, dtype, layers: int):
+def encoder_fn(spec: AttentionSpec, dtype, layers: int, backend):
     """Jitted ``f(state, src) -> (memory, stats)`` of a DETR encoder (pos = 0, no padding)."""
     cfg = detr_jax.model_config(enc_layers=layers)
-    graphdef, state = nnx.split(Encoder(cfg, spec, dtype, nnx.Rngs(0)))
+    graphdef, state = nnx.split(Encoder(cfg, spec, dtype, nnx.Rngs(0), backend))
 
     @jax.jit
     def run(state, src):
@@ -150,10 +151,10 @@ def encoder_fn(spec: AttentionSpec, dtype, layers: int):
 def cluster_summary(stats) -> dict:
     """Mean prototypes per (image, head) and the capacities used, from layer stats."""
     per_layer = stats if isinstance(stats, list) else [stats]
-    if not per_layer or "num_clusters" not in per_layer[0]:
+    if not per_layer or per_layer[0] is None or per_layer[0].num_clusters is None:
         return {}
-    return {"mean_clusters": float(np.mean([np.mean(s["num_clusters"]) for s in per_layer])),
-            "capacity": sorted({int(s["capacity"]) for s in per_layer})}
+    return {"mean_clusters": float(np.mean([np.mean(s.num_clusters) for s in per_layer])),
+            "capacity": sorted({int(s.capacity) for s in per_layer})}
 
 
 def cases(args) -> list[tuple[str, AttentionSpec, Any, int | None]]:
@@ -218,36 +219,35 @@ def main(argv=None):
             for kernel, splits in variants if not isinstance(spec, Cudnn) else variants[:1]:
                 tag = kernel + ("" if splits is None else f" S={splits}")
                 label = base_label if isinstance(spec, Cudnn) else f"{base_label} [{tag}]"
-                # both settings are read when each function is traced
-                with attention_kernel(kernel), fixed_key_splits(splits):
-                    scopes = [("1 layer attention", layer_fn(spec, dtype))]
-                    if args.layers:
-                        scopes.append((f"{args.layers}-layer encoder",
-                                       encoder_fn(spec, dtype, args.layers)))
-                    for scope, (fn, state) in scopes:
-                        first, ms, (out, stats) = median_ms(fn, (state, x), args.warmup, args.reps)
-                        kernels = (device_kernels(fn, (state, x), args.reps)
-                                   if args.device_time else {})
-                        busy = sum(ms for ms, _ in kernels.values()) if kernels else ""
-                        check = ""
-                        if scope.startswith("1 layer"):  # kernels must agree on the output
-                            if reference is None:
-                                reference = np.asarray(out, np.float32)
-                            else:
-                                err = np.linalg.norm(np.asarray(out, np.float32) - reference)
-                                check = float(err / max(np.linalg.norm(reference), 1e-30))
-                        row = dict(case=label, kernel=kernel, key_splits=splits or "auto",
-                                   scope=scope, batch=batch, tokens=args.tokens,
-                                   dtype=jnp.dtype(dtype).name, median_ms=ms, device_ms=busy,
-                                   first_call_s=first, attention=spec.to_string(),
-                                   rel_diff_vs_first_kernel=check, kernels=kernels,
-                                   **cluster_summary(stats))
-                        rows.append(row)
-                        print(f"{label:40s} {scope:18s} B={batch}: {ms:9.3f} ms {busy} {check}",
-                              flush=True)
-                        for name, (kms, op) in list(kernels.items())[:args.kernel_top]:
-                            print(f"    {kms:8.4f} ms  {len(kernels):3d} kernels  "
-                                  f"{name[:50]:50s} {op[:90]}")
+                backend = resolve_backend(kernel, "auto" if splits is None else splits)
+                scopes = [("1 layer attention", layer_fn(spec, dtype, backend))]
+                if args.layers:
+                    scopes.append((f"{args.layers}-layer encoder",
+                                   encoder_fn(spec, dtype, args.layers, backend)))
+                for scope, (fn, state) in scopes:
+                    first, ms, (out, stats) = median_ms(fn, (state, x), args.warmup, args.reps)
+                    kernels = (device_kernels(fn, (state, x), args.reps)
+                               if args.device_time else {})
+                    busy = sum(ms for ms, _ in kernels.values()) if kernels else ""
+                    check = ""
+                    if scope.startswith("1 layer"):  # kernels must agree on the output
+                        if reference is None:
+                            reference = np.asarray(out, np.float32)
+                        else:
+                            err = np.linalg.norm(np.asarray(out, np.float32) - reference)
+                            check = float(err / max(np.linalg.norm(reference), 1e-30))
+                    row = dict(case=label, kernel=kernel, key_splits=splits or "auto",
+                               scope=scope, batch=batch, tokens=args.tokens,
+                               dtype=jnp.dtype(dtype).name, median_ms=ms, device_ms=busy,
+                               first_call_s=first, attention=spec.to_string(),
+                               rel_diff_vs_first_kernel=check, kernels=kernels,
+                               **cluster_summary(stats))
+                    rows.append(row)
+                    print(f"{label:40s} {scope:18s} B={batch}: {ms:9.3f} ms {busy} {check}",
+                          flush=True)
+                    for name, (kms, op) in list(kernels.items())[:args.kernel_top]:
+                        print(f"    {kms:8.4f} ms  {len(kernels):3d} kernels  "
+                              f"{name[:50]:50s} {op[:90]}")
 
     print(f"\nDevice: {device}, N={args.tokens}, d={D_MODEL}, {HEADS} heads, "
           f"median of {args.reps}\n")

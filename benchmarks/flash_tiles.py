@@ -56,9 +56,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--output", default="")
     args = parser.parse_args(argv)
-    if jax.default_backend() != "gpu":  # the Pallas interpreter: checks the script, slowly
-        from detr_jax.attention.kernel import set_attention_kernel
-        set_attention_kernel("flash_interpret")
+    # without a GPU: the Pallas interpreter, which checks the script, slowly
+    interpret = jax.default_backend() != "gpu"
     ints = lambda text: [int(v) for v in text.split(",") if v]
     rows = []
     for batch in ints(args.batches):
@@ -73,7 +72,8 @@ def main(argv=None) -> int:
                     [None if s == "auto" else int(s) for s in args.splits.split(",")]):
                 fn = jax.jit(lambda q, k, v, valid, counts, bq=block_q, bk=block_k, w=warps,
                              s=splits: flash_attention(q, k, v, valid, counts, block_q=bq,
-                                                       block_k=bk, num_warps=w, key_splits=s))
+                                                       block_k=bk, num_warps=w, key_splits=s,
+                                                       interpret=interpret))
                 tag = (f"B={batch} N/{divisor} bq={block_q} bk={block_k} warps={warps} "
                        f"splits={splits or 'auto'}")
                 try:

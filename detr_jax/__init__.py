@@ -9,14 +9,35 @@ Public API::
     detections = detr_jax.postprocess(outputs, batch.original_sizes)
 """
 
-from detr_jax.attention import ACT, ENACT, AttentionSpec, Exact, KMeans, parse_attention
-from detr_jax.checkpoint import load_model, save_model
-from detr_jax.convert import CheckpointError
-from detr_jax.convert.load import load_torch_checkpoint
-from detr_jax.data.transforms import preprocess
-from detr_jax.evaluation.postprocess import postprocess
-from detr_jax.models import DETR, model_config, tiny_model_config
-from detr_jax.models.build import build_model
+import importlib
+
+# Public names -> defining modules, imported on first use (PEP 562) so that light entry
+# points (``--help`` of the scripts) do not import JAX.
+_EXPORTS = {
+    "ACT": "detr_jax.attention", "ENACT": "detr_jax.attention",
+    "AttentionSpec": "detr_jax.attention", "Exact": "detr_jax.attention",
+    "KMeans": "detr_jax.attention", "parse_attention": "detr_jax.attention",
+    "load_model": "detr_jax.checkpoint", "save_model": "detr_jax.checkpoint",
+    "CheckpointError": "detr_jax.convert.errors",
+    "load_torch_checkpoint": "detr_jax.convert.load",
+    "preprocess": "detr_jax.data.transforms",
+    "postprocess": "detr_jax.evaluation.postprocess",
+    "DETR": "detr_jax.models", "model_config": "detr_jax.models",
+    "tiny_model_config": "detr_jax.models", "build_model": "detr_jax.models.build",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'detr_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = ["ACT", "AttentionSpec", "ENACT", "CheckpointError", "DETR", "Exact", "KMeans", "build_model",
            "load_model", "load_torch_checkpoint", "model_config", "parse_attention", "postprocess",

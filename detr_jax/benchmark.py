@@ -68,9 +68,12 @@ def _timed(fn, warmup: int, repeats: int) -> list[float]:
     return times
 
 
-def _model_config(cfg, attention: str, precision: str):
+def _model_config(cfg, attention: str, precision: str, backend: str = "auto",
+                  key_splits: str = "auto"):
     model_cfg = cfg.model.copy_and_resolve_references()
     model_cfg.encoder_attention = attention
+    model_cfg.attention_backend = backend
+    model_cfg.attention_key_splits = key_splits
     model_cfg.dtype = "bfloat16" if precision == "bf16" else "float32"
     return model_cfg
 
@@ -89,9 +92,13 @@ def bench_infer(cfg, args, attention: str, batch: int, precision: str) -> dict:
     from detr_jax.models.build import build_model, with_encoder_attention
     from detr_jax.models.inference import Forward
     if args.checkpoint:
-        model = with_encoder_attention(load_model(args.checkpoint), parse_attention(attention))
+        loaded = load_model(args.checkpoint)
+        loaded.config.update(attention_backend=args.attention_kernel,
+                             attention_key_splits=args.key_splits)
+        model = with_encoder_attention(loaded, parse_attention(attention))
     else:
-        model = build_model(_model_config(cfg, attention, precision), seed=args.seed)
+        model = build_model(_model_config(cfg, attention, precision, args.attention_kernel,
+                                      args.key_splits), seed=args.seed)
     forward = Forward(model, return_intermediates=False)
     pixels, mask = (jax.device_put(a) for a in _inputs(batch, args.size, args.seed))
     rng = jax.random.PRNGKey(args.seed)
@@ -110,10 +117,10 @@ def cluster_ratios(out) -> list[float]:
     import numpy as np
     ratios = []
     for stats in out.get("encoder_stats") or []:
-        if "num_clusters" not in stats:
+        if stats is None or stats.num_clusters is None:
             return []
-        clusters = np.asarray(stats["num_clusters"], np.float64)  # (B, H) or (B,)
-        valid = np.asarray(stats["num_valid"], np.float64).reshape(clusters.shape[0], -1)
+        clusters = np.asarray(stats.num_clusters, np.float64)  # (B, H) or (B,)
+        valid = np.asarray(stats.num_valid, np.float64).reshape(clusters.shape[0], -1)
         ratios.append(round(float((clusters.reshape(clusters.shape[0], -1) / valid).mean()), 4))
     return ratios
 
@@ -128,7 +135,8 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
     train_cfg = train_config(**(cfg.train.to_dict() if "train" in cfg else {}))
     train_cfg.max_targets = max(args.boxes, 1)
     loss_cfg = loss_config(**(cfg.loss.to_dict() if "loss" in cfg else {}))
-    model = build_model(_model_config(cfg, attention, precision), seed=args.seed)
+    model = build_model(_model_config(cfg, attention, precision, args.attention_kernel,
+                                      args.key_splits), seed=args.seed)
     trainer = Trainer(model, train_cfg, LossWeights(**loss_cfg.to_dict()))
     rng = np.random.default_rng(args.seed)
     pixels, mask = _inputs(batch, args.size, args.seed)
@@ -154,8 +162,7 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
 def run_one(cfg, args, mode: str, attention: str, batch: int, precision: str) -> dict:
     import contextlib
     import jax
-    from detr_jax.attention.kernel import resolved_kernel, set_attention_kernel
-    set_attention_kernel(args.attention_kernel)
+    from detr_jax.attention.backend import resolve_backend
     context = (jax.default_matmul_precision("highest") if precision == "highest"
                else contextlib.nullcontext())
     with context:
@@ -164,7 +171,7 @@ def run_one(cfg, args, mode: str, attention: str, batch: int, precision: str) ->
     median = statistics.median(times)
     pct = lambda q: times[min(len(times) - 1, int(q * len(times)))]
     return dict(mode=mode, attention=attention, batch=batch, precision=precision,
-                kernel=resolved_kernel(), size=f"{args.size[0]}x{args.size[1]}", device=jax.devices()[0].device_kind,
+                kernel=resolve_backend(args.attention_kernel).kernel, size=f"{args.size[0]}x{args.size[1]}", device=jax.devices()[0].device_kind,
                 devices=jax.device_count(), median_ms=median * 1e3,
                 p10_ms=pct(0.1) * 1e3, p90_ms=pct(0.9) * 1e3, ms_per_image=median * 1e3 / batch,
                 images_per_s=batch / median, peak_memory_mib=_peak_memory_mib(),
@@ -199,18 +206,28 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Config fields can be overridden as --config.path.to.field=value.")
     parser.add_argument("--config", required=True, help="config file (its model section; train section if any)")
     parser.add_argument("--checkpoint", default="", help="trained model (inference only); default random weights")
-    parser.add_argument("--mode", nargs="+", choices=("infer", "train"), default=["infer"])
+    parser.add_argument("--mode", nargs="+", choices=("infer", "train"), default=["infer"],
+                        help="what to time: forward pass (infer) and/or training step (train); "
+                             "default infer")
     parser.add_argument("--attention", nargs="+", default=["exact"], help="e.g. exact act:L=32 kmeans:C=100")
-    parser.add_argument("--batch", nargs="+", type=int, default=[1])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1],
+                        help="batch sizes to time (default 1)")
     parser.add_argument("--size", type=parse_size, default=(800, 1216), help="input HxW (default 800x1216)")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["default"],
                         help="default (TF32 matmuls on GPU), highest (fp32), bf16 (bf16 compute)")
-    parser.add_argument("--attention-kernel", default="auto", choices=("auto", "xla", "flash"),
-                        help="softmax attention implementation (auto: the fused kernel on GPUs)")
+    parser.add_argument("--attention-kernel", default="auto",
+                        choices=("auto", "xla", "flash", "cudnn"),
+                        help="softmax attention implementation, the model config's "
+                             "attention_backend (auto: the fused kernel on GPUs)")
+    parser.add_argument("--key-splits", default="auto",
+                        help="key ranges per row of the fused kernel: auto or a positive "
+                             "integer (the model config's attention_key_splits)")
     parser.add_argument("--boxes", type=int, default=7, help="target boxes per image (training)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed calls after compiling (default 3)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls (default 20)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the weights, inputs and PRNG key (default 0)")
     parser.add_argument("--json", default="", help="write the rows here as JSON")
     parser.add_argument("--in-process", action="store_true",
                         help="run every setting in this process (peak memory then accumulates)")
@@ -218,8 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, command=None) -> int:
+    """Run the benchmark CLI; ``command``: how to start this CLI in a child process (one
+    per setting), by default ``python -m detr_jax.benchmark``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = command or [sys.executable, "-m", "detr_jax.benchmark"]
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     from detr_jax.config_cli import config_for_parser
@@ -238,7 +258,7 @@ def main(argv=None) -> int:
                 row = dict(mode=mode, attention=attention, batch=batch, precision=precision,
                            error=f"{type(err).__name__}: {str(err).splitlines()[0][:120]}")
         else:
-            row = _run_isolated(argv, mode, attention, batch, precision)
+            row = _run_isolated(command, argv, mode, attention, batch, precision)
         rows.append(row)
         if args._one:
             print("BENCH_ROW " + json.dumps(row), flush=True)
@@ -253,7 +273,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run_isolated(argv, mode, attention, batch, precision) -> dict:
+def _run_isolated(command, argv, mode, attention, batch, precision) -> dict:
     """One setting in a child process (its own device memory statistics)."""
     keep, skip = [], False
     for item in argv:  # drop the multi-valued setting flags and --json
@@ -264,7 +284,7 @@ def _run_isolated(argv, mode, attention, batch, precision) -> dict:
             skip = False
         if not skip:
             keep.append(item)
-    cmd = [sys.executable, "-m", "detr_jax.benchmark", *keep, "--_one", "--mode", mode,
+    cmd = [*command, *keep, "--_one", "--mode", mode,
            "--attention", attention, "--batch", str(batch), "--precision", precision]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():

@@ -33,6 +33,8 @@ multiply-accumulates, so "GFLOPs" there means 1e9 MACs):
   ``[-1, 2, -1]`` second derivative (3), pooling keys and values into regions (``2 N d``),
   k/v projections of the R pooled vectors only, and ``2 N R d`` attention products; the
   region softmax is a softmax (0). R is data dependent: ``encoder_stats`` as for ACT.
+  Each variant's rule is its spec's ``layer_flops`` (``detr_jax.attention``); this module
+  only sums what the spec reports.
 * Not counted (the paper's rule): frozen BatchNorm, ReLU, max pooling, residual and
   position additions, LayerNorm, softmax, logit scaling, masking, the sigmoid of the box
   head. ``not_counted`` in the result sizes the biggest of them for reference (what a
@@ -69,6 +71,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from detr_jax.attention.costs import (attention_product_macs, linear_macs,  # noqa: F401
+                                      mha_projection_macs)
+
 GIGA = 1e9
 
 
@@ -98,22 +103,6 @@ def conv_macs(out_hw: Sequence[int], kernel: int | Sequence[int], in_channels: i
     positions = int(out_hw[0]) * int(out_hw[1])
     macs = positions * out_channels * kh * kw * (in_channels // groups)
     return macs + (positions * out_channels if bias else 0)
-
-
-def linear_macs(rows: int, in_features: int, out_features: int, *, bias: bool = True) -> int:
-    """MACs of a fully connected layer applied to ``rows`` vectors (+ bias adds)."""
-    return rows * out_features * (in_features + (1 if bias else 0))
-
-
-def attention_product_macs(num_queries: float, num_keys: float, d_model: int) -> float:
-    """``Q K^T`` plus ``A V`` over all heads: ``2 Nq Nk Dh`` per head = ``2 Nq Nk d``."""
-    return 2.0 * num_queries * num_keys * d_model
-
-
-def mha_projection_macs(num_queries: int, num_keys: int, d_model: int, *, bias: bool = True) -> int:
-    """q and output projections on the queries, k and v projections on the keys."""
-    return (2 * linear_macs(num_queries, d_model, d_model, bias=bias)
-            + 2 * linear_macs(num_keys, d_model, d_model, bias=bias))
 
 
 # --------------------------------------------------------------------------- backbone
@@ -176,103 +165,28 @@ def _spec(attention):
     return parse_attention(attention)
 
 
-def _layer_clusters(stats, heads: int, valid_tokens: int, key: str = "num_clusters"):
-    """Per-image (cluster counts per head (B, H), valid tokens (B,)) from one layer's stats.
-
-    ``stats`` is the model's stats dict (``num_clusters`` (B, H), ``num_valid`` (B,)),
-    a dict ``{"cluster_ratio": r}`` (fraction of the valid tokens, every head), or a
-    number (mean cluster count per head).
-    """
-    if isinstance(stats, dict) and key in stats:
-        counts = np.asarray(stats[key], dtype=np.float64)
-        if counts.ndim == 0:                      # one mean count for every head
-            counts = np.full((1, heads), float(counts))
-        elif counts.ndim == 1:                    # (H,) of one image, else (B,) means
-            counts = (counts.reshape(1, -1) if counts.size == heads
-                      else np.repeat(counts[:, None], heads, axis=1))
-        else:
-            counts = counts.reshape(counts.shape[0], -1)
-        if "num_valid" in stats:
-            valid = np.asarray(stats["num_valid"], dtype=np.float64).reshape(-1)
-        else:
-            valid = np.full(counts.shape[0], float(valid_tokens))
-        return counts, valid
-    if isinstance(stats, dict) and "cluster_ratio" in stats:
-        ratio = float(stats["cluster_ratio"])
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"cluster_ratio must lie in (0, 1], got {ratio}")
-        return np.full((1, heads), ratio * valid_tokens), np.array([float(valid_tokens)])
-    if isinstance(stats, (int, float, np.integer, np.floating)):
-        return np.full((1, heads), float(stats)), np.array([float(valid_tokens)])
-    raise ValueError(f"encoder stats entry must hold {key!r} (the model's encoder_stats), "
-                     f"'cluster_ratio', or be a number; got {stats!r}")
-
-
-def _act_layer(spec, stats, d: int, heads: int, valid_tokens: int) -> dict:
-    """Attention products and hashing/clustering MACs of one ACT layer, per image."""
-    head_dim = d // heads
-    group = str(getattr(spec, "group", "Q")).upper()
-    rounds = int(getattr(spec, "rounds", 32))
-    key_rounds = getattr(spec, "effective_key_rounds", None)
-    key_rounds = int(key_rounds if key_rounds is not None
-                     else (getattr(spec, "key_rounds", None) or rounds))
-    clusters, valid = _layer_clusters(stats, heads, valid_tokens)
-    if group == "QK":
-        key_clusters, _ = _layer_clusters(stats, heads, valid_tokens, "num_key_clusters")
-        q_clusters = clusters
-    elif group == "K":
-        q_clusters, key_clusters = None, clusters
-    else:
-        q_clusters, key_clusters = clusters, None
-    n = valid[:, None]  # (B, 1) valid tokens per image
-    nq = q_clusters if q_clusters is not None else n          # queries (or prototypes) per head
-    nk = key_clusters if key_clusters is not None else n      # keys (or key centroids) per head
-    products = np.mean(np.sum(2.0 * nq * nk * head_dim, axis=1))
-    hashing = 0.0
-    if q_clusters is not None:  # E2LSH of the queries + prototype means
-        hashing += np.mean(heads * valid * (head_dim * rounds + rounds)
-                           + heads * valid * head_dim + head_dim * q_clusters.sum(axis=1))
-    if key_clusters is not None:  # E2LSH of the keys + means of keys and values
-        hashing += np.mean(heads * valid * (head_dim * key_rounds + key_rounds)
-                           + 2 * (heads * valid * head_dim + head_dim * key_clusters.sum(axis=1)))
-    mean_clusters = float(np.mean(clusters))
-    return {"products": float(products), "hashing_and_clustering": float(hashing),
-            "mean_clusters": mean_clusters,
-            "cluster_ratio": float(np.mean(clusters / valid[:, None]))}
-
-
-def _kmeans_layer(spec, d: int, heads: int, valid_tokens: int) -> dict:
-    head_dim = d // heads
-    clusters = int(getattr(spec, "clusters", 100))
-    iterations = int(getattr(spec, "iterations", 10))
-    bits = int(getattr(spec, "bits", 32))
-    n = valid_tokens
-    hashing = heads * n * head_dim * bits                          # hyperplane projections
-    lloyd = heads * (iterations * n * clusters * bits              # Hamming assignments
-                     + max(iterations - 1, 0) * n * bits)          # majority centroid updates
-    means = heads * (n * head_dim + clusters * head_dim)           # prototype means
-    return {"products": attention_product_macs(clusters, n, d),
-            "hashing_and_clustering": float(hashing + lloyd + means),
-            "mean_clusters": float(clusters), "cluster_ratio": clusters / max(n, 1)}
-
-
-def _enact_layer(spec, stats, d: int, heads: int, tokens: int, valid_tokens: int) -> dict:
-    """Projections, attention products and clustering MACs of one ENACT layer, per image.
-
-    R regions per image (the model's ``num_clusters``): the entropy layer (d -> 1) runs on
-    every token, the Gaussian smoothing (``len(taps)`` MACs) and the second derivative (3)
-    on the valid ones, pooling is ``2 N d`` (keys and values, weighted sums), k/v are
-    projected on the R pooled vectors, every query attends to R keys (``2 N R d``)."""
-    from detr_jax.attention.enact import gaussian_taps
-    regions, valid = _layer_clusters(stats, heads, valid_tokens)
-    r = np.mean(regions, axis=1)  # (B,) regions per image (every head shares them)
-    taps = len(gaussian_taps(float(getattr(spec, "sigma", 3.0))))
-    clustering = np.mean(linear_macs(tokens, d, 1) + valid * (taps + 3) + 2 * valid * d)
-    projections = np.mean(2 * linear_macs(tokens, d, d) + 2 * r * d * (d + 1))
-    return {"projections": float(projections),
-            "products": float(np.mean(attention_product_macs(valid, r, d))),
-            "hashing_and_clustering": float(clustering), "mean_clusters": float(np.mean(r)),
-            "cluster_ratio": float(np.mean(r / valid))}
+def encoder_attention_layers(spec, encoder_stats, *, layers: int, d_model: int, heads: int,
+                             tokens: int, valid_tokens: int) -> list[dict]:
+    """Per encoder layer, the attention MACs per image that ``spec.layer_flops`` reports
+    (with ``projections`` filled in as q/k/v/out on every token when the spec leaves it
+    out). ``encoder_stats``: one entry per layer, required when ``spec.needs_stats``."""
+    if spec.needs_stats:
+        if encoder_stats is None:
+            raise ValueError(f"{spec.to_string()}: cluster counts depend on the data: pass "
+                             "encoder_stats (the model's outputs['encoder_stats'], or "
+                             "{'cluster_ratio': r} per layer)")
+        if len(encoder_stats) != layers:
+            raise ValueError(f"encoder_stats has {len(encoder_stats)} entries, the encoder "
+                             f"{layers} layers")
+    result = []
+    for index in range(layers):
+        stats = encoder_stats[index] if encoder_stats is not None else None
+        layer = dict(spec.layer_flops(index, d_model=d_model, num_heads=heads, tokens=tokens,
+                                      valid_tokens=valid_tokens, stats=stats))
+        # q/k/v/out on every token unless the layer pools its keys
+        layer.setdefault("projections", float(mha_projection_macs(tokens, tokens, d_model)))
+        result.append(layer)
+    return result
 
 
 # --------------------------------------------------------------------------- whole model
@@ -286,9 +200,10 @@ def count_flops(config, image_hw: Sequence[int], *, valid_hw: Sequence[int] | No
       image_hw: (H, W) of the model input (padded size when batched).
       valid_hw: unpadded (H, W); attention products use the valid tokens. None: no padding.
       attention: encoder attention (string such as ``"act:L=32"`` or a spec).
-      encoder_stats: for ACT, one entry per encoder layer: the model's
-        ``outputs["encoder_stats"]`` dicts (``num_clusters`` (B, H), ``num_valid`` (B,)),
-        or ``{"cluster_ratio": r}``, or a mean cluster count per head.
+      encoder_stats: for variants whose cost depends on the data (``spec.needs_stats``:
+        ACT, ENACT), one entry per encoder layer: the model's ``outputs["encoder_stats"]``
+        (LayerStats: ``num_clusters`` (B, H), ``num_valid`` (B,)), or
+        ``{"cluster_ratio": r}``, or a mean cluster count per head.
     Returns:
       A dict of MACs (not 2x): ``backbone``, ``transformer``, ``total``; breakdown
       ``input_proj``, ``encoder_attention`` (projections + products),
@@ -299,10 +214,6 @@ def count_flops(config, image_hw: Sequence[int], *, valid_hw: Sequence[int] | No
       MACs / 1e9; geometry (``feature_hw``, ``tokens``, ``valid_tokens``).
     """
     spec = _spec(attention)
-    name = getattr(spec, "name", type(spec).__name__).lower()
-    from detr_jax.attention.act import ACT
-    if isinstance(spec, ACT):  # variants of ACT (act_forced) cost what ACT costs
-        name = "act"
     d = int(_field(config, "hidden_dim"))
     heads = int(_field(config, "num_heads"))
     enc_layers = int(_field(config, "enc_layers"))
@@ -326,30 +237,8 @@ def count_flops(config, image_hw: Sequence[int], *, valid_hw: Sequence[int] | No
 
     # encoder
     enc_ffn = enc_layers * (linear_macs(tokens, d, ffn) + linear_macs(tokens, ffn, d))
-    if name not in ("exact", "act", "kmeans", "enact"):
-        raise NotImplementedError(f"no FLOPs model for encoder attention {name!r}")
-    if name in ("act", "enact"):
-        if encoder_stats is None:
-            raise ValueError(f"{name} cluster counts depend on the data: pass encoder_stats (the "
-                             "model's outputs['encoder_stats'], or {'cluster_ratio': r} per layer)")
-        if len(encoder_stats) != enc_layers:
-            raise ValueError(f"encoder_stats has {len(encoder_stats)} entries, the encoder "
-                             f"{enc_layers} layers")
-    layers = []
-    for index in range(enc_layers):
-        if name == "act":
-            layer = _act_layer(spec, encoder_stats[index], d, heads, valid_tokens)
-        elif name == "enact" and (spec.layers is None or index in spec.layers):
-            layer = _enact_layer(spec, encoder_stats[index], d, heads, tokens, valid_tokens)
-        elif name == "kmeans":
-            layer = _kmeans_layer(spec, d, heads, valid_tokens)
-        else:  # exact, also the layers an ENACT spec leaves out
-            layer = {"products": attention_product_macs(valid_tokens, valid_tokens, d),
-                     "hashing_and_clustering": 0.0, "mean_clusters": float(valid_tokens),
-                     "cluster_ratio": 1.0}
-        layers.append(layer)
-    for layer in layers:  # q/k/v/out on every token unless the layer pools its keys
-        layer.setdefault("projections", float(mha_projection_macs(tokens, tokens, d)))
+    layers = encoder_attention_layers(spec, encoder_stats, layers=enc_layers, d_model=d,
+                                      heads=heads, tokens=tokens, valid_tokens=valid_tokens)
     projections = sum(layer["projections"] for layer in layers)
     products = sum(layer["products"] for layer in layers)
     hashing = sum(layer["hashing_and_clustering"] for layer in layers)
@@ -373,7 +262,7 @@ def count_flops(config, image_hw: Sequence[int], *, valid_hw: Sequence[int] | No
                          + dec_layers * (heads * queries * (queries + valid_tokens)
                                          + 2 * queries * d))
     return {
-        "attention": spec.to_string() if hasattr(spec, "to_string") else name,
+        "attention": spec.to_string(),
         "image_hw": image_hw,
         "valid_hw": tuple(valid_hw) if valid_hw is not None else image_hw,
         "feature_hw": (fh, fw),
@@ -539,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = []
         for attention in args.attention:
             spec = _spec(attention)
-            if getattr(spec, "name", "") == "act":
+            if spec.needs_stats:
                 for text in ratio_texts:
                     ratios = _parse_ratios(text, layers)
                     stats = [{"cluster_ratio": r} for r in ratios]

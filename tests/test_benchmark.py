@@ -2,19 +2,20 @@
 
 import numpy as np
 
+from detr_jax.attention.stats import LayerStats
 from detr_jax.benchmark import cluster_ratios, format_table
 
 
 def test_cluster_ratios_average_over_images_and_heads_per_layer():
     # two images (10 and 5 valid tokens), two heads, two layers
-    layer0 = {"num_clusters": np.array([[5, 3], [5, 1]]), "num_valid": np.array([10, 5])}
-    layer1 = {"num_clusters": np.array([[10, 10], [5, 5]]), "num_valid": np.array([10, 5])}
+    layer0 = LayerStats(num_clusters=np.array([[5, 3], [5, 1]]), num_valid=np.array([10, 5]))
+    layer1 = LayerStats(num_clusters=np.array([[10, 10], [5, 5]]), num_valid=np.array([10, 5]))
     ratios = cluster_ratios({"encoder_stats": [layer0, layer1]})
     assert ratios == [round((0.5 + 0.3 + 1.0 + 0.2) / 4, 4), 1.0]
 
 
 def test_cluster_ratios_are_empty_for_exact_attention():
-    assert cluster_ratios({"encoder_stats": [{}, {}]}) == []
+    assert cluster_ratios({"encoder_stats": [None, None]}) == []
     assert cluster_ratios({}) == []
 
 

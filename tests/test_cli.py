@@ -71,3 +71,35 @@ def test_eval_bad_inputs(converted, tmp_path):
     assert wrong.returncode == 2 and "valid forms" in wrong.stderr
     override = run("eval.py", "--checkpoint", str(ckpt), "--images", "x.jpg", "--config.data.nope=1")
     assert override.returncode == 2 and "no field 'nope'" in override.stderr
+
+
+HELP_COMMANDS = [["eval.py"], ["train.py"], ["convert_torch_weights.py"], ["-m", "detr_jax.benchmark"]]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: c[-1])
+def test_help_imports_no_jax_and_documents_every_option(command):
+    """--help answers without importing JAX, Flax or torch (they come after parsing)."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = {command!r} + ['--help']\n"
+            "try:\n"
+            f"    runpy.run_{'module' if command[0] == '-m' else 'path'}({command[-1]!r}, run_name='__main__')\n"
+            "except SystemExit as exit:\n"
+            "    assert exit.code in (0, None), exit.code\n"
+            "heavy = sorted(m for m in ('jax', 'flax', 'torch', 'orbax') if m in sys.modules)\n"
+            "print('HEAVY', heavy)\n")
+    result = run("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+    assert "HEAVY []" in result.stdout, result.stdout[-300:]
+
+
+def test_parsers_give_every_option_a_help_text():
+    from detr_jax.benchmark import build_parser as benchmark_parser
+    from detr_jax.convert.cli import build_parser as convert_parser
+    from detr_jax.evaluation.cli import build_parser as eval_parser
+    from detr_jax.training.cli import build_parser as train_parser
+    for build in (benchmark_parser, convert_parser, eval_parser, train_parser):
+        for action in build()._actions:
+            assert action.help, (build.__module__, action.option_strings)
+    threshold = next(a for a in eval_parser()._actions if "--threshold" in a.option_strings)
+    assert "0.7" in threshold.help

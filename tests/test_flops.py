@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from detr_jax.attention.stats import LayerStats
 from detr_jax.flops import count_flops, encoder_matmul_macs, main
 from detr_jax.models.config import model_config, tiny_model_config
 
@@ -130,8 +131,8 @@ def test_exact_encoder_against_xla_cost_analysis():
 
 
 def _stats(clusters, valid, heads=8, batch=1):
-    return {"num_clusters": np.full((batch, heads), clusters, np.int32),
-            "num_valid": np.full((batch,), valid, np.int32)}
+    return LayerStats(num_clusters=np.full((batch, heads), clusters, np.int32),
+                      num_valid=np.full((batch,), valid, np.int32))
 
 
 def test_act_cost_monotone_and_exact_at_full_clusters():
@@ -163,7 +164,7 @@ def test_act_cost_monotone_and_exact_at_full_clusters():
 def test_act_uses_mean_clusters_over_heads_and_images():
     counts = np.array([[100, 200, 300, 400, 500, 600, 700, 800],
                        [50] * 8], np.int32)
-    stats = {"num_clusters": counts, "num_valid": np.array([3750, 1000], np.int32)}
+    stats = LayerStats(num_clusters=counts, num_valid=np.array([3750, 1000], np.int32))
     r = count_flops(DC5, (800, 1199), attention="act:L=32", encoder_stats=[stats] * 6)
     per_image = [2 * 32 * 3750 * counts[0].sum(), 2 * 32 * 1000 * counts[1].sum()]
     assert r["encoder_attention_products"] == pytest.approx(6 * np.mean(per_image), rel=1e-12)
@@ -175,7 +176,7 @@ def test_act_uses_mean_clusters_over_heads_and_images():
 
 
 def test_act_stats_from_the_attention_module():
-    """The stats dicts an ACT layer really returns are accepted as they are."""
+    """The stats an ACT layer really returns are accepted as they are."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -187,8 +188,8 @@ def test_act_stats_from_the_attention_module():
     _, stats = nnx.jit(lambda module, x, mask: module(x, x, x, mask))(layer, x, mask)
     cfg = tiny_model_config()
     r = count_flops(cfg, (128, 160), attention=spec, encoder_stats=[stats, stats])
-    counts = np.asarray(stats["num_clusters"]).astype(float)
-    valid = np.asarray(stats["num_valid"]).astype(float)
+    counts = np.asarray(stats.num_clusters).astype(float)
+    valid = np.asarray(stats.num_valid).astype(float)
     expected = np.mean(2 * 8 * valid * counts.sum(axis=1))        # 2 * Dh * N * sum_h C_h
     assert r["encoder_layers"][0]["products"] == pytest.approx(expected)
     assert r["encoder_layers"][0]["hashing_and_clustering"] > 0
@@ -220,8 +221,8 @@ def test_enact_cost_by_hand_and_from_the_module():
     mask = jnp.zeros((2, 20), bool).at[1, 16:].set(True)
     _, stats = nnx.jit(lambda module, x, mask: module(x, x, x, mask))(layer, x, mask)
     r = count_flops(cfg, (128, 160), attention=spec, encoder_stats=[stats, stats])
-    regions = np.asarray(stats["num_clusters"])[:, 0].astype(float)
-    valid = np.asarray(stats["num_valid"]).astype(float)
+    regions = np.asarray(stats.num_clusters)[:, 0].astype(float)
+    valid = np.asarray(stats.num_valid).astype(float)
     assert r["encoder_layers"][0]["products"] == pytest.approx(np.mean(2 * valid * regions * 32))
     assert r["encoder_layers"][0]["cluster_ratio"] == pytest.approx(np.mean(regions / valid))
 

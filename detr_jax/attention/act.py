@@ -19,16 +19,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from detr_jax.attention.base import (AttentionSpec, EncoderAttention, Stats, count_valid,
-                                     masked_softmax_attention)
+from detr_jax.attention.backend import AttentionBackend
+from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats, count_valid
 from detr_jax.attention.capacity import (DEFAULT_LADDER, format_ladder, ladder_capacities, parse_ladder,
                                          run_at_capacity)
 from detr_jax.attention.clustering import (broadcast_to_members, cluster_ids, cluster_means,
                                            from_rows, head_broadcast, head_cluster_sums,
                                            row_valid, table_cluster_ids, to_rows)
+from detr_jax.attention.costs import layer_clusters
 from detr_jax.attention.e2lsh import MAX_ROUNDS, combine_rounds, draw_hash_params, round_hashes
-from detr_jax.attention.kernel import resolved_kernel
-from detr_jax.attention.registry import register_attention
+from detr_jax.attention.softmax import masked_softmax_attention
+from detr_jax.attention.stats import LayerStats
+from detr_jax.attention.table_kernel import table_numbering
 
 GROUPS = ("Q", "K", "QK")
 NUMBERINGS = ("auto", "sort", "table")
@@ -97,13 +99,15 @@ class ACT(ArraySpecMixin, AttentionSpec):
       numbering: how equal hashes are found: ``"sort"`` (sort each row by hash; exact),
         ``"table"`` (rounds of hash-table probing, no sort; a cluster is split with
         probability below 1e-9 per layer, see ``clustering.table_cluster_ids``; on GPUs
-        one fused kernel, ``table_kernel``) or ``"auto"`` (the default: the table kernel
-        where the fused attention kernel runs, the sort elsewhere).
+        one fused kernel, ``table_kernel``) or ``"auto"`` (the default: the module's
+        backend decides, ``AttentionBackend.numbering``: the table kernel on ``flash``
+        (GPUs), the sort elsewhere).
     Without hash arrays, each layer draws ``a ~ N(0, I)``, ``b ~ U(0, r)`` from the call's
     key (or ``seed``) folded with the layer index.
     """
 
     name = "act"
+    needs_stats = True
     rounds: int = 32
     bucket_width: float = 8.0
     hash_weights: Any = None
@@ -149,7 +153,8 @@ class ACT(ArraySpecMixin, AttentionSpec):
         return self.rounds if self.key_rounds is None else self.key_rounds
 
     def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
-              dtype: Any = None, rngs: nnx.Rngs) -> EncoderAttention:
+              dtype: Any = None, backend: AttentionBackend | None = None,
+              rngs: nnx.Rngs) -> EncoderAttention:
         if self.hash_weights is not None:
             layers, head_dim, _ = self.hash_weights.shape
             if layer_index >= layers:
@@ -159,7 +164,41 @@ class ACT(ArraySpecMixin, AttentionSpec):
                 raise ValueError(f"ACT: hash_weights head_dim {head_dim} != model head_dim "
                                  f"{d_model // num_heads}")
         return ACTAttention(d_model, num_heads, spec=self, layer_index=layer_index,
-                            dtype=dtype, rngs=rngs)
+                            dtype=dtype, backend=backend, rngs=rngs)
+
+    def layer_flops(self, layer_index: int, *, d_model: int, num_heads: int, tokens: int,
+                    valid_tokens: int, stats: Any = None) -> dict:
+        """Attention products and hashing/clustering MACs of one ACT layer, per image.
+
+        C prototypes per head attend to all N keys (``2 C N Dh`` per head); E2LSH costs
+        ``N Dh L`` per head plus ``N L`` to combine the rounds; the prototype means ``N
+        Dh`` additions plus ``C Dh`` divisions. Key clustering (group K/QK) hashes keys and
+        averages keys and values alike. ``stats`` gives C (data dependent)."""
+        del layer_index, tokens
+        heads, head_dim = num_heads, d_model // num_heads
+        rounds, key_rounds = self.rounds, self.effective_key_rounds
+        clusters, valid = layer_clusters(stats, heads, valid_tokens)
+        if self.group == "QK":
+            key_clusters, _ = layer_clusters(stats, heads, valid_tokens, "num_key_clusters")
+            q_clusters = clusters
+        elif self.group == "K":
+            q_clusters, key_clusters = None, clusters
+        else:
+            q_clusters, key_clusters = clusters, None
+        n = valid[:, None]  # (B, 1) valid tokens per image
+        nq = q_clusters if q_clusters is not None else n          # queries (or prototypes) per head
+        nk = key_clusters if key_clusters is not None else n      # keys (or key centroids) per head
+        products = np.mean(np.sum(2.0 * nq * nk * head_dim, axis=1))
+        hashing = 0.0
+        if q_clusters is not None:  # E2LSH of the queries + prototype means
+            hashing += np.mean(heads * valid * (head_dim * rounds + rounds)
+                               + heads * valid * head_dim + head_dim * q_clusters.sum(axis=1))
+        if key_clusters is not None:  # E2LSH of the keys + means of keys and values
+            hashing += np.mean(heads * valid * (head_dim * key_rounds + key_rounds)
+                               + 2 * (heads * valid * head_dim + head_dim * key_clusters.sum(axis=1)))
+        return {"products": float(products), "hashing_and_clustering": float(hashing),
+                "mean_clusters": float(np.mean(clusters)),
+                "cluster_ratio": float(np.mean(clusters / valid[:, None]))}
 
     def to_string(self) -> str:
         """``act:L=..,r=..`` plus non-default options. Hash arrays are not representable
@@ -182,8 +221,9 @@ class ACTAttention(EncoderAttention):
     """ACT self-attention of one encoder layer (projections inherited, no new variables)."""
 
     def __init__(self, d_model: int, num_heads: int, *, spec: ACT, layer_index: int = 0,
-                 dtype: Any = None, rngs: nnx.Rngs):
-        super().__init__(d_model, num_heads, layer_index=layer_index, dtype=dtype, rngs=rngs)
+                 dtype: Any = None, backend: AttentionBackend | None = None, rngs: nnx.Rngs):
+        super().__init__(d_model, num_heads, layer_index=layer_index, dtype=dtype,
+                         backend=backend, rngs=rngs)
         self.spec = spec
 
     def hash_params(self, rng: jax.Array | None, side: str) -> tuple[jax.Array, jax.Array]:
@@ -212,17 +252,15 @@ class ACTAttention(EncoderAttention):
     def number(self, hi: jax.Array, lo: jax.Array, key_padding_mask: jax.Array | None, *,
                heads: int):
         """Cluster ids (R, N), counts (R,) and sizes of hash words (R = B * heads, N) with
-        the spec's numbering; ``key_padding_mask`` (B, N) True on padding, or None. The
-        table numbering runs as one fused kernel where the fused attention kernel runs
-        (GPUs) and also returns the clusters' sizes (R, N) float32; otherwise sizes are
-        None."""
+        the spec's numbering (``auto``: the backend's). The table numbering runs as one
+        fused kernel on the ``flash`` backend (GPUs) and also returns the clusters' sizes
+        (R, N) float32; otherwise sizes are None."""
         rows, n = hi.shape
         numbering = self.spec.numbering
         if numbering == "auto":
-            numbering = "table" if resolved_kernel() == "flash" else "sort"
+            numbering = self.backend.numbering
         with jax.named_scope(f"act_numbering_{numbering}"):
-            if numbering == "table" and resolved_kernel() == "flash":
-                from detr_jax.attention.table_kernel import table_numbering
+            if numbering == "table" and self.backend.kernel == "flash":
                 valid = None if key_padding_mask is None else ~key_padding_mask.astype(bool)
                 return table_numbering(hi, lo, valid, heads=heads)
             valid_rows = row_valid(key_padding_mask, rows // heads, heads, n)
@@ -237,23 +275,22 @@ class ACTAttention(EncoderAttention):
         group = self.spec.group
         q_ids = k_ids = None
         counts = []
-        stats: Stats = {}
+        clusters = {}
         if "Q" in group:
             q_ids, q_count, q_sizes = self.clusters(q, key_padding_mask, rng, "Q")
-            stats["num_clusters"] = q_count.reshape(batch, heads)
+            clusters["num_clusters"] = q_count.reshape(batch, heads)
             counts.append(q_count)
         if "K" in group:
             k_ids, k_count, _ = self.clusters(k, key_padding_mask, rng, "K")
-            stats["num_key_clusters" if q_ids is not None else "num_clusters"] = (
+            clusters["num_key_clusters" if q_ids is not None else "num_clusters"] = (
                 k_count.reshape(batch, heads))
             counts.append(k_count)
-        stats["num_valid"] = count_valid(row_valid(key_padding_mask, batch, 1, n))
-        if group == "Q" and resolved_kernel() != "xla":
+        num_valid = count_valid(row_valid(key_padding_mask, batch, 1, n))
+        if group == "Q" and self.backend.fused:
             # The fused kernel skips empty prototype slots itself: no capacity switch.
             out, work = fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count,
-                                                  q_sizes)
-            stats["capacity"] = work
-            return out, stats
+                                                  q_sizes, backend=self.backend)
+            return out, LayerStats(num_valid=num_valid, capacity=work, **clusters)
         needed = jnp.max(jnp.stack(counts))
         capacities = ladder_capacities(n, self.spec.ladder)
         # On the XLA path every branch would keep its (rows, capacity, N) probabilities for
@@ -261,9 +298,16 @@ class ACTAttention(EncoderAttention):
         out, used = run_at_capacity(
             needed, capacities,
             lambda capacity: clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity),
-            remat=resolved_kernel() == "xla")
-        stats["capacity"] = used
-        return out, stats
+            remat=not self.backend.fused)
+        return out, LayerStats(num_valid=num_valid, capacity=used, **clusters)
+
+    def assignments(self, queries, keys, values, key_padding_mask, rng) -> jax.Array:
+        """(B, H, N) int32 cluster ids of the queries (group Q, QK) or keys (group K),
+        -1 on padding: the clusters ``attend`` uses for the same inputs and key."""
+        q, k, _ = self.project(queries, keys, values)
+        side = "Q" if "Q" in self.spec.group else "K"
+        ids = self.clusters(q if side == "Q" else k, key_padding_mask, rng, side)[0]
+        return ids.reshape(q.shape[0], q.shape[2], q.shape[1])
 
 
 def head_hash_words(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_width: float
@@ -278,23 +322,23 @@ def head_hash_words(x: jax.Array, weights: jax.Array, biases: jax.Array, bucket_
 
 
 def fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count, q_sizes=None,
-                              block_q: int = 64) -> tuple[jax.Array, jax.Array]:
+                              block_q: int = 64, *, backend: AttentionBackend
+                              ) -> tuple[jax.Array, jax.Array]:
     """Query-clustered attention through the fused kernel with ragged prototype counts.
 
     Prototypes fill slots 0..count-1 of an N-slot buffer per (image, head); the kernel
     divides each slot's sum by its size (``q_sizes`` (B*H, N) from the numbering, or a
     scatter-add of ones when None) and does work only for query blocks holding
     prototypes. Returns ((B, N, H, Dh), the largest count rounded up to ``block_q``: the
-    slots that did work).
+    slots that did work). ``backend``: a fused one (its interpreter flag and key splits).
     """
-    from detr_jax.attention.flash import flash_attention
     batch, n, heads, _ = q.shape
     with jax.named_scope("act_means"):
         sums, sizes = head_cluster_sums(q, q_ids, n, sizes=q_sizes is None)
         sizes = q_sizes.reshape(batch, heads, n) if q_sizes is not None else sizes
     valid = None if key_padding_mask is None else ~key_padding_mask.astype(bool)
-    out = flash_attention(sums.astype(q.dtype), k, v, valid, q_count.reshape(batch, heads),
-                          sizes, block_q=block_q)
+    out = backend.flash(sums.astype(q.dtype), k, v, valid, q_count.reshape(batch, heads),
+                        sizes, block_q=block_q)
     work = jnp.minimum(-(-jnp.max(q_count) // block_q) * block_q, n).astype(jnp.int32)
     with jax.named_scope("act_broadcast"):
         out = head_broadcast(out, q_ids)
@@ -333,8 +377,9 @@ def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int) 
     return from_rows(broadcast_to_members(to_rows(out), q_ids), batch)
 
 
-def _act_from_string(L=32, r=8.0, group="Q", Lk=None, seed=0, ladder=DEFAULT_LADDER,
-                     ids="auto") -> ACT:
+def act_from_string(L=32, r=8.0, group="Q", Lk=None, seed=0, ladder=DEFAULT_LADDER,
+                    ids="auto") -> ACT:
+    """The spec of ``act:L=..,r=..,...`` (see ``ACT_USAGE``)."""
     try:
         return ACT(rounds=L, bucket_width=r, group=group, key_rounds=Lk, seed=seed,
                    ladder=ladder, numbering=ids)
@@ -344,4 +389,3 @@ def _act_from_string(L=32, r=8.0, group="Q", Lk=None, seed=0, ladder=DEFAULT_LAD
 
 ACT_USAGE = ("act[:L=<rounds 1..32>,r=<bucket width>,group=Q|K|QK,Lk=<key rounds>,seed=<int>,"
              "ladder=<divisors of N, e.g. 16/8/4/2/1>,ids=auto|sort|table]")
-register_attention("act", _act_from_string, ACT_USAGE)

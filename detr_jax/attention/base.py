@@ -8,14 +8,23 @@ encoder layer and called as::
 
 with ``queries``/``keys`` = ``src + pos`` and ``values`` = ``src`` of shape (B, N, d),
 ``key_padding_mask`` bool (B, N), True on padding (the official convention), and an
-optional PRNG key. ``output`` is (B, N, d); ``stats`` is a dict of arrays describing the
-layer (for example the number of prototypes per image and head), empty for exact
-attention. Variants differ only in :meth:`MultiHeadAttention.attend`, so they share the
-projection parameters and a checkpoint converted once runs with any of them.
+optional PRNG key. ``output`` is (B, N, d); ``stats`` is a :class:`~detr_jax.attention.stats.LayerStats`
+describing the layer (for example the number of prototypes per image and head), or None
+for exact attention. ``__call__`` is the same for every variant: :meth:`MultiHeadAttention.project`,
+then :meth:`MultiHeadAttention.attend` (the part variants replace), then the output
+projection. A variant that projects keys and values after reducing them (ENACT) does so
+in ``attend`` and overrides ``project`` to pass them through. Variants share the
+projection parameters, so a checkpoint converted once runs with any of them.
+
+A variant also describes itself: :meth:`EncoderAttention.assignments` gives the tokens'
+cluster ids (cluster-map plots) and :meth:`AttentionSpec.layer_flops` its
+multiply-accumulates (``detr_jax.flops``).
 
 A variant is chosen through an :class:`AttentionSpec`, a small immutable description
 (``Exact()``, ``ACT(rounds=32)``, ...) whose :meth:`AttentionSpec.build` creates the
-module of one encoder layer. The model never names a variant.
+module of one encoder layer. The softmax kernel is an
+:class:`~detr_jax.attention.backend.AttentionBackend` given when the module is built.
+The model never names a variant.
 """
 
 from __future__ import annotations
@@ -27,34 +36,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-Stats = dict[str, jax.Array]
+from detr_jax.attention.backend import AttentionBackend, resolve_backend
+from detr_jax.attention.costs import exact_layer_flops
+from detr_jax.attention.stats import LayerStats
 
-
-def masked_softmax_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, key_padding_mask: jax.Array | None,
-    key_bias: jax.Array | None = None,
-) -> jax.Array:
-    """Scaled dot-product attention over per-head tensors.
-
-    Args:
-      q: (B, Nq, H, Dh) queries, already scaled by ``Dh ** -0.5``.
-      k: (B, Nk, H, Dh) keys.
-      v: (B, Nk, H, Dv) values.
-      key_padding_mask: (B, Nk) bool, True where the key is padding (never attended),
-        or None.
-      key_bias: optional (B, H, 1 or Nq, Nk) additive logit bias (for example log of
-        cluster sizes).
-    Returns:
-      (B, Nq, H, Dv) attention output.
-    """
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-    if key_bias is not None:
-        logits = logits + key_bias
-    if key_padding_mask is not None:
-        neg = jnp.finfo(logits.dtype).min
-        logits = jnp.where(key_padding_mask[:, None, None, :], neg, logits)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+Stats = LayerStats | None
 
 
 def count_valid(valid: jax.Array) -> jax.Array:
@@ -63,7 +49,7 @@ def count_valid(valid: jax.Array) -> jax.Array:
     The count reads a materialized copy of the mask (``optimization_barrier``). Otherwise
     XLA fuses this small reduction with the position-embedding fusion that reads the same
     padding mask, and runs that whole fusion as a reduction kernel: 0.19 ms per forward
-    pass of DETR-DC5 at batch 1 on an H100 (docs/performance.md, session 8).
+    pass of DETR-DC5 at batch 1 on an H100.
     """
     return jax.lax.optimization_barrier(valid).sum(axis=-1, dtype=jnp.int32)
 
@@ -75,12 +61,14 @@ class MultiHeadAttention(nnx.Module):
     [2d:3d]; the converter splits them into ``q_proj``, ``k_proj``, ``v_proj``.
     """
 
-    def __init__(self, d_model: int, num_heads: int, *, dtype: Any = None, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, num_heads: int, *, dtype: Any = None,
+                 backend: AttentionBackend | None = None, rngs: nnx.Rngs):
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
         self.d_model = d_model
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
+        self.backend = resolve_backend() if backend is None else backend
         # Xavier-uniform weights, zero biases: the official transformer's initialization.
         linear = lambda: nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs,
                                     kernel_init=nnx.initializers.xavier_uniform())
@@ -103,12 +91,11 @@ class MultiHeadAttention(nnx.Module):
     def attend(self, q, k, v, key_padding_mask, rng) -> tuple[jax.Array, Stats]:
         """Per-head attention core: (B, N, H, Dh) tensors in, (B, Nq, H, Dh) out plus stats.
 
-        Variants override this; the default is exact softmax attention (XLA or the fused
-        kernel, see ``attention.kernel``).
+        Variants override this; the default is exact softmax attention with the module's
+        backend (no statistics).
         """
         del rng
-        from detr_jax.attention.kernel import attention_core
-        return attention_core(q, k, v, key_padding_mask), {}
+        return self.backend.attention(q, k, v, key_padding_mask), None
 
     def __call__(self, queries, keys, values, key_padding_mask=None, rng=None):
         q, k, v = self.project(queries, keys, values)
@@ -121,9 +108,18 @@ class EncoderAttention(MultiHeadAttention):
     """Base class of every encoder self-attention variant (see the module docstring)."""
 
     def __init__(self, d_model: int, num_heads: int, *, layer_index: int = 0,
-                 dtype: Any = None, rngs: nnx.Rngs):
-        super().__init__(d_model, num_heads, dtype=dtype, rngs=rngs)
+                 dtype: Any = None, backend: AttentionBackend | None = None, rngs: nnx.Rngs):
+        super().__init__(d_model, num_heads, dtype=dtype, backend=backend, rngs=rngs)
         self.layer_index = layer_index
+
+    def assignments(self, queries: jax.Array, keys: jax.Array, values: jax.Array,
+                    key_padding_mask: jax.Array | None, rng: jax.Array | None
+                    ) -> jax.Array | None:
+        """Each token's cluster in this layer for the same inputs as ``__call__``:
+        (B, H, N) int32 ids (-1 on padding), the clusters the layer attends with; None
+        for variants that do not cluster (the default)."""
+        del queries, keys, values, key_padding_mask, rng
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,10 +127,27 @@ class AttentionSpec:
     """Immutable description of an encoder-attention variant; builds one module per layer."""
 
     name: ClassVar[str] = "abstract"
+    # Whether ``layer_flops`` needs the model's statistics (data-dependent cluster counts).
+    needs_stats: ClassVar[bool] = False
 
     def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
-              dtype: Any = None, rngs: nnx.Rngs) -> EncoderAttention:
+              dtype: Any = None, backend: AttentionBackend | None = None,
+              rngs: nnx.Rngs) -> EncoderAttention:
+        """The module of encoder layer ``layer_index`` (of ``num_layers``); ``backend``
+        None: ``resolve_backend()`` (the platform's default)."""
         raise NotImplementedError
+
+    def layer_flops(self, layer_index: int, *, d_model: int, num_heads: int, tokens: int,
+                    valid_tokens: int, stats: Any = None) -> dict:
+        """Multiply-accumulates per image of one encoder layer's attention (see
+        ``detr_jax.flops``): ``products`` (attention matrix products),
+        ``hashing_and_clustering``, ``mean_clusters`` (queries or regions per head),
+        ``cluster_ratio`` and, when the q/k/v/out projections do not all run on every
+        token, ``projections``. ``tokens``: the padded sequence length; ``valid_tokens``:
+        the unpadded one; ``stats``: the layer's LayerStats, ``{"cluster_ratio": r}`` or a
+        mean cluster count per head (variants with ``needs_stats``). Default: exact."""
+        del layer_index, num_heads, tokens, stats
+        return exact_layer_flops(d_model, valid_tokens)
 
     def to_string(self) -> str:
         """The command-line form of this spec, e.g. ``act:L=32,r=8``."""

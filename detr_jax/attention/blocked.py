@@ -1,7 +1,7 @@
 """Softmax attention over a data-dependent number of key blocks, in plain XLA ops.
 
 ``key_block_attention(q, k, v, key_valid, num_keys, block)`` equals
-``base.masked_softmax_attention`` over the first ``num_keys`` keys (the rest are empty
+``softmax.masked_softmax_attention`` over the first ``num_keys`` keys (the rest are empty
 slots that get no weight) but loops over keys in blocks of ``block`` with the online
 softmax (running maximum and normalizer) and stops after ``ceil(num_keys / block)``
 blocks. ``num_keys`` is a traced scalar, so one compiled function serves every count:

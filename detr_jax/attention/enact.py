@@ -45,12 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from detr_jax.attention.backend import AttentionBackend
 from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats, count_valid
 from detr_jax.attention.capacity import DEFAULT_LADDER, format_ladder, ladder_capacities, parse_ladder, run_at_capacity
 from detr_jax.attention.blocked import key_block_attention
+from detr_jax.attention.costs import (attention_product_macs, exact_layer_flops, layer_clusters,
+                                      linear_macs)
 from detr_jax.attention.exact import ExactAttention
-from detr_jax.attention.kernel import attention_core, resolved_kernel
-from detr_jax.attention.registry import register_attention
+from detr_jax.attention.stats import LayerStats
 
 VARIANTS = ("paper", "released")
 
@@ -163,6 +165,7 @@ class ENACT(AttentionSpec):
     """
 
     name = "enact"
+    needs_stats = True
     sigma: float = 3.0
     variant: str = "paper"
     ladder: Any = DEFAULT_LADDER
@@ -179,7 +182,8 @@ class ENACT(AttentionSpec):
             object.__setattr__(self, "layers", parse_layers(self.layers))
 
     def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
-              dtype: Any = None, rngs: nnx.Rngs) -> EncoderAttention:
+              dtype: Any = None, backend: AttentionBackend | None = None,
+              rngs: nnx.Rngs) -> EncoderAttention:
         if self.layers is not None:
             beyond = [i for i in self.layers if i >= num_layers]
             if beyond:
@@ -187,9 +191,31 @@ class ENACT(AttentionSpec):
                                  f"{num_layers}-layer encoder")
             if layer_index not in self.layers:
                 return AllKeysAttention(d_model, num_heads, layer_index=layer_index,
-                                        dtype=dtype, rngs=rngs)
+                                        dtype=dtype, backend=backend, rngs=rngs)
         return ENACTAttention(d_model, num_heads, spec=self, layer_index=layer_index,
-                              dtype=dtype, rngs=rngs)
+                              dtype=dtype, backend=backend, rngs=rngs)
+
+    def layer_flops(self, layer_index: int, *, d_model: int, num_heads: int, tokens: int,
+                    valid_tokens: int, stats: Any = None) -> dict:
+        """Projections, attention products and clustering MACs of one layer, per image.
+
+        R regions per image (the model's ``num_clusters``): the entropy layer (d -> 1) runs
+        on every token, the Gaussian smoothing (``len(taps)`` MACs) and the second
+        derivative (3) on the valid ones, pooling is ``2 N d`` (keys and values, weighted
+        sums), k/v are projected on the R pooled vectors, every query attends to R keys
+        (``2 N R d``). Layers the spec leaves out (``layers=``) count as exact attention."""
+        d = d_model
+        if self.layers is not None and layer_index not in self.layers:
+            return exact_layer_flops(d, valid_tokens)
+        regions, valid = layer_clusters(stats, num_heads, valid_tokens)
+        r = np.mean(regions, axis=1)  # (B,) regions per image (every head shares them)
+        taps = len(gaussian_taps(self.sigma))
+        clustering = np.mean(linear_macs(tokens, d, 1) + valid * (taps + 3) + 2 * valid * d)
+        projections = np.mean(2 * linear_macs(tokens, d, d) + 2 * r * d * (d + 1))
+        return {"projections": float(projections),
+                "products": float(np.mean(attention_product_macs(valid, r, d))),
+                "hashing_and_clustering": float(clustering), "mean_clusters": float(np.mean(r)),
+                "cluster_ratio": float(np.mean(r / valid))}
 
     def to_string(self) -> str:
         parts = [f"sigma={self.sigma:g}"]
@@ -207,11 +233,11 @@ class AllKeysAttention(ExactAttention):
     count every valid key as its own region, so statistics and FLOPs cover all layers."""
 
     def attend(self, q, k, v, key_padding_mask, rng) -> tuple[jax.Array, Stats]:
-        out, stats = super().attend(q, k, v, key_padding_mask, rng)
+        out, _ = super().attend(q, k, v, key_padding_mask, rng)
         batch, n, heads, _ = q.shape
         valid = count_valid(valid_pixels(key_padding_mask, batch, n))
-        return out, {**stats, "num_clusters": jnp.broadcast_to(valid[:, None], (batch, heads)),
-                     "num_valid": valid}
+        return out, LayerStats(num_valid=valid,
+                               num_clusters=jnp.broadcast_to(valid[:, None], (batch, heads)))
 
 
 def parse_layers(value: Any) -> tuple[int, ...]:
@@ -231,11 +257,15 @@ def parse_layers(value: Any) -> tuple[int, ...]:
 
 
 class ENACTAttention(EncoderAttention):
-    """ENACT self-attention of one encoder layer: projections plus the entropy layer."""
+    """ENACT self-attention of one encoder layer: projections plus the entropy layer.
+
+    Keys and values are pooled into regions before their projections, so ``project``
+    projects only the queries and ``attend`` receives the (B, N, d) keys and values."""
 
     def __init__(self, d_model: int, num_heads: int, *, spec: ENACT, layer_index: int = 0,
-                 dtype: Any = None, rngs: nnx.Rngs):
-        super().__init__(d_model, num_heads, layer_index=layer_index, dtype=dtype, rngs=rngs)
+                 dtype: Any = None, backend: AttentionBackend | None = None, rngs: nnx.Rngs):
+        super().__init__(d_model, num_heads, layer_index=layer_index, dtype=dtype,
+                         backend=backend, rngs=rngs)
         self.spec = spec
         self.entropy = nnx.Linear(d_model, 1, kernel_init=nnx.initializers.xavier_uniform(),
                                   bias_init=nnx.initializers.zeros_init(), dtype=jnp.float32,
@@ -258,13 +288,19 @@ class ENACTAttention(EncoderAttention):
             ids, counts = released_chunks(counts, n)
         return order, ids, counts, smoothed
 
-    def __call__(self, queries, keys, values, key_padding_mask=None, rng=None):
+    def project(self, queries, keys, values):
+        """Scaled per-head queries (B, N, H, Dh); keys and values (B, N, d) unprojected
+        (``attend`` projects the pooled regions)."""
+        return self.split_heads(self.q_proj(queries)) * (self.head_dim ** -0.5), keys, values
+
+    def attend(self, q, keys, values, key_padding_mask, rng) -> tuple[jax.Array, Stats]:
+        """q (B, N, H, Dh) scaled; keys, values (B, N, d) before projection; mask (B, N)
+        True on padding -> ((B, N, H, Dh), stats)."""
         del rng
         batch, n, _ = keys.shape
         order, ids, counts, smoothed = self.cluster(keys, key_padding_mask)
         gather = lambda x: jnp.take_along_axis(x, order[..., None], axis=1)
         keys_sorted, values_sorted = gather(keys), gather(values)
-        q = self.split_heads(self.q_proj(queries)) * (self.head_dim ** -0.5)
 
         def region_keys_values(capacity: int):
             """Per-head keys and values of the regions in ``capacity`` slots."""
@@ -276,11 +312,11 @@ class ENACTAttention(EncoderAttention):
         def branch(capacity: int):
             k, v = region_keys_values(capacity)
             empty = jnp.arange(capacity)[None, :] >= counts[:, None]
-            return attention_core(q, k, v, empty)
+            return self.backend.attention(q, k, v, empty)
 
         capacities = ladder_capacities(n, self.spec.ladder)
-        if resolved_kernel() == "xla":
-            # No switch on the XLA path: its branches would each hold their own
+        if not self.backend.fused:
+            # No switch without the fused kernel: its branches would each hold their own
             # temporaries (twice exact attention's training memory). All N slots are
             # pooled and projected; attention reads only the used key blocks, one tile
             # of the smallest rung's size at a time, forward and backward.
@@ -292,20 +328,26 @@ class ENACTAttention(EncoderAttention):
             used = jnp.minimum((needed + block - 1) // block * block, n).astype(jnp.int32)
         else:
             out, used = run_at_capacity(jnp.max(counts), capacities, branch)
-        out = out.reshape(batch, n, self.d_model)
         valid = valid_pixels(key_padding_mask, batch, n)
-        stats: Stats = {
-            "num_clusters": jnp.broadcast_to(counts[:, None], (batch, self.num_heads)),
-            "num_valid": count_valid(valid),
-            "capacity": used,
-        }
-        return self.out_proj(out), stats
+        stats = LayerStats(num_clusters=jnp.broadcast_to(counts[:, None], (batch, self.num_heads)),
+                           num_valid=count_valid(valid), capacity=used)
+        return out, stats
+
+    def assignments(self, queries, keys, values, key_padding_mask, rng) -> jax.Array:
+        """(B, H, N) int32 region of each token in token order (-1 on padding and, for
+        ``variant="released"``, on the cropped ends); every head shares the regions."""
+        del queries, values, rng
+        batch, n, _ = keys.shape
+        order, ids, _, _ = self.cluster(keys, key_padding_mask)
+        rows = jnp.arange(batch)[:, None]
+        in_token_order = jnp.full((batch, n), -1, jnp.int32).at[rows, order].set(ids)
+        return jnp.broadcast_to(in_token_order[:, None, :], (batch, self.num_heads, n))
 
 
-def _enact_from_string(sigma=3.0, variant="paper", ladder=DEFAULT_LADDER, layers=None) -> ENACT:
+def enact_from_string(sigma=3.0, variant="paper", ladder=DEFAULT_LADDER, layers=None) -> ENACT:
+    """The spec of ``enact:sigma=..,...`` (see ``ENACT_USAGE``)."""
     return ENACT(sigma=sigma, variant=variant, ladder=ladder, layers=layers)
 
 
-register_attention("enact", _enact_from_string,
-                   "enact[:sigma=<gaussian sigma>,variant=paper|released,ladder=<divisors>,"
-                   "layers=<0-based layer indices, e.g. 3/4/5>]")
+ENACT_USAGE = ("enact[:sigma=<gaussian sigma>,variant=paper|released,ladder=<divisors>,"
+               "layers=<0-based layer indices, e.g. 3/4/5>]")

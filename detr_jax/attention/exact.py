@@ -7,6 +7,7 @@ from typing import Any
 
 from flax import nnx
 
+from detr_jax.attention.backend import AttentionBackend
 from detr_jax.attention.base import AttentionSpec, EncoderAttention
 
 
@@ -21,6 +22,8 @@ class Exact(AttentionSpec):
     name = "exact"
 
     def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
-              dtype: Any = None, rngs: nnx.Rngs) -> EncoderAttention:
+              dtype: Any = None, backend: AttentionBackend | None = None,
+              rngs: nnx.Rngs) -> EncoderAttention:
         del num_layers
-        return ExactAttention(d_model, num_heads, layer_index=layer_index, dtype=dtype, rngs=rngs)
+        return ExactAttention(d_model, num_heads, layer_index=layer_index, dtype=dtype,
+                              backend=backend, rngs=rngs)

@@ -1,7 +1,7 @@
 """Fused (flash) attention for GPUs, written in Pallas (Triton), with ragged query rows.
 
 ``flash_attention(q, k, v, key_valid, query_counts)`` computes the same thing as
-``base.masked_softmax_attention`` without ever storing the (Nq, Nk) logits: every program
+``softmax.masked_softmax_attention`` without ever storing the (Nq, Nk) logits: every program
 of the grid holds ``block_q`` query rows of one (image, head) in registers and streams
 the keys and values through them in blocks of ``block_k`` with the online softmax
 (running maximum and normalizer). Time and memory grow linearly with the number of query
@@ -20,7 +20,7 @@ rows that do work, which is what clustered attention needs:
   serial loop is S times shorter, so a small grid (batch 1; the decoder's 100 queries;
   ACT's few prototype blocks) still fills the GPU and time follows the rows that do
   work. ``None`` picks S from the grid size and the device's multiprocessor count
-  (``auto_key_splits``).
+  (``auto_key_splits``); models take it from their ``AttentionBackend``.
 
 Matrix products use TF32 under the default matmul precision and full fp32 under
 ``jax.default_matmul_precision("highest")`` (the parity setting); bf16 inputs multiply in
@@ -31,12 +31,12 @@ the Pallas interpreter (CPU tests).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
+
+from detr_jax.attention.softmax import masked_softmax_attention
 
 NEG_INF = -1e30  # finite: a block of only masked keys stays finite
 
@@ -237,7 +237,6 @@ def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, *, block_q
 
 def reference_attention(q, k, v, key_valid, query_counts, query_divisors=None):
     """The XLA computation the kernel fuses (rows past ``query_counts`` are zero)."""
-    from detr_jax.attention.base import masked_softmax_attention
     if query_divisors is not None:
         divisors = jnp.maximum(query_divisors.astype(jnp.float32), 1.0).transpose(0, 2, 1)
         q = (q.astype(jnp.float32) / divisors[..., None]).astype(q.dtype)
@@ -281,7 +280,7 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 def flash_attention(q, k, v, key_valid=None, query_counts=None, query_divisors=None, *,
                     block_q: int = 64, block_k: int = 64, num_warps: int = 4, num_stages: int = 2,
-                    interpret: bool | None = None, key_splits: int | None = None) -> jax.Array:
+                    interpret: bool = False, key_splits: int | None = None) -> jax.Array:
     """Scaled dot-product attention with padded keys and ragged queries, fused.
 
     Args:
@@ -292,11 +291,9 @@ def flash_attention(q, k, v, key_valid=None, query_counts=None, query_divisors=N
       query_divisors: (B, H, Nq) float, each query row is divided by max(divisor, 1)
         first (prototype sums and cluster sizes give the means); None: no division.
       block_q, block_k: tile sizes (powers of 2); num_warps, num_stages: Triton options.
-      interpret: run through the Pallas interpreter; None: when the selected kernel is
-        ``"flash_interpret"`` (see ``attention.kernel``).
-      key_splits: programs per row's keys (split-K, a positive integer); None: the
-        ``fixed_key_splits`` setting if one is active (default: the environment variable
-        ``DETR_JAX_KEY_SPLITS``), else ``auto_key_splits``.
+      interpret: run through the Pallas interpreter (CPU tests).
+      key_splits: programs per row's keys (split-K, a positive integer); None:
+        ``auto_key_splits``.
     Returns:
       (B, Nq, H, Dh) in q's dtype.
     """
@@ -306,43 +303,13 @@ def flash_attention(q, k, v, key_valid=None, query_counts=None, query_divisors=N
     for name, block in (("block_q", block_q), ("block_k", block_k)):
         if block < 16 or block & (block - 1):
             raise ValueError(f"flash_attention: {name}={block} must be a power of 2 >= 16")
-    if key_splits is None:
-        key_splits = _splits_setting["value"]
     if key_splits is not None and (not isinstance(key_splits, int) or key_splits < 1):
         raise ValueError(f"flash_attention: key_splits={key_splits!r} must be a positive integer")
-    if interpret is None:
-        from detr_jax.attention.kernel import resolved_kernel
-        interpret = resolved_kernel() == "flash_interpret"
     if query_divisors is not None and query_divisors.shape != (q.shape[0], q.shape[2], q.shape[1]):
         raise ValueError(f"flash_attention: query_divisors {query_divisors.shape} must be "
                          f"(B, H, Nq) = {(q.shape[0], q.shape[2], q.shape[1])}")
     return _flash(q, k, v, key_valid, query_counts, query_divisors, block_q, block_k, num_warps,
                   num_stages, bool(interpret), key_splits)
-
-
-def _splits_from_env() -> int | None:
-    text = os.environ.get("DETR_JAX_KEY_SPLITS", "auto")
-    if text == "auto":
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"DETR_JAX_KEY_SPLITS={text!r}: expected auto or a positive integer")
-    return int(text)
-
-
-# The DETR_JAX_KEY_SPLITS environment variable (auto or an integer) sets the default.
-_splits_setting: dict = {"value": _splits_from_env()}
-
-
-@contextlib.contextmanager
-def fixed_key_splits(splits: int | None):
-    """Use ``splits`` key ranges (None: automatic) in kernels traced inside the block
-    (benchmarks compare split-K against one range with it)."""
-    previous = _splits_setting["value"]
-    _splits_setting["value"] = splits
-    try:
-        yield
-    finally:
-        _splits_setting["value"] = previous
 
 
 def available() -> bool:
@@ -355,13 +322,12 @@ def _probe() -> bool:
     if jax.default_backend() != "gpu":
         return False
     try:
-        x = jnp.zeros((1, 64, 1, 32), jnp.float32)
-        jax.block_until_ready(jax.jit(flash_attention)(x, x, x))
+        # Models resolve their backend while being built, possibly inside a trace
+        # (nnx.eval_shape): run the probe eagerly all the same.
+        with jax.ensure_compile_time_eval():
+            x = jnp.zeros((1, 64, 1, 32), jnp.float32)
+            jax.block_until_ready(jax.jit(flash_attention)(x, x, x))
         return True
     except Exception:  # noqa: BLE001 - any failure means "not available here"
         return False
 
-
-def flops(batch: int, heads: int, queries: int, keys: int, dim: int) -> int:
-    """Multiply-accumulates of the two products (for ratios in benchmarks)."""
-    return 2 * batch * heads * queries * keys * dim

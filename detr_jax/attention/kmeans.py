@@ -23,11 +23,12 @@ import numpy as np
 from flax import nnx
 
 from detr_jax.attention.act import ArraySpecMixin, layer_key
+from detr_jax.attention.backend import AttentionBackend
 from detr_jax.attention.base import AttentionSpec, EncoderAttention, Stats, count_valid
-from detr_jax.attention.kernel import attention_core
 from detr_jax.attention.clustering import (broadcast_to_members, cluster_means, cluster_sums,
                                            from_rows, row_valid, to_rows)
-from detr_jax.attention.registry import register_attention
+from detr_jax.attention.costs import attention_product_macs
+from detr_jax.attention.stats import LayerStats
 
 
 def hamming_codes(x: jax.Array, planes: jax.Array, offsets: jax.Array) -> jax.Array:
@@ -112,10 +113,28 @@ class KMeans(ArraySpecMixin, AttentionSpec):
                 raise ValueError(f"KMeans: {label} must be a positive integer, got {value!r}")
 
     def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
-              dtype: Any = None, rngs: nnx.Rngs) -> EncoderAttention:
+              dtype: Any = None, backend: AttentionBackend | None = None,
+              rngs: nnx.Rngs) -> EncoderAttention:
         del num_layers
         return KMeansAttention(d_model, num_heads, spec=self, layer_index=layer_index,
-                               dtype=dtype, rngs=rngs)
+                               dtype=dtype, backend=backend, rngs=rngs)
+
+    def layer_flops(self, layer_index: int, *, d_model: int, num_heads: int, tokens: int,
+                    valid_tokens: int, stats: Any = None) -> dict:
+        """MACs of one layer per image: ``bits`` hyperplane projections (``N Dh bits`` per
+        head), Lloyd iterations in Hamming space (``N C bits`` per assignment step plus
+        ``N bits`` per centroid update), prototype means (``N Dh + C Dh``) and the
+        prototype attention (``2 C N Dh`` per head). C is fixed: no stats needed."""
+        del layer_index, tokens, stats
+        heads, head_dim, n = num_heads, d_model // num_heads, valid_tokens
+        clusters, iterations, bits = self.clusters, self.iterations, self.bits
+        hashing = heads * n * head_dim * bits                          # hyperplane projections
+        lloyd = heads * (iterations * n * clusters * bits              # Hamming assignments
+                         + max(iterations - 1, 0) * n * bits)          # majority centroid updates
+        means = heads * (n * head_dim + clusters * head_dim)           # prototype means
+        return {"products": attention_product_macs(clusters, n, d_model),
+                "hashing_and_clustering": float(hashing + lloyd + means),
+                "mean_clusters": float(clusters), "cluster_ratio": clusters / max(n, 1)}
 
     def to_string(self) -> str:
         parts = [f"C={self.clusters}", f"iterations={self.iterations}", f"bits={self.bits}"]
@@ -128,8 +147,9 @@ class KMeansAttention(EncoderAttention):
     """K-means clustered self-attention of one encoder layer (no new variables)."""
 
     def __init__(self, d_model: int, num_heads: int, *, spec: KMeans, layer_index: int = 0,
-                 dtype: Any = None, rngs: nnx.Rngs):
-        super().__init__(d_model, num_heads, layer_index=layer_index, dtype=dtype, rngs=rngs)
+                 dtype: Any = None, backend: AttentionBackend | None = None, rngs: nnx.Rngs):
+        super().__init__(d_model, num_heads, layer_index=layer_index, dtype=dtype,
+                         backend=backend, rngs=rngs)
         self.spec = spec
 
     def hash_params(self, rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -144,20 +164,31 @@ class KMeansAttention(EncoderAttention):
         clusters = self.spec.clusters
         valid = row_valid(key_padding_mask, batch, heads, n)
         q_rows = to_rows(q)
-        ids = kmeans_ids(hamming_codes(q_rows, *self.hash_params(rng)), valid, clusters,
-                         self.spec.iterations)
+        ids = self.cluster_ids(q_rows, valid, rng)
         prototypes, sizes = cluster_means(q_rows, ids, clusters)
-        out = attention_core(from_rows(prototypes, batch), k, v, key_padding_mask)
+        out = self.backend.attention(from_rows(prototypes, batch), k, v, key_padding_mask)
         out = from_rows(broadcast_to_members(to_rows(out), ids), batch)
-        stats = {
-            "num_clusters": (sizes > 0).sum(axis=-1, dtype=jnp.int32).reshape(batch, heads),
-            "num_valid": count_valid(valid.reshape(batch, heads, n)[:, 0]),
-            "capacity": jnp.asarray(clusters, jnp.int32),
-        }
+        stats = LayerStats(
+            num_clusters=(sizes > 0).sum(axis=-1, dtype=jnp.int32).reshape(batch, heads),
+            num_valid=count_valid(valid.reshape(batch, heads, n)[:, 0]),
+            capacity=jnp.asarray(clusters, jnp.int32))
         return out, stats
 
+    def cluster_ids(self, q_rows: jax.Array, valid: jax.Array, rng) -> jax.Array:
+        """K-means ids (R, N) (-1 on padding) of per-row queries (R = B * H, N, Dh)."""
+        return kmeans_ids(hamming_codes(q_rows, *self.hash_params(rng)), valid,
+                          self.spec.clusters, self.spec.iterations)
 
-def _kmeans_from_string(C=100, iterations=10, bits=32, seed=0) -> KMeans:
+    def assignments(self, queries, keys, values, key_padding_mask, rng) -> jax.Array:
+        """(B, H, N) int32 query clusters (-1 on padding), as ``attend`` forms them."""
+        q, _, _ = self.project(queries, keys, values)
+        batch, n, heads, _ = q.shape
+        ids = self.cluster_ids(to_rows(q), row_valid(key_padding_mask, batch, heads, n), rng)
+        return ids.reshape(batch, heads, n)
+
+
+def kmeans_from_string(C=100, iterations=10, bits=32, seed=0) -> KMeans:
+    """The spec of ``kmeans:C=..,...`` (see ``KMEANS_USAGE``)."""
     try:
         return KMeans(clusters=C, iterations=iterations, bits=bits, seed=seed)
     except ValueError as err:
@@ -165,4 +196,3 @@ def _kmeans_from_string(C=100, iterations=10, bits=32, seed=0) -> KMeans:
 
 
 KMEANS_USAGE = "kmeans[:C=<clusters>,iterations=<Lloyd steps>,bits=<hash bits>,seed=<int>]"
-register_attention("kmeans", _kmeans_from_string, KMEANS_USAGE)

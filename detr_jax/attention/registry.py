@@ -1,11 +1,18 @@
-"""Parse attention settings such as ``exact`` or ``act:L=32,r=8`` into specs."""
+"""Parse attention settings such as ``exact`` or ``act:L=32,r=8`` into specs.
+
+Every variant of the library is registered here, in one place: a new variant is one
+module (its spec, its module, a ``*_from_string`` factory) plus one line below.
+"""
 
 from __future__ import annotations
 
 from typing import Callable
 
+from detr_jax.attention.act import ACT_USAGE, act_from_string
 from detr_jax.attention.base import AttentionSpec
+from detr_jax.attention.enact import ENACT_USAGE, enact_from_string
 from detr_jax.attention.exact import Exact
+from detr_jax.attention.kmeans import KMEANS_USAGE, kmeans_from_string
 
 # name -> (factory taking keyword arguments parsed from the string, help text)
 _REGISTRY: dict[str, tuple[Callable[..., AttentionSpec], str]] = {}
@@ -17,6 +24,9 @@ def register_attention(name: str, factory: Callable[..., AttentionSpec], usage: 
 
 
 register_attention("exact", Exact, "exact")
+register_attention("act", act_from_string, ACT_USAGE)
+register_attention("kmeans", kmeans_from_string, KMEANS_USAGE)
+register_attention("enact", enact_from_string, ENACT_USAGE)
 
 
 def valid_forms() -> str:

@@ -6,8 +6,6 @@ import argparse
 import sys
 import time
 
-import numpy as np
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -19,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc5 = parser.add_mutually_exclusive_group()
     dc5.add_argument("--dilation", dest="dilation", action="store_true", default=None,
                      help="DC5 model (dilated last stage); default: 'dc5' in the file name")
-    dc5.add_argument("--no-dilation", dest="dilation", action="store_false")
+    dc5.add_argument("--no-dilation", dest="dilation", action="store_false",
+                     help="plain model (undilated last stage), whatever the file name says")
     parser.add_argument("--num-heads", type=int, default=8,
                         help="attention heads (not visible in the shapes; 8 for official models)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -28,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import numpy as np
     from detr_jax.checkpoint import save_model
     from detr_jax.convert.errors import CheckpointError
     from detr_jax.convert.load import load_torch_checkpoint

@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention", nargs="+", default=None,
                         help="encoder-attention settings, e.g. exact act:L=32 kmeans:C=100 "
                              "(default: config eval.attention)")
-    parser.add_argument("--threshold", type=float, default=None, help="score threshold for drawing")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="score threshold of the detections drawn and listed for --images "
+                             f"(default: config eval.score_threshold, "
+                             f"{EVAL_DEFAULTS['score_threshold']}); COCO evaluation keeps all")
     parser.add_argument("--attention-kernel", default=None, choices=("auto", "xla", "flash"),
                         help="softmax attention implementation (default auto: the fused "
                              "Pallas kernel on GPUs, XLA elsewhere)")
@@ -146,11 +149,18 @@ def _setup_jax(args, cfg):
     import jax
     if args.distributed:
         jax.distributed.initialize()
-    if args.attention_kernel:
-        from detr_jax.attention.kernel import set_attention_kernel
-        set_attention_kernel(args.attention_kernel)
     from detr_jax.evaluation.coco_eval import enable_compilation_cache
     return enable_compilation_cache(cfg.eval.compilation_cache)
+
+
+def _with_backend(args, model):
+    """``model`` rebuilt (same arrays) with ``--attention-kernel`` as its config's
+    ``attention_backend``; unchanged without the flag."""
+    if not args.attention_kernel:
+        return model
+    from detr_jax.models.build import with_encoder_attention
+    model.config["attention_backend"] = args.attention_kernel
+    return with_encoder_attention(model, model.attention_spec)
 
 
 def _dtype(args):
@@ -166,7 +176,7 @@ def _predict(args, cfg, settings, specs) -> int:
 
     _setup_jax(args, cfg)
     try:
-        base = load_model(args.checkpoint, dtype=_dtype(args))
+        base = _with_backend(args, load_model(args.checkpoint, dtype=_dtype(args)))
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -199,7 +209,7 @@ def _evaluate(args, cfg, settings, source) -> int:
 
     cache = _setup_jax(args, cfg)
     try:
-        model = load_model(args.checkpoint, dtype=_dtype(args))
+        model = _with_backend(args, load_model(args.checkpoint, dtype=_dtype(args)))
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -242,7 +252,7 @@ def _print_summary(rows, result) -> None:
     header = f"{'attention':<28} {'AP':>6} {'AP50':>6} {'AP75':>6} {'AP_S':>6} {'AP_M':>6} {'AP_L':>6}"
     if rows and "gflops_total" in rows[0]:
         header += f" {'GFLOPs':>8}"
-    header += f" {'ms/img':>8}"
+    header += f" {'ms/img':>8} {'prototypes / tokens':>19}"
     print(header)
     for row in rows:
         cells = [f"{row['attention']:<28}"]
@@ -253,4 +263,14 @@ def _print_summary(rows, result) -> None:
                          else f"{'n/a':>8}")
         cells.append(f"{row['ms_per_image']:8.2f}" if row["ms_per_image"] is not None
                      else f"{'n/a':>8}")
+        # min-max over encoder layers of clusters / valid tokens (1.0: exact keeps all)
+        ratios = row.get("prototype_ratio") or []
+        if not ratios:
+            text = "n/a"
+        elif min(ratios) == 1.0:
+            text = "1.0"
+        else:
+            low, high = f"{min(ratios):.2f}", f"{max(ratios):.2f}"
+            text = low if low == high else f"{low}-{high}"
+        cells.append(f"{text:>19}")
         print(" ".join(cells))

@@ -35,6 +35,7 @@ from flax import nnx
 
 from detr_jax.data.pipeline import (Layout, host_rows, iterate_batches, make_layout, plan_steps,
                                     to_device)
+from detr_jax.attention.stats import LayerStats
 from detr_jax.evaluation.postprocess import postprocess_arrays
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
@@ -165,13 +166,13 @@ class SettingsRunner:
                 scores, labels, boxes = postprocess_arrays(out["pred_logits"], out["pred_boxes"],
                                                            original_sizes)
                 result = {"scores": scores, "labels": labels.astype(jnp.int32), "boxes": boxes}
-                if stats and all("num_clusters" in s for s in stats):
-                    result["num_clusters"] = jnp.stack([s["num_clusters"] for s in stats], 1)
+                if stats and all(s is not None and s.num_clusters is not None for s in stats):
+                    result["num_clusters"] = jnp.stack([s.num_clusters for s in stats], 1)
                     result["num_valid"] = jnp.stack(
-                        [jnp.broadcast_to(s["num_valid"], s["num_clusters"].shape[:1])
+                        [jnp.broadcast_to(s.num_valid, s.num_clusters.shape[:1])
                          for s in stats], 1)
-                    if all("capacity" in s for s in stats):
-                        result["capacity"] = jnp.stack([jnp.asarray(s["capacity"]) for s in stats])
+                    if all(s.capacity is not None for s in stats):
+                        result["capacity"] = jnp.stack([jnp.asarray(s.capacity) for s in stats])
                 return result
             return head
 
@@ -316,7 +317,7 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
              progress: bool = True, backend: str = "auto") -> EvalResult:
     """Predict every image of ``source`` (the first ``max_images`` when > 0) under every
     encoder-attention ``settings`` string, sharing the backbone and the data pass."""
-    from tqdm import tqdm
+    from detr_jax.progress import Progress
 
     wall = time.perf_counter()
     settings = list(settings)
@@ -333,8 +334,8 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
     per_round = 1 if layout.mode == "sharded" else layout.num_devices
     local_rows = host_rows(layout, batch_size) if layout.mode == "sharded" else None
     mine = sum(1 for step in steps for i in step.indices if i >= 0)
-    bar = tqdm(total=mine, unit="img", desc="eval " + "/".join(settings), dynamic_ncols=True,
-               disable=not progress or layout.process_index != 0, file=sys.stderr)
+    bar = Progress(total=mine, unit="img", desc="eval " + "/".join(settings), dynamic_ncols=True,
+                   disable=not progress or layout.process_index != 0, file=sys.stderr)
 
     detections = {s: {} for s in settings}
     ratio_sums = {s: None for s in settings}
@@ -355,6 +356,7 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
             kept.append(batch)
         if not items:
             return
+        bar.begin(tuple(b.pixel_values.shape for b in kept))  # a new shape compiles
         outputs, backbone_s, head_s, compiled = runner.run_round(items)
         rows = sum(b.pixel_values.shape[0] for b in kept)
         if layout.mode == "sharded":
@@ -389,13 +391,13 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
                         if "num_clusters" in out:
                             layers = out["num_clusters"].shape[1]
                             entry["stats"][s] = [
-                                {"num_clusters": out["num_clusters"][g, l][None],
-                                 "num_valid": out["num_valid"][g, l][None],
-                                 **({"capacity": out["capacity"][l]} if "capacity" in out else {})}
+                                LayerStats(num_clusters=out["num_clusters"][g, l][None],
+                                           num_valid=out["num_valid"][g, l][None],
+                                           capacity=out["capacity"][l] if "capacity" in out else None)
                                 for l in range(layers)]
                         else:
                             entry["stats"][s] = None
-        bar.update(sum(b.num_real for b in round_batches))
+        bar.update(sum(b.num_real for b in round_batches), compiled=compiled)
         if samples[settings[0]]:
             bar.set_postfix(ms_per_img=f"{np.median(samples[settings[0]]):.1f}", refresh=False)
 

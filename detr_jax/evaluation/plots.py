@@ -36,81 +36,161 @@ def _save(fig, path: str) -> None:
     os.replace(tmp, path)
 
 
-def plot_ap_vs_gflops(rows: list[dict], path: str, *, title: str = "") -> str:
-    """AP against total GFLOPs (backbone + transformer) per setting; against ms per image
-    when no FLOPs are known."""
+METHOD_NAMES = {"exact": "exact", "act": "ACT", "kmeans": "K-means", "enact": "ENACT",
+                "act_forced": "ACT, forced ratios"}
+# The parameter each method's curve sweeps (the ACT paper's Figure 5: ACT over L, K-means
+# over C; ENACT over its Gaussian's sigma).
+SWEEP_KEYS = {"act": "L", "kmeans": "C", "enact": "sigma", "act_forced": "ratios"}
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def _canonical(setting: str) -> str:
+    """The setting with its defaults written out (``act`` -> ``act:L=32,r=8``) when the
+    attention registry knows it; else the string as given."""
+    try:
+        from detr_jax.attention import parse_attention
+        spec = parse_attention(setting)
+        return spec.to_string() if hasattr(spec, "to_string") else setting
+    except Exception:  # unknown to this build (e.g. rows read from another version)
+        return setting
+
+
+def sweep_of(setting: str) -> tuple[str, str | None, str | None, tuple]:
+    """(method, sweep key, sweep value, the other parameters as sorted (key, value) pairs)
+    of a setting string: ``act:L=24,r=8`` -> ``("act", "L", "24", (("r", "8"),))``."""
+    name, _, args = _canonical(setting).partition(":")
+    params = dict(item.partition("=")[::2] for item in args.split(",") if item)
+    key = SWEEP_KEYS.get(name)
+    value = params.pop(key, None) if key else None
+    return name, key if value is not None else None, value, tuple(sorted(params.items()))
+
+
+def _number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def method_lines(rows: list[dict]) -> dict:
+    """Rows grouped into the curves of Figure 5: (model label, method, fixed parameters) ->
+    list of (row, sweep key, sweep value). A row's model label is its optional ``"model"``
+    field (e.g. ``"MTKD"`` for a fine-tuned checkpoint; none for the evaluated one)."""
+    groups: dict = {}
+    for row in rows:
+        method, key, value, fixed = sweep_of(row["attention"])
+        groups.setdefault((row.get("model") or "", method, fixed), []).append((row, key, value))
+    return groups
+
+
+def _line_label(model: str, method: str, key, fixed, groups) -> str:
+    label = METHOD_NAMES.get(method, method)
+    if key:
+        label += f" over {key}"
+    siblings = [g for g in groups if g[0] == model and g[1] == method]
+    if len(siblings) > 1 and fixed:
+        label += " (" + ", ".join(f"{k}={v}" for k, v in fixed) + ")"
+    return label + (f" [{model}]" if model else "")
+
+
+def ap_vs_gflops_figure(rows: list[dict], *, title: str = ""):
+    """The figure of :func:`plot_ap_vs_gflops` (returned open, for saving or inspection)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    use_flops = all(r.get("gflops_total") is not None for r in rows)
-    for i, row in enumerate(rows):
-        x = row["gflops_total"] if use_flops else row.get("ms_per_image")
-        y = row.get("AP")
-        if x is None or y is None:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    use_flops = bool(rows) and all(r.get("gflops_total") is not None for r in rows)
+    x_field = "gflops_total" if use_flops else "ms_per_image"
+    groups = method_lines(rows)
+    methods = sorted({m for _, m, _ in groups if m != "exact"})
+    models = sorted({model for model, _, _ in groups})
+    for model, method, fixed in sorted(groups, key=lambda g: (g[0], g[1] != "exact", g[1], g[2])):
+        points = [(row[x_field], row["AP"], key, value)
+                  for row, key, value in groups[model, method, fixed]
+                  if row.get(x_field) is not None and row.get("AP") is not None]
+        if not points:
             continue
-        ax.scatter([x], [y], color=PALETTE[i % len(PALETTE)], s=40, zorder=3)
-        ax.annotate(row["attention"], (x, y), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+        style = LINESTYLES[models.index(model) % len(LINESTYLES)]
+        label = _line_label(model, method, points[0][2], fixed, groups)
+        if method == "exact":  # the reference: a point and a horizontal line at its AP
+            for x, y, _, _ in points:
+                ax.axhline(y, color="black", linestyle=style, linewidth=0.8, alpha=0.6)
+                ax.plot([x], [y], marker="*", markersize=13, color="black", linestyle=style,
+                        linewidth=0.8, markerfacecolor="black" if not model else "white",
+                        label=label + f" ({y:.1f} AP)", zorder=4)
+            continue
+        points.sort(key=lambda p: (p[0], _number(p[3]) or 0.0))
+        index = methods.index(method)
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=PALETTE[index % len(PALETTE)],
+                marker=MARKERS[models.index(model) % len(MARKERS)], linestyle=style, label=label,
+                zorder=3)
+        for x, y, key, value in points:
+            if key:
+                ax.annotate(f"{key}={value}", (x, y), textcoords="offset points", xytext=(4, -11),
+                            fontsize=7, color=PALETTE[index % len(PALETTE)])
     ax.set_xlabel("GFLOPs (backbone + transformer), mean over the first images" if use_flops
                   else "ms per image (median)")
-    ax.set_ylabel("AP")
+    ax.set_ylabel("AP (%)")
     ax.grid(True, alpha=0.3)
     ax.set_title(title or ("AP vs GFLOPs" if use_flops else "AP vs time"), fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  title="method (sweep)", title_fontsize=8)
+    return fig
+
+
+def plot_ap_vs_gflops(rows: list[dict], path: str, *, title: str = "") -> str:
+    """AP against total GFLOPs (backbone + transformer) as the ACT paper's Figure 5: one line
+    per method over its sweep (ACT over L, K-means over C, ENACT over sigma), points marked
+    with the sweep value, exact attention as a star with a horizontal line at its AP; rows
+    with a ``"model"`` label (e.g. MTKD fine-tuned) get their own lines. Against ms per
+    image when no FLOPs are known. The legend sits right of the axes."""
+    plt = _pyplot()
+    fig = ap_vs_gflops_figure(rows, title=title)
     _save(fig, path)
     plt.close(fig)
     return path
 
 
-def plot_prototype_ratio(rows: list[dict], path: str, *, title: str = "") -> str:
-    """Mean prototype ratio (clusters / tokens) per encoder layer, one line per setting."""
+def prototype_ratio_figure(rows: list[dict], *, title: str = ""):
+    """The figure of :func:`plot_prototype_ratio` (returned open)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for i, row in enumerate(rows):
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn = 0
+    for row in rows:
         ratios = row.get("prototype_ratio")
         if not ratios:
             continue
         layers = np.arange(1, len(ratios) + 1)
-        ax.plot(layers, ratios, marker="o", color=PALETTE[i % len(PALETTE)],
-                label=row["attention"])
+        exact = sweep_of(row["attention"])[0] == "exact"
+        label = row["attention"] + (f" [{row['model']}]" if row.get("model") else "")
+        ax.plot(layers, ratios, marker="*" if exact else "o",
+                color="black" if exact else PALETTE[drawn % len(PALETTE)],
+                linestyle="--" if exact else "-", label=label, zorder=4 if exact else 3)
+        drawn += 0 if exact else 1
         ax.set_xticks(layers)
     ax.set_xlabel("encoder layer")
     ax.set_ylabel("prototypes / tokens")
     ax.set_ylim(0, 1.05)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "prototype ratio per layer", fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  title="attention", title_fontsize=8)
+    ax.set_title(title or "prototype ratio per layer (clusters / valid tokens; 1 = exact)",
+                 fontsize=10)
+    return fig
+
+
+def plot_prototype_ratio(rows: list[dict], path: str, *, title: str = "") -> str:
+    """Mean prototype ratio (clusters / tokens) per encoder layer, one line per setting
+    (exact dashed at 1.0); the legend sits right of the axes."""
+    plt = _pyplot()
+    fig = prototype_ratio_figure(rows, title=title)
     _save(fig, path)
     plt.close(fig)
     return path
 
 
 # --------------------------------------------------------------------------- cluster maps
-
-
-def _assignment_ids(attention, q, k, key_padding_mask, rng):
-    """(B*H, N) cluster ids of one layer's attention module, or None for variants without
-    clusters. Uses the module's own clustering so the ids are the ones it attends with."""
-    hook = getattr(attention, "cluster_assignments", None)
-    if callable(hook):  # a variant that exposes its assignments directly
-        return hook(q, k, key_padding_mask, rng)
-    from detr_jax.attention.clustering import row_valid, to_rows
-    batch, n, heads, _ = q.shape
-    valid = row_valid(key_padding_mask, batch, heads, n)
-    try:
-        from detr_jax.attention.act import ACTAttention
-    except ImportError:
-        ACTAttention = ()
-    try:
-        from detr_jax.attention.kmeans import KMeansAttention, hamming_codes, kmeans_ids
-    except ImportError:
-        KMeansAttention = ()
-    if ACTAttention and isinstance(attention, ACTAttention):
-        side = "Q" if "Q" in attention.spec.group else "K"
-        ids = attention.clusters(q if side == "Q" else k, key_padding_mask, rng, side)[0]
-        return ids
-    if KMeansAttention and isinstance(attention, KMeansAttention):
-        codes = hamming_codes(to_rows(q), *attention.hash_params(rng))
-        return kmeans_ids(codes, valid, attention.spec.clusters, attention.spec.iterations)
-    return None
 
 
 def cluster_assignments(model, pixel_values, padding_mask, encoder_rng):
@@ -120,7 +200,7 @@ def cluster_assignments(model, pixel_values, padding_mask, encoder_rng):
     encoder_rng: the key the encoder receives (``jax.random.split(key)[0]`` of the key
     given to ``DETR.__call__``), so these are the clusters the model used.
     """
-    import jax
+    from detr_jax.models.transformer import encoder_layer_keys
     features, mask, pos = model.backbone_features(pixel_values, padding_mask)
     src = model.input_proj(features)
     batch, h, w, d = src.shape
@@ -129,15 +209,11 @@ def cluster_assignments(model, pixel_values, padding_mask, encoder_rng):
     flat_mask = mask.reshape(batch, h * w)
     per_layer = []
     for index, layer in enumerate(model.transformer.encoder.layers):
-        attn_rng = None
-        if encoder_rng is not None:
-            attn_rng, _ = jax.random.split(jax.random.fold_in(encoder_rng, index))
-        attention = layer.self_attn
+        attn_rng, _ = encoder_layer_keys(encoder_rng, index)
         normed = layer.norm1(src) if layer.pre_norm else src
         qk = normed + pos
-        q, k, _ = attention.project(qk, qk, normed)
-        ids = _assignment_ids(attention, q, k, flat_mask, attn_rng)
-        per_layer.append(None if ids is None else ids.reshape(batch, -1, h * w))
+        ids = layer.self_attn.assignments(qk, qk, normed, flat_mask, attn_rng)
+        per_layer.append(ids)
         src, _ = layer(src, pos, flat_mask, attn_rng=attn_rng)
     return per_layer, (h, w)
 
@@ -166,11 +242,15 @@ def default_tokens(example, resized_hw, feature_hw, stride, count: int = 3):
     return tokens
 
 
-def plot_cluster_maps(image: np.ndarray, resized_hw, feature_hw, stride: int, ids_per_layer,
-                      tokens, path: str, *, head: int = 0, title: str = "",
-                      layers=None) -> str | None:
-    """Rows: chosen tokens; columns: encoder layers. Each panel shows the (resized) image
-    with the tokens of the chosen token's cluster (layer, ``head``) coloured."""
+CLUSTER_RGB = (255, 60, 30)  # overlay colour of the chosen token's cluster
+
+
+def cluster_maps_figure(image: np.ndarray, resized_hw, feature_hw, stride: int, ids_per_layer,
+                        tokens, *, head: int = 0, title: str = "", layers=None):
+    """The figure of :func:`plot_cluster_maps` (returned open), or None when no layer has
+    clusters or no token is given."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
     from PIL import Image
     plt = _pyplot()
     layer_list = [l for l in (layers if layers is not None else range(len(ids_per_layer)))
@@ -181,7 +261,9 @@ def plot_cluster_maps(image: np.ndarray, resized_hw, feature_hw, stride: int, id
     fh, fw = feature_hw
     shown = np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
     fig, axes = plt.subplots(len(tokens), len(layer_list), squeeze=False,
-                             figsize=(2.4 * len(layer_list), 2.4 * len(tokens) * rh / max(rw, 1) + 0.4))
+                             figsize=(2.4 * len(layer_list),
+                                      2.6 * len(tokens) * rh / max(rw, 1) + 1.2))
+    colour = np.array(CLUSTER_RGB, np.float32)
     for row, (ty, tx) in enumerate(tokens):
         for col, layer in enumerate(layer_list):
             ax = axes[row][col]
@@ -192,7 +274,7 @@ def plot_cluster_maps(image: np.ndarray, resized_hw, feature_hw, stride: int, id
             big = np.kron(member, np.ones((stride, stride), bool))[:rh, :rw]
             big = np.pad(big, ((0, max(0, rh - big.shape[0])), (0, max(0, rw - big.shape[1]))))
             overlay = shown.astype(np.float32) * 0.6
-            overlay[big] = 0.35 * shown[big] + 0.65 * np.array([255, 60, 30], np.float32)
+            overlay[big] = 0.35 * shown[big] + 0.65 * colour
             ax.imshow(overlay.astype(np.uint8))
             ax.scatter([(tx + 0.5) * stride], [(ty + 0.5) * stride], marker="*", s=80,
                        c="yellow", edgecolors="black", linewidths=0.5)
@@ -200,9 +282,40 @@ def plot_cluster_maps(image: np.ndarray, resized_hw, feature_hw, stride: int, id
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(f"layer {layer + 1}", fontsize=8)
+            ax.set_xlabel(f"cluster: {int(member.sum())} of {int((ids >= 0).sum())} tokens",
+                          fontsize=7, labelpad=2)
             if col == 0:
-                ax.set_ylabel(f"token ({ty},{tx})\n{int(member.sum())} in cluster", fontsize=7)
+                ax.set_ylabel(f"token (row {ty}, col {tx})", fontsize=7)
+    handles = [Line2D([], [], marker="*", linestyle="none", markersize=11,
+                      markerfacecolor="yellow", markeredgecolor="black", markeredgewidth=0.5,
+                      label="chosen token"),
+               Patch(facecolor=colour / 255,
+                     label=f"tokens in its cluster (that layer, head {head})"),
+               Patch(facecolor=(0.6, 0.6, 0.6), label="other tokens (dimmed)")]
+    fig.tight_layout(rect=(0, 0.0, 1, 0.97))
+    renderer = fig.canvas.get_renderer()
+    bottom = min(fig.transFigure.inverted().transform(ax.get_tightbbox(renderer))[0, 1]
+                 for ax in axes.flat)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, bottom - 0.01),
+               ncol=3, fontsize=7, frameon=False,
+               title=f"Each panel: the tokens sharing the chosen token's cluster in that layer "
+                     f"(head {head}); below it, that cluster's size", title_fontsize=7)
     fig.suptitle(title or f"clusters (head {head})", fontsize=9)
+    return fig
+
+
+def plot_cluster_maps(image: np.ndarray, resized_hw, feature_hw, stride: int, ids_per_layer,
+                      tokens, path: str, *, head: int = 0, title: str = "",
+                      layers=None) -> str | None:
+    """Rows: chosen tokens; columns: encoder layers. Each panel shows the (resized) image
+    with the chosen token (yellow star) and the tokens of its cluster in that layer and
+    ``head`` (orange; the rest dimmed), that cluster's size below the panel, and a legend
+    saying so under the figure. None when there is nothing to show."""
+    plt = _pyplot()
+    fig = cluster_maps_figure(image, resized_hw, feature_hw, stride, ids_per_layer, tokens,
+                              head=head, title=title, layers=layers)
+    if fig is None:
+        return None
     _save(fig, path)
     plt.close(fig)
     return path

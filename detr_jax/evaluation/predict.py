@@ -58,8 +58,8 @@ def predict_images(model, paths, output_dir: str, *, setting: str, threshold: fl
                   "attention": setting, "threshold": threshold, "seconds": round(elapsed, 4),
                   "detections": detections}
         stats = out.get("encoder_stats") or []
-        if stats and "num_clusters" in stats[0]:
-            record["clusters_per_layer"] = [np.asarray(s["num_clusters"]).mean().item() for s in stats]
+        if stats and stats[0] is not None and stats[0].num_clusters is not None:
+            record["clusters_per_layer"] = [np.asarray(s.num_clusters).mean().item() for s in stats]
         json_path = os.path.join(output_dir, f"{stem}.{tag}.json")
         tmp = json_path + ".tmp"
         with open(tmp, "w") as f:

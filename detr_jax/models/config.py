@@ -24,6 +24,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       num_queries: object queries; num_classes: highest class id (91 for COCO), the class
         head has ``num_classes + 1`` outputs, the last being no-object.
       encoder_attention: encoder-attention setting string (``exact``, ``act:L=32``, ...).
+      attention_backend: softmax-attention kernel, resolved when the model is built
+        (``auto``, ``xla``, ``flash``, ``cudnn``, ``flash_interpret``; see
+        ``detr_jax.attention.backend``).
+      attention_key_splits: key ranges per row of the fused kernel: ``auto`` or a
+        positive integer, kept as a string (``"2"``; an int given here is converted).
       dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
     """
     cfg = ml_collections.ConfigDict()
@@ -42,8 +47,12 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     cfg.pre_norm = False
     cfg.position_temperature = 10000.0
     cfg.encoder_attention = "exact"
+    cfg.attention_backend = "auto"
+    cfg.attention_key_splits = "auto"
     cfg.dtype = "float32"
     for key, value in overrides.items():
+        if key == "attention_key_splits":
+            value = str(value)
         if isinstance(value, dict) and key in cfg and isinstance(cfg[key], ml_collections.ConfigDict):
             cfg[key].update(value)
         else:

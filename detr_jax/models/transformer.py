@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from detr_jax.attention import AttentionSpec, MultiHeadAttention
+from detr_jax.attention.backend import AttentionBackend, resolve_backend
 
 # The official transformer re-initializes every weight matrix with Xavier-uniform.
 XAVIER = nnx.initializers.xavier_uniform()
@@ -32,6 +33,23 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def encoder_layer_keys(rng: jax.Array | None, index: int
+                       ) -> tuple[jax.Array | None, jax.Array | None]:
+    """(attention key, dropout key) of encoder layer ``index`` from the encoder's key
+    (``split(fold_in(rng, index))``); (None, None) when ``rng`` is None."""
+    if rng is None:
+        return None, None
+    attn_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, index))
+    return attn_rng, dropout_rng
+
+
+def model_backend(cfg) -> AttentionBackend:
+    """The attention backend of a model config (fields ``attention_backend`` and
+    ``attention_key_splits``, "auto" when absent), resolved for this platform."""
+    return resolve_backend(cfg.get("attention_backend", "auto"),
+                           cfg.get("attention_key_splits", "auto"))
+
+
 def _keys(rng, count):
     return [None] * count if rng is None else list(jax.random.split(rng, count))
 
@@ -43,10 +61,12 @@ def layer_norm(d, eps, dtype, rngs):
 class EncoderLayer(nnx.Module):
     """Encoder layer (post- or pre-norm); ``self_attn`` is whatever the attention spec builds."""
 
-    def __init__(self, cfg, spec: AttentionSpec, layer_index: int, dtype: Any, rngs: nnx.Rngs):
+    def __init__(self, cfg, spec: AttentionSpec, layer_index: int, dtype: Any, rngs: nnx.Rngs,
+                 backend: AttentionBackend | None = None):
         d = cfg.hidden_dim
         self.self_attn = spec.build(d, cfg.num_heads, layer_index=layer_index,
-                                    num_layers=cfg.enc_layers, dtype=dtype, rngs=rngs)
+                                    num_layers=cfg.enc_layers, dtype=dtype,
+                                    backend=backend, rngs=rngs)
         self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
         self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
         self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
@@ -74,10 +94,12 @@ class EncoderLayer(nnx.Module):
 class DecoderLayer(nnx.Module):
     """Decoder layer (post- or pre-norm): self-attention, cross-attention to memory, FFN."""
 
-    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs):
+    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs, backend: AttentionBackend | None = None):
         d = cfg.hidden_dim
-        self.self_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, rngs=rngs)
-        self.multihead_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, rngs=rngs)
+        self.self_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, backend=backend,
+                                            rngs=rngs)
+        self.multihead_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype,
+                                                 backend=backend, rngs=rngs)
         self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
         self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
         self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
@@ -108,8 +130,12 @@ class DecoderLayer(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    def __init__(self, cfg, spec: AttentionSpec, dtype: Any, rngs: nnx.Rngs):
-        self.layers = nnx.List([EncoderLayer(cfg, spec, i, dtype, rngs)
+    """The encoder; ``backend`` None: ``model_backend(cfg)``."""
+
+    def __init__(self, cfg, spec: AttentionSpec, dtype: Any, rngs: nnx.Rngs,
+                 backend: AttentionBackend | None = None):
+        backend = model_backend(cfg) if backend is None else backend
+        self.layers = nnx.List([EncoderLayer(cfg, spec, i, dtype, rngs, backend)
                                 for i in range(cfg.enc_layers)])
         if cfg.get("pre_norm", False):  # the official pre-norm encoder ends with a LayerNorm
             self.norm = layer_norm(cfg.hidden_dim, cfg.layer_norm_eps, dtype, rngs)
@@ -118,13 +144,11 @@ class Encoder(nnx.Module):
         """src, pos (B, N, d); mask (B, N). Returns memory (B, N, d) and per-layer stats.
 
         ``rng`` drives the attention variant (for example ACT's hash draws, fresh per
-        layer) and, when ``train``, dropout.
+        layer, ``encoder_layer_keys``) and, when ``train``, dropout.
         """
         stats = []
         for index, layer in enumerate(self.layers):
-            attn_rng = drop_rng = None
-            if rng is not None:
-                attn_rng, drop_rng = jax.random.split(jax.random.fold_in(rng, index))
+            attn_rng, drop_rng = encoder_layer_keys(rng, index)
             src, layer_stats = layer(src, pos, mask, attn_rng=attn_rng,
                                      dropout_rng=drop_rng if train else None)
             stats.append(layer_stats)
@@ -134,8 +158,12 @@ class Encoder(nnx.Module):
 
 
 class Decoder(nnx.Module):
-    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs):
-        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs) for _ in range(cfg.dec_layers)])
+    """The decoder; ``backend`` None: ``model_backend(cfg)``."""
+
+    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs, backend: AttentionBackend | None = None):
+        backend = model_backend(cfg) if backend is None else backend
+        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs, backend)
+                                for _ in range(cfg.dec_layers)])
         self.norm = layer_norm(cfg.hidden_dim, cfg.layer_norm_eps, dtype, rngs)
 
     def __call__(self, memory, pos, mask, query_pos, *, rng=None, train=False):
@@ -152,6 +180,11 @@ class Decoder(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, cfg, spec: AttentionSpec, dtype: Any, rngs: nnx.Rngs):
-        self.encoder = Encoder(cfg, spec, dtype, rngs)
-        self.decoder = Decoder(cfg, dtype, rngs)
+    """Encoder and decoder sharing one attention backend, resolved from the config's
+    ``attention_backend`` / ``attention_key_splits`` when built (``backend`` overrides)."""
+
+    def __init__(self, cfg, spec: AttentionSpec, dtype: Any, rngs: nnx.Rngs,
+                 backend: AttentionBackend | None = None):
+        backend = model_backend(cfg) if backend is None else backend
+        self.encoder = Encoder(cfg, spec, dtype, rngs, backend)
+        self.decoder = Decoder(cfg, dtype, rngs, backend)

@@ -15,9 +15,15 @@ def build_parser() -> argparse.ArgumentParser:
                "(e.g. --config.train.global_batch=16).")
     parser.add_argument("--config", required=True, help="config file, e.g. configs/synthetic_demo.py")
     parser.add_argument("--workdir", required=True, help="checkpoints, logs, TensorBoard, final model")
-    parser.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host GPU/CPU)")
-    parser.add_argument("--num-processes", type=int, default=None)
-    parser.add_argument("--process-id", type=int, default=None)
+    parser.add_argument("--coordinator", default=None,
+                        help="host:port of process 0 for a multi-process run (GPU or CPU); "
+                             "default: $DETR_JAX_COORDINATOR")
+    parser.add_argument("--num-processes", type=int, default=None,
+                        help="number of processes (hosts) in a multi-process run, with "
+                             "--coordinator; default: $DETR_JAX_NUM_PROCESSES, else one")
+    parser.add_argument("--process-id", type=int, default=None,
+                        help="this process's index, 0 .. num-processes - 1 (process 0 writes "
+                             "checkpoints and logs); default: $DETR_JAX_PROCESS_ID")
     parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     return parser
 

@@ -6,10 +6,14 @@ import numpy as np
 from flax import nnx
 
 
-def build_attention(spec, heads=2, head_dim=8, layer_index=0):
-    """One encoder-attention module of ``spec`` (random projections; tests call ``attend``)."""
+def build_attention(spec, heads=2, head_dim=8, layer_index=0, backend=None):
+    """One encoder-attention module of ``spec`` (random projections; tests call ``attend``);
+    ``backend``: an AttentionBackend or a backend name (None: the platform's default)."""
+    if isinstance(backend, str):
+        from detr_jax.attention.backend import resolve_backend
+        backend = resolve_backend(backend)
     return spec.build(heads * head_dim, heads, layer_index=layer_index, num_layers=6,
-                      rngs=nnx.Rngs(0))
+                      backend=backend, rngs=nnx.Rngs(0))
 
 
 def grid_valid(sizes, height, width):

@@ -30,7 +30,7 @@ def act_single(reference, recipe_weights, dc5_model):
 def test_act_single_matches_official(act_single, reference):
     model, ours, exact = act_single
     assert isinstance(model.transformer.encoder.layers[0].self_attn, ACTAttention)
-    counts = np.stack([np.asarray(s["num_clusters"][0]) for s in ours["encoder_stats"]])
+    counts = np.stack([np.asarray(s.num_clusters[0]) for s in ours["encoder_stats"]])
     expected = reference["act_single/clusters_per_layer_head"]
     np.testing.assert_array_equal(counts[0], expected[0])
     assert np.all(np.abs(counts[1:] - expected[1:]) <= 0.02 * expected[1:] + 0.5)
@@ -43,9 +43,9 @@ def test_act_single_matches_official(act_single, reference):
     exact_logits_err = relative_error(exact["pred_logits"], reference["act_single/pred_logits"])
     assert exact_logits_err > 10 * logits_err
     stats = ours["encoder_stats"][0]
-    assert stats["num_clusters"].dtype == jnp.int32 and stats["num_clusters"].shape == (1, 8)
-    assert int(stats["num_valid"][0]) == 18 * 30
-    assert int(stats["capacity"]) == 540  # 426 clusters need the top rung
+    assert stats.num_clusters.dtype == jnp.int32 and stats.num_clusters.shape == (1, 8)
+    assert int(stats.num_valid[0]) == 18 * 30
+    assert int(stats.capacity) == 540  # 426 clusters need the top rung
 
 
 def test_parameters_identical_to_exact():
@@ -109,10 +109,11 @@ def test_bucketing_picks_smallest_capacity_and_equals_full(group):
     out, stats = build_attention(detr_jax.ACT(**small_r)).attend(q, k, v, None, None)
     full, full_stats = build_attention(detr_jax.ACT(**small_r, ladder=(1.0,))).attend(
         q, k, v, None, None)
-    needed = max(int(np.max(stats[name])) for name in ("num_clusters", "num_key_clusters")
-                 if name in stats)
-    assert int(stats["capacity"]) == min(c for c in ladder_capacities(64) if c >= needed)
-    assert int(stats["capacity"]) < 64 and int(full_stats["capacity"]) == 64
+    needed = max(int(np.max(getattr(stats, name)))
+                 for name in ("num_clusters", "num_key_clusters")
+                 if getattr(stats, name) is not None)
+    assert int(stats.capacity) == min(c for c in ladder_capacities(64) if c >= needed)
+    assert int(stats.capacity) < 64 and int(full_stats.capacity) == 64
     assert relative_error(out, full) < 1e-6
 
 
@@ -123,8 +124,8 @@ def test_one_cluster_per_token_is_exact_attention():
     for group in ("Q", "K", "QK"):
         spec = detr_jax.ACT(bucket_width=1e-4, group=group)  # every vector its own cell
         out, stats = build_attention(spec).attend(q, k, v, mask, None)
-        np.testing.assert_array_equal(stats["num_clusters"], [[30, 30], [20, 20]])
-        np.testing.assert_array_equal(stats["num_valid"], [30, 20])
+        np.testing.assert_array_equal(stats.num_clusters, [[30, 30], [20, 20]])
+        np.testing.assert_array_equal(stats.num_valid, [30, 20])
         assert relative_error(out[0], exact_attention(q, k, v, mask)[0]) < 1e-5
         assert relative_error(out[1, :20], exact_attention(q, k, v, mask)[1, :20]) < 1e-5
 
@@ -144,7 +145,7 @@ def test_jit_compiles_once_for_varying_cluster_counts():
         out, stats = attend(module, q, k, v)
         eager, _ = module.attend(q, k, v, None, None)
         assert relative_error(out, eager) < 1e-6
-        capacities.add(int(stats["capacity"]))
+        capacities.add(int(stats.capacity))
     assert len(traces) == 1 and len(capacities) >= 3
 
 
@@ -160,10 +161,11 @@ def test_rng_key_changes_draws_deterministically():
 def test_training_memory_on_the_xla_path_stays_at_exact_attention_level():
     """Differentiating the capacity switch keeps every branch's residuals unless the
     branches are rematerialized; ACT's gradient then needs no more scratch than exact's."""
-    from detr_jax.attention.kernel import set_attention_kernel
+    from detr_jax.attention.backend import resolve_backend
 
     def temp_bytes(setting):
-        layer = parse_attention(setting).build(64, 4, layer_index=0, num_layers=6, rngs=nnx.Rngs(0))
+        layer = parse_attention(setting).build(64, 4, layer_index=0, num_layers=6,
+                                               backend=resolve_backend("xla"), rngs=nnx.Rngs(0))
         graph, state = nnx.split(layer)
         x = jax.random.normal(jax.random.key(0), (2, 512, 64))
 
@@ -174,11 +176,7 @@ def test_training_memory_on_the_xla_path_stays_at_exact_attention_level():
         grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
         return grad.lower(state, x).compile().memory_analysis().temp_size_in_bytes
 
-    set_attention_kernel("xla")
-    try:
-        exact, act = temp_bytes("exact"), temp_bytes("act:L=32,r=4")
-    finally:
-        set_attention_kernel("auto")
+    exact, act = temp_bytes("exact"), temp_bytes("act:L=32,r=4")
     probabilities = 2 * 4 * 512 * 512 * 4  # one (B, H, N, N) fp32 array
     assert exact >= probabilities
     assert act <= exact * 1.05 + 2 ** 20, (act, exact)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from detr_jax.attention.base import masked_softmax_attention
+from detr_jax.attention.softmax import masked_softmax_attention
 from detr_jax.attention.blocked import key_block_attention
 
 

@@ -109,7 +109,7 @@ def test_act_with_table_numbering_matches_sort_numbering():
         layer = build_attention(detr_jax.ACT(rounds=8, bucket_width=0.5, numbering=numbering))
         out, stats = layer.attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
                                   jnp.asarray(mask), None)
-        outputs.append((np.asarray(out), np.asarray(stats["num_clusters"])))
+        outputs.append((np.asarray(out), np.asarray(stats.num_clusters)))
     np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
     assert outputs[0][1].max() < q.shape[1] // 2  # the case does cluster
     valid = ~np.asarray(mask)  # padded queries' outputs are unspecified

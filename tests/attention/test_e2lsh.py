@@ -105,7 +105,7 @@ def test_same_seed_same_clusters():
     q = jnp.asarray(rng.normal(0, 1, (2, 40, 2, 8)).astype(np.float32))
     spec = detr_jax.ACT(rounds=16, bucket_width=1.0, seed=5)
     stats = [build_attention(spec).attend(q, q, q, None, None)[1] for _ in range(2)]
-    np.testing.assert_array_equal(stats[0]["num_clusters"], stats[1]["num_clusters"])
+    np.testing.assert_array_equal(stats[0].num_clusters, stats[1].num_clusters)
     ids = [build_attention(spec).clusters(q, jnp.zeros((2, 40), bool), None, "Q")[0]
            for _ in range(2)]
     np.testing.assert_array_equal(ids[0], ids[1])

@@ -73,8 +73,8 @@ def test_padded_batch_equals_each_image_alone():
         x, p = src[i][keep][None], pos[i][keep][None]
         single, single_stats = module(jnp.asarray(x + p), jnp.asarray(x + p), jnp.asarray(x), None)
         assert relative_error(np.asarray(out[i])[keep], np.asarray(single[0])) < 1e-5
-        np.testing.assert_array_equal(stats["num_clusters"][i], single_stats["num_clusters"][0])
-        assert int(stats["num_valid"][i]) == keep.sum()
+        np.testing.assert_array_equal(stats.num_clusters[i], single_stats.num_clusters[0])
+        assert int(stats.num_valid[i]) == keep.sum()
 
 
 def test_no_cluster_slot_holds_padding():
@@ -113,7 +113,7 @@ def test_encoder_runs_with_each_variant_and_fewer_keys(variant):
     src = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, cfg.hidden_dim)), jnp.float32)
     memory, stats = encoder(src, jnp.zeros_like(src), None)
     assert memory.shape == src.shape and np.isfinite(np.asarray(memory)).all()
-    counts = np.asarray(stats[0]["num_clusters"])
+    counts = np.asarray(stats[0].num_clusters)
     assert (counts >= 1).all() and (counts < 64).all()
     if variant == "released":  # one chunk count for the whole batch
         assert len(set(counts.reshape(-1).tolist())) == 1
@@ -145,9 +145,9 @@ def test_layers_option_keeps_exact_attention_elsewhere():
     first_exact = exact.layers[0](src, pos, mask)
     np.testing.assert_allclose(np.asarray(first_partial[0]), np.asarray(first_exact[0]), atol=1e-6)
     _, stats = partial(src, pos, mask)
-    assert all("num_clusters" in s for s in stats)
-    np.testing.assert_array_equal(np.asarray(stats[0]["num_clusters"])[:, 0], [64, 40])
-    assert (np.asarray(stats[1]["num_clusters"]) < np.array([[64], [40]])).all()
+    assert all(s.num_clusters is not None for s in stats)
+    np.testing.assert_array_equal(np.asarray(stats[0].num_clusters)[:, 0], [64, 40])
+    assert (np.asarray(stats[1].num_clusters) < np.array([[64], [40]])).all()
     with pytest.raises(ValueError, match="do not exist"):
         Encoder(cfg, ENACT(layers=(0, 9)), jnp.float32, nnx.Rngs(0))
     with pytest.raises(ValueError, match="layer indices"):

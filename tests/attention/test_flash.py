@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import detr_jax
-from detr_jax.attention.flash import (NEG_INF, auto_key_splits, combine_splits, fixed_key_splits,
-                                      flash_attention, reference_attention)
-from detr_jax.attention.kernel import attention_kernel, resolved_kernel, set_attention_kernel
+from detr_jax.attention.backend import AttentionBackend, resolve_backend
+from detr_jax.attention.flash import (NEG_INF, auto_key_splits, combine_splits, flash_attention,
+                                      reference_attention)
 from tests.attention.clustered_cases import build_attention, padded_case, relative_error
 
 
@@ -84,18 +84,22 @@ def test_auto_key_splits_fill_a_small_grid():
     assert auto_key_splits(16, 7, cores=132) == 1  # too few key blocks to split
 
 
-def test_fixed_key_splits_setting_is_scoped_and_checked():
+def test_backend_key_splits_are_used_and_checked():
     q, k, v = inputs(seed=6, nq=20, nk=40)
     split_partials = "f32[2,2,20,3,32]"  # (splits, batch, rows, heads, dim)
-    jaxpr = lambda: str(jax.make_jaxpr(
-        lambda q: flash_attention(q, k, v, block_k=16, interpret=True))(q))
-    with fixed_key_splits(2):
-        assert split_partials in jaxpr()
-        split_out = flash_attention(q, k, v, block_k=16, interpret=True)
-    assert split_partials not in jaxpr()  # automatic: 3 key blocks are too few to split
+    jaxpr = lambda backend: str(jax.make_jaxpr(
+        lambda q: backend.flash(q, k, v, block_k=16))(q))
+    fixed = resolve_backend("flash_interpret", key_splits=2)
+    assert fixed == AttentionBackend("flash_interpret", 2)
+    assert split_partials in jaxpr(fixed)
+    split_out = fixed.flash(q, k, v, block_k=16)
+    # automatic: 3 key blocks are too few to split
+    assert split_partials not in jaxpr(resolve_backend("flash_interpret", key_splits="auto"))
     np.testing.assert_allclose(split_out, reference_attention(q, k, v, None, None), atol=2e-6)
     with pytest.raises(ValueError, match="key_splits=0"):
         flash_attention(q, k, v, key_splits=0, interpret=True)
+    with pytest.raises(ValueError, match="key splits"):
+        resolve_backend("flash_interpret", key_splits="0")
 
 
 def test_gradients_flow_through_the_reference_backward():
@@ -138,12 +142,14 @@ def test_bad_block_size_is_named():
         flash_attention(q, k, v, block_q=48, interpret=True)
 
 
-def test_kernel_setting_is_checked_and_scoped():
+def test_backend_is_checked_and_resolved_for_the_platform():
     with pytest.raises(ValueError, match="choose one of"):
-        set_attention_kernel("cuda")
-    with attention_kernel("flash_interpret"):
-        assert resolved_kernel() == "flash_interpret"
-    assert resolved_kernel() == "xla"  # CPU: "auto" resolves to XLA
+        resolve_backend("cuda")
+    assert resolve_backend("flash_interpret").kernel == "flash_interpret"
+    assert resolve_backend().kernel == "xla"  # CPU: "auto" resolves to XLA
+    for name in ("flash", "cudnn"):  # GPU-only kernels are refused when chosen on a CPU
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            resolve_backend(name)
 
 
 @pytest.mark.parametrize("spec", [detr_jax.Exact(), detr_jax.ACT(rounds=16, bucket_width=0.5),
@@ -152,13 +158,11 @@ def test_attention_variants_give_the_same_result_on_the_kernel(spec):
     """Exact and ACT (ragged prototype counts, no capacity switch) through the kernel equal
     their XLA paths on a padded batch."""
     q, k, v, mask, _ = padded_case()
-    module = build_attention(spec)
     args = [jnp.asarray(x) for x in (q, k, v, mask)] + [jax.random.key(4)]
-    xla_out, xla_stats = module.attend(*args)
-    with attention_kernel("flash_interpret"):
-        out, stats = module.attend(*args)
+    xla_out, xla_stats = build_attention(spec, backend="xla").attend(*args)
+    out, stats = build_attention(spec, backend="flash_interpret").attend(*args)
     valid = ~mask
     assert relative_error(np.asarray(out)[valid], np.asarray(xla_out)[valid]) < 1e-5
-    if "num_clusters" in stats:
-        np.testing.assert_array_equal(stats["num_clusters"], xla_stats["num_clusters"])
-        assert int(stats["capacity"]) == min(64, q.shape[1])  # one 64-row block did work
+    if stats is not None and stats.num_clusters is not None:
+        np.testing.assert_array_equal(stats.num_clusters, xla_stats.num_clusters)
+        assert int(stats.capacity) == min(64, q.shape[1])  # one 64-row block did work

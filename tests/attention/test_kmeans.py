@@ -43,12 +43,12 @@ def test_limits_one_cluster_and_one_per_token_are_exact():
     same = jnp.broadcast_to(jnp.asarray(rng.normal(0, 1, (1, 1, 2, 8)).astype(np.float32)),
                             (1, 24, 2, 8))
     out, stats = build_attention(detr_jax.KMeans(clusters=5)).attend(same, k, v, None, None)
-    np.testing.assert_array_equal(stats["num_clusters"], [[1, 1]])
+    np.testing.assert_array_equal(stats.num_clusters, [[1, 1]])
     assert relative_error(out, exact_attention(same, k, v)) < 1e-5
     distinct = jnp.asarray(rng.normal(0, 3, (1, 24, 2, 8)).astype(np.float32))
     spec = detr_jax.KMeans(clusters=24, bits=64)  # every token seeds its own centroid
     out, stats = build_attention(spec).attend(distinct, k, v, None, None)
-    np.testing.assert_array_equal(stats["num_clusters"], [[24, 24]])
+    np.testing.assert_array_equal(stats.num_clusters, [[24, 24]])
     assert relative_error(out, exact_attention(distinct, k, v)) < 1e-5
 
 
@@ -67,9 +67,9 @@ def test_stats_capacity_and_single_compile():
                    for _ in range(3))
         mask = jnp.zeros((2, 40), bool).at[1, 30 - 10 * seed:].set(True)
         out, stats = attend(module, q, k, v, mask, jax.random.key(seed))
-        assert stats["num_clusters"].dtype == jnp.int32 and stats["num_clusters"].shape == (2, 2)
-        assert np.all(np.asarray(stats["num_clusters"]) <= 6) and int(stats["capacity"]) == 6
-        np.testing.assert_array_equal(stats["num_valid"], [40, 30 - 10 * seed])
+        assert stats.num_clusters.dtype == jnp.int32 and stats.num_clusters.shape == (2, 2)
+        assert np.all(np.asarray(stats.num_clusters) <= 6) and int(stats.capacity) == 6
+        np.testing.assert_array_equal(stats.num_valid, [40, 30 - 10 * seed])
         assert np.all(np.isfinite(out))
     assert len(traces) == 1
 

@@ -32,21 +32,22 @@ def test_attend_padded_batch_equals_single_images(name):
                                              None, rng)
         assert relative_error(out[i][~mask[i]], single[0]) < 1e-5
         for stat in ("num_clusters", "num_key_clusters"):
-            if stat in stats:
-                np.testing.assert_array_equal(stats[stat][i], single_stats[stat][0])
-                needed = max(needed, int(np.max(single_stats[stat])))
-        assert int(stats["num_valid"][i]) == len(qi)
-        single_capacity.append(int(single_stats["capacity"]))
+            if getattr(stats, stat) is not None:
+                np.testing.assert_array_equal(getattr(stats, stat)[i],
+                                              getattr(single_stats, stat)[0])
+                needed = max(needed, int(np.max(getattr(single_stats, stat))))
+        assert int(stats.num_valid[i]) == len(qi)
+        single_capacity.append(int(single_stats.capacity))
     if name.startswith("act"):
         # Padding uses no capacity: the padded batch runs at the rung its most clustered
         # image needs (the garbage in its padding would need far more).
         assert needed < 10
-        assert int(stats["capacity"]) == min(c for c in ladder_capacities(q.shape[1])
+        assert int(stats.capacity) == min(c for c in ladder_capacities(q.shape[1])
                                               if c >= needed)
         # image 0 fills the padded shape and has the most clusters: same ladder, same rung
-        assert int(stats["capacity"]) == single_capacity[0]
+        assert int(stats.capacity) == single_capacity[0]
     else:
-        assert int(stats["capacity"]) == 8
+        assert int(stats.capacity) == 8
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_encoder_padded_batch_equals_single_images(name, encoder_case):
         memory_i, stats_i = encoder(*single, rng=rng)
         assert relative_error(memory[i][valid[i]], memory_i[0]) < 1e-5
         for layer, layer_i in zip(stats, stats_i):
-            np.testing.assert_array_equal(layer["num_clusters"][i], layer_i["num_clusters"][0])
+            np.testing.assert_array_equal(layer.num_clusters[i], layer_i.num_clusters[0])
     assert np.all(np.isfinite(memory))
     # clustering really happens (fewer clusters than tokens somewhere)
-    assert any(int(np.min(s["num_clusters"][0])) < valid[0].sum() for s in stats)
+    assert any(int(np.min(s.num_clusters[0])) < valid[0].sum() for s in stats)

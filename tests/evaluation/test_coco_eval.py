@@ -120,7 +120,7 @@ def test_act_setting_equals_the_act_model(source, model):
     h, w = int(h), int(w)
     for layer, stats in enumerate(out["encoder_stats"]):
         counts = [len(np.unique(np.asarray(ids[layer])[0, head])) for head in range(4)]
-        np.testing.assert_array_equal(counts, np.asarray(stats["num_clusters"])[0])
+        np.testing.assert_array_equal(counts, np.asarray(stats.num_clusters)[0])
     assert np.asarray(ids[0]).shape == (1, 4, h * w)
 
 

@@ -43,6 +43,7 @@ def test_eval_coco_dir_writes_the_report(setup):
                  "--config.data.size=96", "--config.data.max_size=160")
     assert result.returncode == 0, result.stderr
     assert "Full evaluation: all 5 images" in result.stdout
+    assert "prototypes / tokens" in result.stdout
     names = set(os.listdir(out))
     assert {"report.md", "report.csv", "report.json", "predictions.exact.json",
             "ap_vs_gflops.png", "prototype_ratio.png"} <= names
@@ -108,3 +109,22 @@ def test_eval_coco_bad_paths_stop_at_once(setup, tmp_path):
     assert "noimages does not exist" in no_root.stderr
     wrong = run("--checkpoint", str(ckpt), "--coco-dir", str(coco), "--attention", "fast")
     assert wrong.returncode == 2 and "valid forms" in wrong.stderr
+
+
+def test_printed_summary_has_the_prototype_column(capsys):
+    from types import SimpleNamespace
+
+    from detr_jax.evaluation.cli import _print_summary
+    metrics = dict(AP=40.0, AP50=60.0, AP75=None, AP_S=10.0, AP_M=40.0, AP_L=50.0,
+                   ms_per_image=12.5, gflops_total=2.5)
+    rows = [dict(metrics, attention="exact", prototype_ratio=[1.0] * 3),
+            dict(metrics, attention="act:L=32,r=3", prototype_ratio=[0.712, 0.571, 0.6]),
+            dict(metrics, attention="kmeans:C=32", prototype_ratio=[0.0625] * 3)]
+    result = SimpleNamespace(partial=False, dataset_size=5, skipped=[], image_ids=[1, 2, 3, 4, 5],
+                             num_planned=5)
+    _print_summary(rows, result)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith("prototypes / tokens")
+    assert lines[2].split()[0] == "exact" and lines[2].split()[-1] == "1.0"
+    assert lines[3].split()[-1] == "0.57-0.71"
+    assert lines[4].split()[-1] == "0.06"

@@ -1,6 +1,13 @@
 """ACT with prototype counts forced to given ratios: for timing ACT at a trained model's
 cluster counts on random weights (``act_forced:ratios=0.5/0.5/0.49/0.45/0.5/0.44``).
 
+Timing only, so it lives with the benchmarks: ``register()`` adds the ``act_forced``
+setting to the attention registry, and running this file runs ``detr_jax.benchmark``
+with it registered::
+
+    python benchmarks/forced_act.py --config configs/detr_r50_dc5.py --mode infer \
+        --attention act_forced:L=32,r=8,ratios=0.5/0.498/0.488/0.455/0.502/0.438
+
 Random weights cluster very differently from trained ones (docs/performance.md), so an end-
 to-end timing of ACT on random weights says little about a trained model. This variant runs
 every piece of ACT as usual (E2LSH projection and 64-bit combination, the cluster
@@ -15,15 +22,20 @@ accuracy: the clusters ignore the queries.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from detr_jax.attention.act import ACT, ACTAttention, head_hash_words
-from detr_jax.attention.base import EncoderAttention
-from detr_jax.attention.clustering import row_valid
-from detr_jax.attention.registry import register_attention
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detr_jax.attention.act import ACT, ACTAttention, head_hash_words  # noqa: E402
+from detr_jax.attention.backend import AttentionBackend  # noqa: E402
+from detr_jax.attention.base import EncoderAttention  # noqa: E402
+from detr_jax.attention.clustering import row_valid  # noqa: E402
+from detr_jax.attention.registry import register_attention  # noqa: E402
 
 # Multiplier of the spreading map rank -> (rank * SPREAD) mod V. SPREAD is prime, so the map
 # is a permutation of 0..V-1 whenever V is not a multiple of it; rank * SPREAD stays in
@@ -77,9 +89,10 @@ class ForcedACT(ACT):
             raise ValueError("act_forced: only group=Q (query clustering) is supported")
 
     def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
-              dtype: Any = None, rngs) -> EncoderAttention:
+              dtype: Any = None, backend: AttentionBackend | None = None,
+              rngs) -> EncoderAttention:
         return ForcedACTAttention(d_model, num_heads, spec=self, layer_index=layer_index,
-                                  dtype=dtype, rngs=rngs)
+                                  dtype=dtype, backend=backend, rngs=rngs)
 
     def to_string(self) -> str:
         base = super().to_string().split(":", 1)[1]
@@ -111,4 +124,14 @@ def _from_string(ratios="0.5", L=32, r=8.0, seed=0, ladder=None, ids="auto") -> 
 
 
 USAGE = "act_forced[:ratios=<per-layer prototype ratios, e.g. 0.5/0.45>,L=..,r=..,ids=auto|sort|table]"
-register_attention("act_forced", _from_string, USAGE)
+
+
+def register() -> None:
+    """Make ``act_forced:...`` a valid attention setting (``parse_attention``)."""
+    register_attention("act_forced", _from_string, USAGE)
+
+
+if __name__ == "__main__":
+    register()
+    from detr_jax.benchmark import main
+    sys.exit(main(command=[sys.executable, os.path.abspath(__file__)]))

@@ -4,10 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from detr_jax.attention import ForcedACT, parse_attention
-from detr_jax.attention.act_forced import forced_words
+from benchmarks.forced_act import ForcedACT, forced_words, register
+from detr_jax.attention import parse_attention
 from detr_jax.attention.clustering import cluster_ids
 from tests.attention.clustered_cases import build_attention, padded_case
+
+register()
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.5, 0.3, 0.01])
@@ -39,7 +41,7 @@ def test_layer_reports_forced_counts_on_a_padded_batch():
         out, stats = build_attention(spec, layer_index=layer).attend(q, k, v, mask, None)
         valid = np.array([30, 12])
         expected = np.floor((valid - 1) * np.float32(ratio)).astype(int) + 1
-        np.testing.assert_array_equal(np.asarray(stats["num_clusters"]),
+        np.testing.assert_array_equal(np.asarray(stats.num_clusters),
                                       np.repeat(expected[:, None], 2, axis=1))
         assert out.shape == q.shape and bool(jnp.isfinite(out).all())
 

@@ -1,0 +1,119 @@
+"""Which implementation computes softmax attention, chosen when a model is built.
+
+Kernels:
+
+- ``"xla"``: ``softmax.masked_softmax_attention`` (einsum, softmax, einsum; the (Nq, Nk)
+  logits live in memory). Runs everywhere.
+- ``"flash"``: ``flash.flash_attention`` (Pallas/Triton, CUDA GPUs; time and memory
+  linear in the query rows that do work, ragged query counts for ACT). ACT numbers its
+  clusters with the fused hash-table kernel (``table_kernel``) on this backend.
+- ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")`` for bf16/fp16
+  exact attention on CUDA GPUs (float32 inputs take the XLA path); clustered variants
+  compute like ``"xla"``.
+- ``"flash_interpret"``: the Pallas kernel run by the interpreter (slow; CPU tests of the
+  kernel path).
+- ``"auto"``: ``"flash"`` where the kernel compiles on the default backend (a CUDA GPU),
+  ``"xla"`` elsewhere.
+
+``resolve_backend`` turns a name into an :class:`AttentionBackend` for the platform it is
+called on; the model calls it once, when it is built (config fields ``attention_backend``
+and ``attention_key_splits``), and hands the result to its attention modules. Nothing
+read at trace time decides what a compiled function computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from detr_jax.attention import flash
+from detr_jax.attention.softmax import cudnn_attention, masked_softmax_attention
+
+BACKENDS = ("auto", "xla", "flash", "cudnn", "flash_interpret")
+FUSED = ("flash", "flash_interpret")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionBackend:
+    """A resolved attention backend.
+
+    Attributes:
+      kernel: ``"xla"``, ``"flash"``, ``"cudnn"`` or ``"flash_interpret"`` (never "auto").
+      key_splits: key ranges per row of the fused kernel (split-K, a positive integer),
+        or None for ``flash.auto_key_splits``.
+    """
+
+    kernel: str = "xla"
+    key_splits: int | None = None
+
+    def __post_init__(self):
+        if self.kernel not in BACKENDS or self.kernel == "auto":
+            raise ValueError(f"AttentionBackend: kernel {self.kernel!r} must be one of "
+                             f"{BACKENDS[1:]} (resolve 'auto' with resolve_backend)")
+        if self.key_splits is not None and (isinstance(self.key_splits, bool)
+                                            or not isinstance(self.key_splits, int)
+                                            or self.key_splits < 1):
+            raise ValueError(f"AttentionBackend: key_splits={self.key_splits!r} must be a "
+                             "positive integer or None")
+
+    @property
+    def fused(self) -> bool:
+        """Whether attention runs through the Pallas kernel (ragged query rows)."""
+        return self.kernel in FUSED
+
+    @property
+    def numbering(self) -> str:
+        """ACT's ``ids=auto`` on this backend: the fused table kernel with the fused
+        attention kernel (GPUs), the sort elsewhere."""
+        return "table" if self.kernel == "flash" else "sort"
+
+    def attention(self, q: jax.Array, k: jax.Array, v: jax.Array,
+                  key_padding_mask: jax.Array | None,
+                  query_counts: jax.Array | None = None) -> jax.Array:
+        """Scaled dot-product attention over per-head tensors with this backend's kernel.
+
+        q (B, Nq, H, Dh) scaled, k/v (B, Nk, H, Dh), key_padding_mask (B, Nk) True on
+        padding or None -> (B, Nq, H, Dh). ``query_counts`` (B, H): only that many leading
+        query rows per (image, head) are needed; the fused kernel skips the others
+        (zeros), the other kernels compute them.
+        """
+        if self.fused:
+            valid = None if key_padding_mask is None else ~key_padding_mask.astype(bool)
+            return self.flash(q, k, v, valid, query_counts)
+        if self.kernel == "cudnn":
+            return cudnn_attention(q, k, v, key_padding_mask)
+        return masked_softmax_attention(q, k, v, key_padding_mask)
+
+    def flash(self, q, k, v, key_valid=None, query_counts=None, query_divisors=None, **options):
+        """``flash.flash_attention`` with this backend's interpreter flag and key splits."""
+        return flash.flash_attention(q, k, v, key_valid, query_counts, query_divisors,
+                                     interpret=self.kernel == "flash_interpret",
+                                     key_splits=self.key_splits, **options)
+
+
+def parse_key_splits(value) -> int | None:
+    """``"auto"`` or None -> None; a positive integer (or its string) -> that integer."""
+    if value is None or value == "auto":
+        return None
+    text = str(value)
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"attention key splits {value!r}: expected 'auto' or a positive integer")
+    return int(text)
+
+
+def resolve_backend(name: str = "auto", key_splits: int | str | None = "auto") -> AttentionBackend:
+    """The backend ``name`` (one of ``BACKENDS``) for the platform this is called on.
+
+    ``"auto"`` becomes ``"flash"`` where the fused kernel compiles (CUDA GPUs) and
+    ``"xla"`` elsewhere. ``"flash"`` and ``"cudnn"`` need a GPU and raise ValueError on
+    other platforms. ``key_splits``: ``"auto"`` (or None) or a positive integer.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"attention backend {name!r}: choose one of {BACKENDS}")
+    if name == "auto":
+        name = "flash" if flash.available() else "xla"
+    elif name in ("flash", "cudnn") and jax.default_backend() != "gpu":
+        raise ValueError(f"attention backend {name!r} needs a CUDA GPU; the default JAX "
+                         f"backend is {jax.default_backend()!r} (use 'xla' or 'auto')")
+    return AttentionBackend(name, parse_key_splits(key_splits))

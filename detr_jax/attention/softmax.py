@@ -1,0 +1,57 @@
+"""Softmax attention over per-head tensors: the XLA reference and cuDNN's fused kernel.
+
+A leaf module (no imports from the rest of the package): the attention variants, the
+fused Pallas kernel (``flash``) and the backend choice (``backend``) all build on it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def masked_softmax_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, key_padding_mask: jax.Array | None,
+    key_bias: jax.Array | None = None,
+) -> jax.Array:
+    """Scaled dot-product attention over per-head tensors (XLA ops).
+
+    Args:
+      q: (B, Nq, H, Dh) queries, already scaled by ``Dh ** -0.5``.
+      k: (B, Nk, H, Dh) keys.
+      v: (B, Nk, H, Dv) values.
+      key_padding_mask: (B, Nk) bool, True where the key is padding (never attended),
+        or None.
+      key_bias: optional (B, H, 1 or Nq, Nk) additive logit bias (for example log of
+        cluster sizes).
+    Returns:
+      (B, Nq, H, Dv) attention output.
+    """
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    if key_bias is not None:
+        logits = logits + key_bias
+    if key_padding_mask is not None:
+        neg = jnp.finfo(logits.dtype).min
+        logits = jnp.where(key_padding_mask[:, None, None, :], neg, logits)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                    key_padding_mask: jax.Array | None) -> jax.Array:
+    """The same attention through cuDNN's fused kernel (``jax.nn.dot_product_attention``).
+
+    q (B, Nq, H, Dh) scaled, k/v (B, Nk, H, Dh), key_padding_mask (B, Nk) True on
+    padding or None -> (B, Nq, H, Dh). cuDNN takes bf16 and fp16 only (CUDA GPUs);
+    float32 inputs go through :func:`masked_softmax_attention`. Padded keys are excluded
+    with a (B, 1, 1, Nk) boolean mask (True: attend).
+    """
+    if q.dtype not in CUDNN_DTYPES:
+        return masked_softmax_attention(q, k, v, key_padding_mask)
+    mask = None
+    if key_padding_mask is not None:
+        mask = ~key_padding_mask.astype(bool)[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+                                        scale=1.0, implementation="cudnn")
