@@ -36,6 +36,7 @@ from detr_jax.models.backbone import ResNet
 from detr_jax.models.config import backbone_channels
 from detr_jax.models.detr import resolve_dtype
 from detr_jax.models.position import downsample_mask
+from detr_jax.models.transformer import encoder_layer_keys
 
 DETECTOR_NAME = "anchor_detr"
 
@@ -58,6 +59,8 @@ def anchor_detr_config(**overrides) -> ml_collections.ConfigDict:
         decoder's cross-attention).
       encoder_attention: the encoder attention of the "nn.MultiheadAttention" type
         (``exact``, ``act:L=32``, ``kmeans:...``); RCDA supports "exact" only.
+      attention_backend, attention_key_splits: the attention kernel of the standard
+        attentions (``detr_jax.attention.backend.resolve_backend``), "auto" by default.
       dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
     """
     cfg = ml_collections.ConfigDict()
@@ -79,8 +82,12 @@ def anchor_detr_config(**overrides) -> ml_collections.ConfigDict:
     cfg.num_select = 100
     cfg.attention_type = "RCDA"
     cfg.encoder_attention = "exact"
+    cfg.attention_backend = "auto"
+    cfg.attention_key_splits = "auto"
     cfg.dtype = "float32"
     for key, value in overrides.items():
+        if key == "attention_key_splits":
+            value = str(value)
         if isinstance(value, dict) and isinstance(cfg.get(key), ml_collections.ConfigDict):
             cfg[key].update(value)
         else:
@@ -219,18 +226,18 @@ class AnchorDETR(nnx.Module):
         calls = []
         if not self.transformer.rcda:
             for index, layer in enumerate(self.transformer.encoder_layers):
-                attn_rng = (None if rng is None
-                            else jax.random.split(jax.random.fold_in(rng, index))[0])
+                attn_rng = encoder_layer_keys(rng, index)[0]
                 calls.append((*layer.attention_inputs(src, mask, pos), attn_rng))
                 src, _ = layer(src, mask, pos, attn_rng=attn_rng)
         return calls, tuple(src.shape[1:3])
 
     def flops(self, image_hw, valid_hw=None, encoder_stats=None):
-        """Multiply-accumulates of one image (:func:`anchor_detr_flops`); RCDA's cost does
-        not depend on the data, so ``encoder_stats`` is ignored."""
-        del encoder_stats
+        """Multiply-accumulates of one image (:func:`anchor_detr_flops`) under this model's
+        encoder attention; ``encoder_stats``: one image's per-layer statistics, needed only
+        by data-dependent variants of the standard-attention type (RCDA's cost is fixed)."""
         from detr_jax.models.anchor_flops import anchor_detr_flops
-        return anchor_detr_flops(self.config, image_hw, valid_hw)
+        return anchor_detr_flops(self.config, image_hw, valid_hw, attention=self.attention_spec,
+                                 encoder_stats=encoder_stats)
 
     def __call__(self, pixel_values, padding_mask, *, rng=None, train=False,
                  return_intermediates=False):

@@ -12,8 +12,9 @@ and the attention products count valid queries (in the encoder) and valid rows/c
 Position MLPs run once per image (rows and columns) and once per query set.
 
 With ``attention_type="nn.MultiheadAttention"`` the encoder and the cross-attention are
-standard attention, counted as :func:`detr_jax.flops.count_flops` counts DETR's (exact
-encoder attention only), and ``adapt_pos2d`` runs on every feature position.
+standard attention, counted as :func:`detr_jax.flops.count_flops` counts DETR's (the
+encoder attention by its spec's ``layer_flops``, so ACT or K-means are counted with their
+statistics), and ``adapt_pos2d`` runs on every feature position.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from detr_jax.flops import (GIGA, attention_product_macs, backbone_count, conv_macs,
-                            linear_macs, mha_projection_macs)
+                            encoder_attention_layers, linear_macs, mha_projection_macs)
 from detr_jax.models.position import nearest_indices
 
 
@@ -39,10 +40,13 @@ def rcda_macs(queries: int, valid_queries: int, h: int, w: int, valid_h: int, va
     return {"projections": float(projections), "products": float(products)}
 
 
-def anchor_detr_flops(config, image_hw: Sequence[int], valid_hw: Sequence[int] | None = None
-                      ) -> dict:
+def anchor_detr_flops(config, image_hw: Sequence[int], valid_hw: Sequence[int] | None = None,
+                      *, attention=None, encoder_stats: Sequence | None = None) -> dict:
     """MACs of one image of padded size ``image_hw`` (unpadded ``valid_hw``) through Anchor
-    DETR; config: an ``anchor_detr_config`` or a model's ``config`` dict. Keys as
+    DETR; config: an ``anchor_detr_config`` or a model's ``config`` dict. For the
+    standard-attention type, ``attention`` is the encoder attention (spec or string; the
+    config's when None) and ``encoder_stats`` one image's per-layer statistics where the
+    variant needs them (as :func:`detr_jax.flops.count_flops`). Keys as
     :func:`detr_jax.flops.count_flops` where they apply (``backbone``, ``transformer``,
     ``total``, ``input_proj``, ``encoder_attention``, ``encoder_ffn``, ``decoder``,
     ``heads``, ``gflops_*``, geometry)."""
@@ -67,13 +71,16 @@ def anchor_detr_flops(config, image_hw: Sequence[int], valid_hw: Sequence[int] |
         query_positions = 2 * linear_macs(queries, d, d) + 2 * 2 * linear_macs(queries, d, d)
         cross = rcda_macs(queries, queries, h, w, vh, vw, d)
     else:
-        attention = get("encoder_attention")
-        if attention != "exact":
-            raise NotImplementedError(f"no Anchor DETR FLOPs model for encoder attention "
-                                      f"{attention!r}")
+        from detr_jax.attention import parse_attention
+        spec = parse_attention(get("encoder_attention") if attention is None else attention)
+        layers = encoder_attention_layers(spec, encoder_stats, layers=enc_layers, d_model=d,
+                                          heads=int(get("num_heads")), tokens=tokens,
+                                          valid_tokens=valid_tokens)
         positions = 2 * linear_macs(tokens, d, d)                   # adapt_pos2d, every position
-        enc = {"projections": float(mha_projection_macs(tokens, tokens, d)),
-               "products": attention_product_macs(valid_tokens, valid_tokens, d)}
+        enc = {"projections": sum(layer["projections"] for layer in layers) / enc_layers,
+               "products": sum(layer["products"] for layer in layers) / enc_layers,
+               "hashing_and_clustering": sum(layer["hashing_and_clustering"]
+                                             for layer in layers) / enc_layers}
         query_positions = 2 * linear_macs(queries, d, d)
         cross = {"projections": float(mha_projection_macs(queries, tokens, d)),
                  "products": attention_product_macs(queries, valid_tokens, d)}
@@ -85,10 +92,11 @@ def anchor_detr_flops(config, image_hw: Sequence[int], valid_hw: Sequence[int] |
     decoder = query_positions + dec_self + dec_cross + dec_ffn
     heads = dec_layers * (linear_macs(queries, d, classes) + 2 * linear_macs(queries, d, d)
                           + linear_macs(queries, d, 4))
-    transformer = input_proj + positions + encoder_attention + enc_ffn + decoder + heads
+    hashing = enc_layers * enc.get("hashing_and_clustering", 0.0)
+    transformer = input_proj + positions + encoder_attention + hashing + enc_ffn + decoder + heads
     backbone = float(bb["total"])
     return {
-        "attention": "rcda" if rcda else "exact", "image_hw": image_hw, "valid_hw": valid_hw,
+        "attention": "rcda" if rcda else spec.to_string(), "image_hw": image_hw, "valid_hw": valid_hw,
         "feature_hw": (h, w),
         "tokens": tokens, "valid_tokens": valid_tokens,
         "backbone": backbone, "transformer": float(transformer),
@@ -97,7 +105,7 @@ def anchor_detr_flops(config, image_hw: Sequence[int], valid_hw: Sequence[int] |
         "encoder_attention": float(encoder_attention),
         "encoder_attention_projections": float(enc_layers * enc["projections"]),
         "encoder_attention_products": float(enc_layers * enc["products"]),
-        "encoder_ffn": float(enc_ffn), "hashing_and_clustering": 0.0,
+        "encoder_ffn": float(enc_ffn), "hashing_and_clustering": float(hashing),
         "decoder": float(decoder), "decoder_self_attention": float(dec_self),
         "decoder_cross_attention": float(dec_cross), "decoder_ffn": float(dec_ffn),
         "heads": float(heads),

@@ -34,7 +34,7 @@ from detr_jax.models.anchor_position import (inverse_sigmoid, mask2pos, pos2pose
                                              pos2posemb2d)
 from detr_jax.models.detr import MLP
 from detr_jax.models.rcda import RowColumnAttention
-from detr_jax.models.transformer import dropout, layer_norm
+from detr_jax.models.transformer import dropout, encoder_layer_keys, layer_norm, model_backend
 
 RCDA = "RCDA"
 ATTENTION_TYPES = (RCDA, "nn.MultiheadAttention")
@@ -73,7 +73,7 @@ class AnchorEncoderLayer(nnx.Module):
     K-means, ...) over the h*w tokens with ``q = k = src + posemb_2d``, ``v = src``.
     """
 
-    def __init__(self, cfg, spec, layer_index: int, dtype: Any, rngs: nnx.Rngs):
+    def __init__(self, cfg, spec, layer_index: int, dtype: Any, rngs: nnx.Rngs, backend=None):
         d = cfg.hidden_dim
         self.rcda = cfg.attention_type == RCDA
         if self.rcda:
@@ -81,7 +81,8 @@ class AnchorEncoderLayer(nnx.Module):
                                                 dtype=dtype, rngs=rngs)
         else:
             self.self_attn = spec.build(d, cfg.num_heads, layer_index=layer_index,
-                                        num_layers=cfg.enc_layers, dtype=dtype, rngs=rngs)
+                                        num_layers=cfg.enc_layers, dtype=dtype,
+                                        backend=backend, rngs=rngs)
         self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.ffn = FFN(cfg, dtype, rngs)
         self.rate = cfg.dropout
@@ -104,7 +105,6 @@ class AnchorEncoderLayer(nnx.Module):
             stats = None
         else:
             attended, stats = self.self_attn(*self.attention_inputs(src, mask, pos), attn_rng)
-            stats = stats or None
         src = self.norm1(src + dropout(attended.reshape(batch, h, w, d), self.rate, d1))
         return self.ffn(src, ffn_rng), stats
 
@@ -114,14 +114,16 @@ class AnchorDecoderLayer(nnx.Module):
     or plain multi-head with ``attention_type="nn.MultiheadAttention"``), FFN; post-norm
     (``norm2`` after self-attention, ``norm1`` after cross-attention)."""
 
-    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs):
+    def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs, backend=None):
         d = cfg.hidden_dim
         self.rcda = cfg.attention_type == RCDA
         self.cross_attn = (RowColumnAttention(d, cfg.num_heads, dropout=cfg.dropout,
                                               dtype=dtype, rngs=rngs) if self.rcda
-                           else MultiHeadAttention(d, cfg.num_heads, dtype=dtype, rngs=rngs))
+                           else MultiHeadAttention(d, cfg.num_heads, dtype=dtype,
+                                                   backend=backend, rngs=rngs))
         self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
-        self.self_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, rngs=rngs)
+        self.self_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, backend=backend,
+                                            rngs=rngs)
         self.norm2 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
         self.ffn = FFN(cfg, dtype, rngs)
         self.rate = cfg.dropout
@@ -167,9 +169,10 @@ class AnchorTransformer(nnx.Module):
         self.rcda = cfg.attention_type == RCDA
         self.num_pattern = cfg.num_query_pattern
         self.num_position = cfg.num_query_position
-        self.encoder_layers = nnx.List([AnchorEncoderLayer(cfg, spec, index, dtype, rngs)
+        backend = model_backend(cfg)
+        self.encoder_layers = nnx.List([AnchorEncoderLayer(cfg, spec, index, dtype, rngs, backend)
                                         for index in range(cfg.enc_layers)])
-        self.decoder_layers = nnx.List([AnchorDecoderLayer(cfg, dtype, rngs)
+        self.decoder_layers = nnx.List([AnchorDecoderLayer(cfg, dtype, rngs, backend)
                                         for _ in range(cfg.dec_layers)])
         self.pattern = nnx.Embed(cfg.num_query_pattern, d, rngs=rngs,
                                  embedding_init=nnx.initializers.normal(stddev=1.0))
@@ -204,13 +207,11 @@ class AnchorTransformer(nnx.Module):
     def encode(self, src, mask, pos, *, rng=None, train=False):
         """src (B, h, w, d) projected features -> memory (B, h, w, d) after every layer and
         the per-layer attention statistics. Layer i's keys are
-        ``jax.random.split(jax.random.fold_in(rng, i))`` (attention, dropout), as DETR's
-        encoder; dropout only with ``train``."""
+        ``encoder_layer_keys(rng, i)`` (attention, dropout), as DETR's encoder; dropout only
+        with ``train``."""
         stats = []
         for index, layer in enumerate(self.encoder_layers):
-            attn_rng = dropout_rng = None
-            if rng is not None:
-                attn_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, index))
+            attn_rng, dropout_rng = encoder_layer_keys(rng, index)
             src, layer_stats = layer(src, mask, pos, attn_rng=attn_rng,
                                      dropout_rng=dropout_rng if train else None)
             stats.append(layer_stats)

@@ -189,8 +189,13 @@ def test_model_flops_follow_the_map_size():
     from detr_jax.models.anchor_flops import anchor_detr_flops
     counted = anchor_detr_flops(standard, (128, 128))
     assert counted["encoder_attention_products"] == 2 * 2 * 16 ** 2 * 32  # layers 2 N^2 d
-    with pytest.raises(NotImplementedError, match="act"):
+    with pytest.raises(ValueError, match="encoder_stats"):  # ACT's cost depends on the data
         anchor_detr_flops(dict(standard, encoder_attention="act:L=8"), (128, 128))
+    act = anchor_detr_flops(dict(standard, encoder_attention="act:L=8"), (128, 128),
+                            encoder_stats=[{"cluster_ratio": 0.25}] * 2)
+    assert act["encoder_attention_products"] == pytest.approx(
+        counted["encoder_attention_products"] / 4)
+    assert act["hashing_and_clustering"] > 0
 
 
 @pytest.mark.parametrize("name,attention_type", [("rcda", "RCDA"),
