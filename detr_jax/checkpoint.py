@@ -21,6 +21,7 @@ from flax import nnx
 from detr_jax.convert.errors import CheckpointError
 from detr_jax.models.build import build_model, set_variables, unloaded_paths, variable_paths
 from detr_jax.models.config import config_from_dict
+from detr_jax.models.registry import detector_class, detector_name
 
 CONFIG_FILE = "config.json"
 STATE_DIR = "state"
@@ -94,6 +95,10 @@ def load_model(directory: str, *, encoder_attention=None, dtype: str | None = No
     cfg = read_config(directory)
     if dtype is not None:
         cfg.dtype = dtype
+    try:
+        detector_class(detector_name(cfg))
+    except ValueError as err:
+        raise CheckpointError(f"{directory}: {err}") from None
     model = build_model(cfg, encoder_attention=encoder_attention, abstract=True)
     state_dir = os.path.join(directory, STATE_DIR)
     target = {"/".join(map(str, path)): jax.ShapeDtypeStruct(var.get_value().shape, var.get_value().dtype)

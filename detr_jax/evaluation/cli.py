@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score threshold of the detections drawn and listed for --images "
                              f"(default: config eval.score_threshold, "
                              f"{EVAL_DEFAULTS['score_threshold']}); COCO evaluation keeps all")
-    parser.add_argument("--attention-kernel", default=None, choices=("auto", "xla", "flash"),
-                        help="softmax attention implementation (default auto: the fused "
+    parser.add_argument("--attention-kernel", default=None,
+                        choices=("auto", "xla", "flash", "cudnn", "flash_interpret"),
+                        help="softmax attention implementation, set as the model config's "
+                             "attention_backend (default: the checkpoint's; auto: the fused "
                              "Pallas kernel on GPUs, XLA elsewhere)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="compute dtype (default fp32; bf16: computations in bfloat16 "
@@ -153,14 +155,27 @@ def _setup_jax(args, cfg):
     return enable_compilation_cache(cfg.eval.compilation_cache)
 
 
-def _with_backend(args, model):
-    """``model`` rebuilt (same arrays) with ``--attention-kernel`` as its config's
-    ``attention_backend``; unchanged without the flag."""
-    if not args.attention_kernel:
-        return model
-    from detr_jax.models.build import with_encoder_attention
-    model.config["attention_backend"] = args.attention_kernel
-    return with_encoder_attention(model, model.attention_spec)
+def _load_model(args):
+    """The checkpoint's model with ``--precision`` and ``--attention-kernel`` applied to its
+    config before it is built (the kernel as the config field ``attention_backend``)."""
+    from detr_jax.checkpoint import load_model
+    model = load_model(args.checkpoint, dtype=_dtype(args))
+    if args.attention_kernel:
+        model = with_config(model, attention_backend=args.attention_kernel)
+    return model
+
+
+def with_config(model, **fields):
+    """The same parameters (no copy) behind a detector built from ``model.config`` with
+    ``fields`` changed; for fields that change no variable (``attention_backend``)."""
+    from flax import nnx
+
+    from detr_jax.models.build import build_model, set_variables
+    from detr_jax.models.config import config_from_dict
+    cfg = config_from_dict(dict(model.config, **fields))
+    new = build_model(cfg, abstract=True)
+    set_variables(new, {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model))})
+    return new
 
 
 def _dtype(args):
@@ -169,14 +184,13 @@ def _dtype(args):
 
 
 def _predict(args, cfg, settings, specs) -> int:
-    from detr_jax.checkpoint import load_model
     from detr_jax.convert.errors import CheckpointError
     from detr_jax.evaluation.predict import predict_images
     from detr_jax.models.build import with_encoder_attention
 
     _setup_jax(args, cfg)
     try:
-        base = _with_backend(args, load_model(args.checkpoint, dtype=_dtype(args)))
+        base = _load_model(args)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -201,7 +215,6 @@ def _predict(args, cfg, settings, specs) -> int:
 def _evaluate(args, cfg, settings, source) -> int:
     import jax
 
-    from detr_jax.checkpoint import load_model
     from detr_jax.convert.errors import CheckpointError
     from detr_jax.data.coco import BadImageError
     from detr_jax.evaluation.coco_eval import evaluate
@@ -209,7 +222,7 @@ def _evaluate(args, cfg, settings, source) -> int:
 
     cache = _setup_jax(args, cfg)
     try:
-        model = _with_backend(args, load_model(args.checkpoint, dtype=_dtype(args)))
+        model = _load_model(args)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

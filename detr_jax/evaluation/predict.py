@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from detr_jax.data.coco_names import category_name
 from detr_jax.data.transforms import preprocess
 from detr_jax.evaluation.draw import draw_detections
+from detr_jax.evaluation.layer_stats import read_layer_stats
 from detr_jax.evaluation.postprocess import postprocess
 from detr_jax.models.inference import Forward
 
@@ -45,7 +46,7 @@ def predict_images(model, paths, output_dir: str, *, setting: str, threshold: fl
         batch = preprocess([image], size=size, max_size=max_size)
         start = time.perf_counter()
         out = forward(jnp.asarray(batch.pixel_values), jnp.asarray(batch.padding_mask), rng)
-        result = postprocess(out, batch.original_sizes)[0]
+        result = postprocess(out, batch.original_sizes, model=model)[0]
         elapsed = time.perf_counter() - start
         keep = np.nonzero(result["scores"] >= threshold)[0]
         keep = keep[np.argsort(-result["scores"][keep])]
@@ -57,9 +58,9 @@ def predict_images(model, paths, output_dir: str, *, setting: str, threshold: fl
         record = {"image": os.path.abspath(path), "width": image.width, "height": image.height,
                   "attention": setting, "threshold": threshold, "seconds": round(elapsed, 4),
                   "detections": detections}
-        stats = out.get("encoder_stats") or []
-        if stats and stats[0] is not None and stats[0].num_clusters is not None:
-            record["clusters_per_layer"] = [np.asarray(s.num_clusters).mean().item() for s in stats]
+        layers = [read_layer_stats(s) for s in out.get("encoder_stats") or []]
+        if layers and all(layer is not None for layer in layers):
+            record["clusters_per_layer"] = [np.asarray(layer[0]).mean().item() for layer in layers]
         json_path = os.path.join(output_dir, f"{stem}.{tag}.json")
         tmp = json_path + ".tmp"
         with open(tmp, "w") as f:

@@ -11,6 +11,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     """The official DETR-R50 configuration; keyword arguments override top-level fields.
 
     Fields:
+      detector: the detector class, a name of ``detr_jax.models.registry.DETECTORS``
+        (``detr``); saved with checkpoints, and "detr" for checkpoints saved without it.
       backbone.stages: blocks per ResNet stage (3, 4, 6, 3) = R50, (3, 4, 23, 3) = R101.
       backbone.width: channels of the stem (64 for torchvision ResNets); stage i has
         ``width * 2**i`` bottleneck channels and 4x that at its output.
@@ -32,6 +34,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
     """
     cfg = ml_collections.ConfigDict()
+    cfg.detector = "detr"
     cfg.backbone = ml_collections.ConfigDict(
         dict(stages=(3, 4, 6, 3), width=64, dilation=False, bn_eps=1e-5, norm="frozen_bn",
              norm_groups=8))

@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from detr_jax.data.source import training_targets
+
 
 def object_crop(image: Image.Image, box, size: int, context: float) -> np.ndarray:
     """Square crop of side ``max(w, h) * (1 + context)`` centred on the xyxy ``box``,
@@ -41,14 +43,15 @@ def object_crop(image: Image.Image, box, size: int, context: float) -> np.ndarra
 
 
 def object_crops(source, *, size: int = 64, context: float = 0.25, workers: int = 8):
-    """Every annotated object of ``source`` (a ``CocoTrainSource``) as a crop.
+    """Every training object of ``source`` (a ``DetectionSource``) as a crop.
 
     Returns (crops (N, size, size, 3) uint8, labels (N,) int32 category ids).
     """
     def one(index):
-        e = source.example(index)
-        return ([object_crop(e["image"], b, size, context) for b in e["boxes"]],
-                list(e["labels"]))
+        e = source[index]
+        boxes, labels = training_targets(e)
+        image = Image.fromarray(e.image, "RGB")
+        return [object_crop(image, b, size, context) for b in boxes], list(labels)
 
     crops, labels = [], []
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -155,9 +158,9 @@ def main(argv=None) -> int:
         return 2
     from detr_jax.checkpoint import save_model
     from detr_jax.models.build import build_model
-    from detr_jax.training.data import CocoTrainSource
+    from detr_jax.data.coco import CocoSource
     try:
-        source = CocoTrainSource(cfg.data.train_annotations, cfg.data.train_images)
+        source = CocoSource(cfg.data.train_annotations, cfg.data.train_images)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -105,14 +105,15 @@ def main(argv=None) -> int:
     import jax
     from detr_jax.checkpoint import save_model
     from detr_jax.data.augment import AugmentConfig
-    from detr_jax.training.data import CocoTrainSource, TrainLoader
+    from detr_jax.data.coco import CocoSource
+    from detr_jax.training.data import TrainLoader
     from detr_jax.training.losses import LossWeights
-    from detr_jax.training.mtkd import MTKDConfig
+    from detr_jax.training.mtkd import MTKDConfig, mtkd_loss_fn
     from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        source = CocoTrainSource(cfg.data.train_annotations, cfg.data.train_images)
+        source = CocoSource(cfg.data.train_annotations, cfg.data.train_images)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -127,8 +128,9 @@ def main(argv=None) -> int:
     num_steps = cfg.train.num_steps or cfg.train.epochs * steps_per_epoch
     model = build_model_from_config(cfg)
     mtkd = MTKDConfig.from_config(cfg.get("mtkd"))
-    trainer = Trainer(model, cfg.train, LossWeights(**cfg.loss.to_dict()),
-                      steps_per_epoch=steps_per_epoch, mtkd=mtkd)
+    weights = LossWeights(**cfg.loss.to_dict())
+    trainer = Trainer(model, cfg.train, weights, steps_per_epoch=steps_per_epoch,
+                      loss_fn=None if mtkd is None else mtkd_loss_fn(model, mtkd, weights))
     if mtkd is not None:
         print(f"MTKD: exact branch + {mtkd.act} branch, box distillation weight {mtkd.kd_weight}")
     print(f"training {num_steps} steps ({steps_per_epoch} per epoch) on {jax.device_count()} "

@@ -24,26 +24,16 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from detr_jax.data.collate import extend_padding
 from detr_jax.sharding import replicate
 from detr_jax.training.data import normalize_on_device
 from detr_jax.training.checkpoints import TrainCheckpoints, abstract_like
-from detr_jax.training.losses import LossWeights, set_criterion
-from detr_jax.training.mtkd import mtkd_forward, mtkd_loss
+from detr_jax.training.losses import LossFn, LossWeights, detr_loss
 from detr_jax.training.optimizer import is_trainable, make_optimizer
 
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("pixel_values", "padding_mask", "labels", "boxes", "valid")
-
-
-def pad_images(batch: dict, shape: tuple[int, int]) -> dict:
-    """Extend the bottom/right padding of a collated batch to ``shape`` (H, W)."""
-    h, w = batch["pixel_values"].shape[1:3]
-    if (h, w) == shape:
-        return batch
-    extra = ((0, 0), (0, shape[0] - h), (0, shape[1] - w))
-    return dict(batch, pixel_values=np.pad(batch["pixel_values"], extra + ((0, 0),)),
-                padding_mask=np.pad(batch["padding_mask"], extra, constant_values=True))
 
 
 def sharded_assign(mesh: Mesh, solver: str):
@@ -67,13 +57,15 @@ class NonFiniteLoss(RuntimeError):
 class Trainer:
     """Holds the model split into (graphdef, trainable, rest), the optimizer and the mesh.
 
-    ``step_fn`` computes the loss of one global batch, updates the trainable parameters
+    ``loss_fn`` (a :data:`detr_jax.training.losses.LossFn`) is the training loss; None means
+    DETR's (:func:`detr_jax.training.losses.detr_loss` with ``loss_weights``). The step
+    computes the loss of one global batch, updates the trainable parameters
     (skipping the update when the loss or gradient norm is not finite) and returns
     scalar metrics. ``compiles`` counts traces of the step.
     """
 
     def __init__(self, model, train_cfg, loss_weights: LossWeights = LossWeights(), *,
-                 steps_per_epoch: int = 1, mtkd=None):
+                 steps_per_epoch: int = 1, loss_fn: LossFn | None = None):
         self.cfg = train_cfg
         self.model_config = dict(model.config)
         if train_cfg.max_targets > self.model_config["num_queries"]:
@@ -86,13 +78,7 @@ class Trainer:
         frozen = tuple(train_cfg.frozen)
         trainable_filter = is_trainable(frozen, train_cfg.lr_backbone)
         self.graphdef, trainable, rest = nnx.split(model, trainable_filter, ...)
-        self.mtkd = mtkd
-        self.act_graphdef = None
-        if mtkd is not None:  # the ACT branch: same parameters, another encoder attention
-            from detr_jax.attention import parse_attention
-            from detr_jax.models.build import with_encoder_attention
-            student = with_encoder_attention(model, parse_attention(mtkd.act))
-            self.act_graphdef = nnx.split(student, trainable_filter, ...)[0]
+        self.loss_fn = loss_fn if loss_fn is not None else detr_loss(loss_weights)
         drop_steps = [int(e * steps_per_epoch) for e in train_cfg.lr_drop_epochs]
         self.tx = make_optimizer(trainable, lr=train_cfg.lr, lr_backbone=train_cfg.lr_backbone,
                                  weight_decay=train_cfg.weight_decay, clip_norm=train_cfg.clip_norm,
@@ -119,14 +105,8 @@ class Trainer:
         def loss_fn(trainable):
             model = nnx.merge(self.graphdef, trainable, rest)
             pixels = normalize_on_device(batch["pixel_values"], batch["padding_mask"])
-            if self.mtkd is not None:
-                student = nnx.merge(self.act_graphdef, trainable, rest)
-                exact_out, act_out = mtkd_forward(model, student, pixels, batch["padding_mask"],
-                                                  rng=step_rng, train=True)
-                return mtkd_loss(exact_out, act_out, targets, self.loss_weights, self.mtkd,
-                                 self.assign)
-            outputs = model(pixels, batch["padding_mask"], rng=step_rng, train=True)
-            return set_criterion(outputs, targets, self.loss_weights, self.assign)
+            return self.loss_fn(model, pixels, batch["padding_mask"], targets, rng=step_rng,
+                                assign=self.assign)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
         grad_norm = optax.tree.norm(grads)
@@ -152,7 +132,7 @@ class Trainer:
             from jax.experimental import multihost_utils
             shapes = np.asarray(multihost_utils.process_allgather(
                 np.array(local["pixel_values"].shape[1:3], np.int32)))
-            local = pad_images(local, tuple(int(v) for v in shapes.reshape(-1, 2).max(0)))
+            local = extend_padding(local, tuple(int(v) for v in shapes.reshape(-1, 2).max(0)))
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local[k]))
                 for k in BATCH_KEYS}
 
