@@ -252,3 +252,10 @@ def test_standard_attention_type_runs_encoder_attention_variants():
     assert np.all(np.isfinite(out_act["pred_logits"]))
     assert not np.allclose(out_act["pred_logits"], out_exact["pred_logits"])
     assert len(act.encoder_attention_layers()) == 2
+
+
+def test_implements_the_detector_interface():
+    from detr_jax.models.detector import Detector
+    model = nnx.eval_shape(lambda: AnchorDETR(tiny_anchor_detr_config(), rngs=nnx.Rngs(0)))
+    assert isinstance(model, Detector)
+    assert model.config["detector"] == "anchor_detr"
