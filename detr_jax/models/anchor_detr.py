@@ -95,15 +95,6 @@ def anchor_detr_config(**overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
-def anchor_config_from_dict(values: dict) -> ml_collections.ConfigDict:
-    """An Anchor DETR config from a plain dict (``model.config``, a saved ``config.json``)."""
-    values = dict(values)
-    backbone = dict(values.pop("backbone", {}))
-    if "stages" in backbone:
-        backbone["stages"] = tuple(backbone["stages"])
-    return anchor_detr_config(backbone=backbone, **values)
-
-
 def tiny_anchor_detr_config(**overrides) -> ml_collections.ConfigDict:
     """A very small Anchor DETR (same code) for unit tests."""
     base = dict(backbone=dict(stages=(1, 1, 1, 1), width=8, dilation=False), hidden_dim=32,

@@ -64,12 +64,15 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def config_from_dict(values: dict) -> ml_collections.ConfigDict:
-    """A model config from a plain dict (``model.config``, a saved ``config.json``)."""
+    """A model config from a plain dict (``model.config``, a saved ``config.json``): the
+    defaults of the detector it names (``detector``, "detr" when absent) updated with it."""
+    # the registry imports the detector modules, which import this one
+    from detr_jax.models.registry import detector_config, detector_name
     values = dict(values)
     backbone = dict(values.pop("backbone", {}))
     if "stages" in backbone:
         backbone["stages"] = tuple(backbone["stages"])
-    return model_config(backbone=backbone, **values)
+    return detector_config(detector_name(values))(backbone=backbone, **values)
 
 
 def tiny_model_config(**overrides) -> ml_collections.ConfigDict:

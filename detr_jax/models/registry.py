@@ -7,16 +7,21 @@ one module implementing :class:`detr_jax.models.detector.Detector` plus one
 
 from __future__ import annotations
 
+from typing import Callable
+
 DETECTORS: dict[str, type] = {}
+CONFIGS: dict[str, Callable] = {}  # name -> its default config function (keyword overrides)
 
 DEFAULT_DETECTOR = "detr"
 
 
-def register_detector(name: str, cls: type) -> type:
-    """Make ``cls`` the detector built for ``model.detector == name``; returns ``cls``."""
+def register_detector(name: str, cls: type, config: Callable) -> type:
+    """Make ``cls`` the detector built for ``model.detector == name``, with ``config``
+    (keyword overrides -> ConfigDict) its default configuration; returns ``cls``."""
     if name in DETECTORS and DETECTORS[name] is not cls:
         raise ValueError(f"detector {name!r} is already registered as {DETECTORS[name].__name__}")
     DETECTORS[name] = cls
+    CONFIGS[name] = config
     return cls
 
 
@@ -34,9 +39,18 @@ def detector_class(name: str) -> type:
         raise ValueError(f"unknown detector {name!r}; registered: {sorted(DETECTORS)}") from None
 
 
+def detector_config(name: str) -> Callable:
+    """The default-config function of detector ``name`` (ValueError when unknown)."""
+    detector_class(name)
+    return CONFIGS[name]
+
+
 def _register_builtin() -> None:
+    from detr_jax.models.anchor_detr import AnchorDETR, anchor_detr_config
+    from detr_jax.models.config import model_config
     from detr_jax.models.detr import DETR
-    register_detector("detr", DETR)
+    register_detector("detr", DETR, model_config)
+    register_detector("anchor_detr", AnchorDETR, anchor_detr_config)
 
 
 _register_builtin()

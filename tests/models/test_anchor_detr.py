@@ -12,7 +12,8 @@ from flax import nnx
 
 import detr_jax
 from detr_jax.convert.anchor import anchor_detr_from_state, anchor_recipe_state_dict
-from detr_jax.models.anchor_detr import (AnchorDETR, anchor_config_from_dict, topk_postprocess,
+from detr_jax.models.config import config_from_dict
+from detr_jax.models.anchor_detr import (AnchorDETR, topk_postprocess,
                                          tiny_anchor_detr_config)
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
@@ -111,7 +112,7 @@ def test_tiny_model_shapes_and_boxes_relative_to_anchor_points():
     state = {name: recipe_tensor(name, shape, index, 3)
              for index, (name, shape) in enumerate(sorted(shapes.items()))}
     model = anchor_detr_from_state(state, "<tiny>", dilation=False)
-    assert anchor_config_from_dict(model.config).to_dict() == model.config
+    assert config_from_dict(model.config).to_dict() == model.config
     # a box head that predicts no offset puts every box centre on its query's anchor point
     last = model.transformer.bbox_embed.layers[-1]
     last.kernel.set_value(jnp.zeros_like(last.kernel[...]))

@@ -39,7 +39,7 @@ def test_unknown_detector_is_refused():
     with pytest.raises(ValueError, match="unknown detector 'nope'"):
         build_model(tiny_model_config(detector="nope"))
     with pytest.raises(ValueError, match="already registered"):
-        register_detector("detr", type("Other", (), {}))
+        register_detector("detr", type("Other", (), {}), dict)
 
 
 def test_registered_class_is_built(monkeypatch):
