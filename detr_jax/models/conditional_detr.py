@@ -179,6 +179,36 @@ class ConditionalDETR(nnx.Module):
         """The encoder's self-attention modules, in layer order."""
         return [layer.self_attn for layer in self.transformer.encoder.layers]
 
+    def encoder_attention_inputs(self, pixel_values, padding_mask, rng):
+        """Per encoder layer, ``(queries, keys, values, key_padding_mask, attn_rng)`` as
+        that layer's attention receives them ((B, N, d), (B, N) bool), and (h, w).
+
+        ``rng`` is the encoder's key; the layers run as in ``encode`` (no dropout).
+        """
+        features, mask, pos = self.backbone_features(pixel_values, padding_mask)
+        src = self.input_proj(features)
+        batch, h, w, d = src.shape
+        src = src.reshape(batch, h * w, d)
+        pos = pos.reshape(batch, h * w, d).astype(src.dtype)
+        flat_mask = mask.reshape(batch, h * w)
+        calls = []
+        for index, layer in enumerate(self.transformer.encoder.layers):
+            # the attention key Encoder derives for layer ``index``
+            attn_rng = None if rng is None else jax.random.split(jax.random.fold_in(rng, index))[0]
+            normed = layer.norm1(src) if layer.pre_norm else src
+            calls.append((normed + pos, normed + pos, normed, flat_mask, attn_rng))
+            src, _ = layer(src, pos, flat_mask, attn_rng=attn_rng)
+        return calls, (h, w)
+
+    def flops(self, image_hw, valid_hw=None, encoder_stats=None):
+        """Multiply-accumulates of one image under this model's config and encoder
+        attention (:func:`detr_jax.models.conditional_flops.count_conditional_flops`)."""
+        from detr_jax.models.conditional_flops import count_conditional_flops
+        return count_conditional_flops(self.config, tuple(image_hw),
+                                       valid_hw=None if valid_hw is None else tuple(valid_hw),
+                                       attention=self.attention_spec,
+                                       encoder_stats=encoder_stats)
+
     def __call__(self, pixel_values, padding_mask, *, rng=None, train=False,
                  return_intermediates=False):
         if pixel_values.ndim != 4 or pixel_values.shape[-1] != 3:
