@@ -157,3 +157,54 @@ def test_unmappable_key_is_named(hf_conditional):
     state["model.decoder.layers.0.encoder_attn.extra_proj.weight"] = torch.zeros(2, 2)
     with pytest.raises(CheckpointError, match=r"encoder_attn\.extra_proj\.weight"):
         read_state_dict(state)
+
+
+def hub_name(official: str) -> list[str]:
+    """The transformers hub names (``microsoft/conditional-detr-resnet-50``: timm backbone,
+    what ``save_pretrained`` writes) of one official key; in_proj gives three."""
+    top = {"input_proj": "model.input_projection", "query_embed": "model.query_position_embeddings",
+           "class_embed": "class_labels_classifier", "transformer.decoder.norm": "model.decoder.layernorm"}
+    stem, kind = official.rsplit(".", 1)
+    if stem in top:
+        return [f"{top[stem]}.{kind}"]
+    if official.startswith("bbox_embed."):
+        return ["bbox_predictor." + official[len("bbox_embed."):]]
+    if official.startswith("backbone.0.body."):
+        return ["model.backbone.conv_encoder.model." + official[len("backbone.0.body."):]]
+    name = "model." + official[len("transformer."):]
+    if name.endswith(("in_proj_weight", "in_proj_bias")):
+        base, kind = name.rsplit(".in_proj_", 1)
+        return [f"{base}.{p}_proj.{kind}" for p in "qkv"]
+    layer_names = {".norm1.": ".self_attn_layer_norm.", ".linear1.": ".fc1.",
+                   ".linear2.": ".fc2.", ".cross_attn.": ".encoder_attn."}
+    layer_names[".norm2."] = (".encoder_attn_layer_norm." if ".decoder." in name
+                              else ".final_layer_norm.")
+    layer_names[".norm3."] = ".final_layer_norm."
+    for old, new in layer_names.items():
+        name = name.replace(old, new)
+    return [name]
+
+
+def test_hub_layout_full_coverage():
+    """Every key of the official R50 checkpoint, written with the hub's names, comes back
+    with its official name and value (the q/k/v rows packed again)."""
+    import json
+    spec_path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
+                             "conditional_detr_r50_official", "spec.json")
+    with open(spec_path) as f:
+        spec = [(k, tuple(s)) for k, s in json.load(f)["state_dict_spec"]]
+    rng = np.random.default_rng(0)
+    # convolutions get 1x1 kernels: only names and values are checked here, not shapes
+    official = {k: rng.standard_normal(s if len(s) < 4 else (s[0], s[1], 1, 1)).astype(np.float32)
+                for k, s in spec if not k.endswith("num_batches_tracked")}
+    hub = {}
+    for key, value in official.items():
+        names = hub_name(key)
+        parts = np.split(value, len(names)) if len(names) > 1 else [value]
+        hub.update(zip(names, parts))
+    assert "model.decoder.layers.0.ca_qpos_proj.weight" in hub
+    assert "model.backbone.conv_encoder.model.layer4.2.bn3.running_var" in hub
+    state, _ = read_state_dict(hub)
+    assert set(state) == set(official)
+    for key, value in official.items():
+        np.testing.assert_array_equal(state[key], value)
