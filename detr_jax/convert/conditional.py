@@ -50,14 +50,25 @@ def infer_conditional_config(state: Mapping[str, np.ndarray], source: str, *,
 def load_conditional_detr(path_or_state_dict: Any, *, encoder_attention=None,
                           dilation: bool | None = None, num_heads: int = 8,
                           dtype: str = "float32") -> ConditionalDETR:
-    """Load an official Conditional DETR checkpoint into a ready :class:`ConditionalDETR`.
+    """Load a Conditional DETR checkpoint into a ready :class:`ConditionalDETR`.
 
-    Args as :func:`detr_jax.load_torch_checkpoint` (a ``.pth`` file holding
-    ``{"model": state_dict}``, a bare state dict, ``.safetensors`` or ``.npz``).
+    Args as :func:`detr_jax.load_torch_checkpoint`: an official ``.pth`` file holding
+    ``{"model": state_dict}``, a bare state dict, ``.safetensors`` or ``.npz`` of the
+    official keys, or a Hugging Face checkpoint (file or directory, read offline).
     Raises CheckpointError naming the file and the first offending keys; nothing is
     half-loaded.
     """
     state, source = read_state_dict(path_or_state_dict)
+    return conditional_detr_from_state(state, source, encoder_attention=encoder_attention,
+                                       dilation=dilation, num_heads=num_heads, dtype=dtype)
+
+
+def conditional_detr_from_state(state: Mapping[str, np.ndarray], source: str, *,
+                                encoder_attention=None, dilation: bool | None = None,
+                                num_heads: int = 8, dtype: str = "float32") -> ConditionalDETR:
+    """A ready :class:`ConditionalDETR` from a state dict already read with official keys
+    (the output of :func:`detr_jax.convert.reader.read_state_dict`); ``source`` names it
+    in errors."""
     if not is_conditional_detr(state):
         raise CheckpointError(f"{source}: not a Conditional DETR checkpoint: no "
                               "transformer.decoder.ref_point_head / query_scale / "

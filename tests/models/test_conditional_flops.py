@@ -45,3 +45,53 @@ def test_encoder_attention_inputs_reproduce_the_encoder():
     last = model.transformer.encoder.layers[-1]
     out, _ = last(values, queries - values, key_mask)
     np.testing.assert_allclose(out, memory, rtol=1e-5, atol=1e-5)
+
+
+def test_train_mode_dropout_and_gradients():
+    """Dropout acts in train mode only. With recipe weights (non-zero biases) every decoder
+    parameter gets a gradient except those of layer 0's self-attention weights and its
+    value kernel: the content entering layer 0 is zero, so every value is ``sa_v_proj``'s
+    bias and the attention weights do not matter (as in the official model), and of the
+    key biases."""
+    from flax import nnx
+    from detr_jax.convert.conditional import conditional_recipe_state, load_conditional_detr
+    cfg = tiny_conditional_detr_config()
+    model = load_conditional_detr(conditional_recipe_state(cfg), num_heads=cfg.num_heads)
+    pixels = jax.random.normal(jax.random.key(0), (1, 64, 96, 3))
+    mask = jnp.zeros((1, 64, 96), bool)
+    a = model(pixels, mask, rng=jax.random.key(1), train=True)["pred_logits"]
+    b = model(pixels, mask, rng=jax.random.key(2), train=True)["pred_logits"]
+    c = model(pixels, mask, rng=jax.random.key(1))["pred_logits"]
+    d = model(pixels, mask, rng=jax.random.key(2))["pred_logits"]
+    assert not np.allclose(a, b) and np.allclose(c, d)
+
+    def loss(m):
+        out = m(pixels, mask)
+        return (out["pred_logits"].sum() + out["pred_boxes"].sum()
+                + sum(x["pred_boxes"].sum() for x in out["aux_outputs"]))
+
+    flat = dict(nnx.to_flat_state(nnx.grad(loss)(model)))
+    norms = {p: float(np.linalg.norm(v.get_value())) for p, v in flat.items()}
+    assert all(np.isfinite(n) for n in norms.values())
+    largest = max(norms.values())
+    zero = {p[3:] for p, n in norms.items()
+            if p[:2] == ("transformer", "decoder") and n < 1e-6 * largest}
+    expected = {(0, name, leaf) for name in ("sa_qcontent_proj", "sa_kcontent_proj",
+                                             "sa_qpos_proj", "sa_kpos_proj")
+                for leaf in ("kernel", "bias")} | {(0, "sa_v_proj", "kernel")}
+    # a key bias adds the same logit to every key of a query: softmax ignores it
+    expected |= {(layer, name, "bias") for layer in range(cfg.dec_layers)
+                 for name in ("sa_kcontent_proj", "sa_kpos_proj", "ca_kcontent_proj",
+                              "ca_kpos_proj")}
+    assert zero == expected, zero ^ expected
+
+
+def test_bfloat16_close_to_float32():
+    cfg32 = tiny_conditional_detr_config()
+    m32 = build_conditional_detr(cfg32, seed=4)
+    m16 = build_conditional_detr(tiny_conditional_detr_config(dtype="bfloat16"), seed=4)
+    pixels = jax.random.normal(jax.random.key(0), (1, 64, 96, 3))
+    mask = jnp.zeros((1, 64, 96), bool)
+    b32, b16 = m32(pixels, mask)["pred_boxes"], m16(pixels, mask)["pred_boxes"]
+    assert b16.dtype == jnp.float32
+    assert float(jnp.abs(b32 - b16).max()) < 2e-2
