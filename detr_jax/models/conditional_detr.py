@@ -23,7 +23,7 @@ from detr_jax.models.conditional_transformer import (ConditionalDecoder, Conditi
 from detr_jax.models.config import backbone_channels, model_config
 from detr_jax.models.detr import MLP, resolve_dtype
 from detr_jax.models.position import downsample_mask, sine_position_embedding
-from detr_jax.models.transformer import Encoder
+from detr_jax.models.transformer import Encoder, encoder_layer_keys
 
 DETECTOR_NAME = "conditional_detr"
 
@@ -193,8 +193,7 @@ class ConditionalDETR(nnx.Module):
         flat_mask = mask.reshape(batch, h * w)
         calls = []
         for index, layer in enumerate(self.transformer.encoder.layers):
-            # the attention key Encoder derives for layer ``index``
-            attn_rng = None if rng is None else jax.random.split(jax.random.fold_in(rng, index))[0]
+            attn_rng = encoder_layer_keys(rng, index)[0]
             normed = layer.norm1(src) if layer.pre_norm else src
             calls.append((normed + pos, normed + pos, normed, flat_mask, attn_rng))
             src, _ = layer(src, pos, flat_mask, attn_rng=attn_rng)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from detr_jax.flops import GIGA, attention_product_macs, count_flops, linear_macs
+from detr_jax.attention.costs import attention_product_macs, linear_macs
+from detr_jax.flops import GIGA, count_flops
 
 
 def _plain(config) -> dict:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from detr_jax.attention.base import masked_softmax_attention
+from detr_jax.attention import masked_softmax_attention
 from detr_jax.models.detr import MLP
 from detr_jax.models.transformer import XAVIER, _keys, dropout, layer_norm
 
