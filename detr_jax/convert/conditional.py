@@ -20,9 +20,8 @@ from detr_jax.convert.official import (assign_official_state, expected_official_
                                        infer_config)
 from detr_jax.convert.reader import read_state_dict
 from detr_jax.convert.recipe import recipe_tensor
-from detr_jax.models.build import unloaded_paths
-from detr_jax.models.conditional_detr import (ConditionalDETR, build_conditional_detr,
-                                              conditional_detr_config)
+from detr_jax.models.build import build_model, unloaded_paths
+from detr_jax.models.conditional_detr import ConditionalDETR, conditional_detr_config
 
 _MARKERS = ("transformer.decoder.ref_point_head.", "transformer.decoder.query_scale.",
             ".ca_qpos_sine_proj.")
@@ -77,7 +76,7 @@ def conditional_detr_from_state(state: Mapping[str, np.ndarray], source: str, *,
     spec = parse_attention(encoder_attention)
     cfg.encoder_attention = spec.to_string()
     cfg.dtype = dtype
-    model = build_conditional_detr(cfg, encoder_attention=spec, abstract=True)
+    model = build_model(cfg, encoder_attention=spec, abstract=True)
     assign_official_state(model, state, source)
     left = unloaded_paths(model)
     if left:
@@ -89,6 +88,6 @@ def conditional_detr_from_state(state: Mapping[str, np.ndarray], source: str, *,
 def conditional_recipe_state(cfg, seed: int = 1) -> dict[str, np.ndarray]:
     """Recipe-style random weights (:mod:`detr_jax.convert.recipe`) in the official layout
     for any Conditional DETR config, keys in sorted order (for tests and demos)."""
-    shapes = expected_official_shapes(build_conditional_detr(cfg, abstract=True))
+    shapes = expected_official_shapes(build_model(cfg, abstract=True))
     return {name: recipe_tensor(name, shape, index, seed)
             for index, (name, shape) in enumerate(sorted(shapes.items()))}

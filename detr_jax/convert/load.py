@@ -6,6 +6,7 @@ from typing import Any
 
 from detr_jax.attention import parse_attention
 from detr_jax.convert.anchor import anchor_detr_from_state, is_anchor_detr
+from detr_jax.convert.conditional import conditional_detr_from_state, is_conditional_detr
 from detr_jax.convert.errors import CheckpointError, first
 from detr_jax.convert.official import assign_official_state, infer_config
 from detr_jax.convert.reader import read_state_dict
@@ -59,4 +60,5 @@ def detr_from_state(state, source: str, *, encoder_attention=None, dilation: boo
 # fallback, so its own checks name what is missing or wrong in a file of none of them.
 FAMILIES = (
     (is_anchor_detr, anchor_detr_from_state),
+    (is_conditional_detr, conditional_detr_from_state),
 )

@@ -226,10 +226,3 @@ class ConditionalDETR(nnx.Module):
             out.update(backbone=features, pos_embed=pos, feature_mask=mask, memory=memory,
                        reference_points=reference)
         return out
-
-
-def build_conditional_detr(cfg, *, encoder_attention=None, seed: int = 0,
-                           abstract: bool = False) -> ConditionalDETR:
-    """A Conditional DETR for ``cfg``; ``abstract=True`` allocates nothing (to be loaded)."""
-    make = lambda: ConditionalDETR(cfg, encoder_attention=encoder_attention, rngs=nnx.Rngs(seed))
-    return nnx.eval_shape(make) if abstract else make()

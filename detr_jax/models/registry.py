@@ -47,9 +47,11 @@ def detector_config(name: str) -> Callable:
 
 def _register_builtin() -> None:
     from detr_jax.models.anchor_detr import AnchorDETR, anchor_detr_config
+    from detr_jax.models.conditional_detr import ConditionalDETR, conditional_detr_config
     from detr_jax.models.config import model_config
     from detr_jax.models.detr import DETR
     register_detector("detr", DETR, model_config)
+    register_detector("conditional_detr", ConditionalDETR, conditional_detr_config)
     register_detector("anchor_detr", AnchorDETR, anchor_detr_config)
 
 

@@ -5,14 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from detr_jax.flops import count_flops
-from detr_jax.models.conditional_detr import build_conditional_detr, tiny_conditional_detr_config
+from detr_jax.models.build import build_model
+from detr_jax.models.conditional_detr import tiny_conditional_detr_config
 
 
 def test_decoder_count_by_hand():
     """Tiny model, 64x96 input -> 2x3 = 6 tokens (stride 32), Q = 10, d = 32, FFN 64,
     2 decoder layers, 5 classes. A d x d linear on Q rows costs Q*d*d + Q*d MACs."""
     cfg = tiny_conditional_detr_config()
-    model = build_conditional_detr(cfg, abstract=True)
+    model = build_model(cfg, abstract=True)
     got = model.flops((64, 96))
     q, d, n, f, c = 10, 32, 6, 64, 5
     lin = lambda rows, i, o: rows * i * o + rows * o
@@ -33,7 +34,7 @@ def test_decoder_count_by_hand():
 
 
 def test_encoder_attention_inputs_reproduce_the_encoder():
-    model = build_conditional_detr(tiny_conditional_detr_config(), seed=3)
+    model = build_model(tiny_conditional_detr_config(), seed=3)
     pixels = jax.random.normal(jax.random.key(0), (2, 64, 96, 3))
     mask = jnp.zeros((2, 64, 96), bool).at[1, 40:].set(True)
     calls, hw = model.encoder_attention_inputs(pixels, mask, None)
@@ -88,8 +89,8 @@ def test_train_mode_dropout_and_gradients():
 
 def test_bfloat16_close_to_float32():
     cfg32 = tiny_conditional_detr_config()
-    m32 = build_conditional_detr(cfg32, seed=4)
-    m16 = build_conditional_detr(tiny_conditional_detr_config(dtype="bfloat16"), seed=4)
+    m32 = build_model(cfg32, seed=4)
+    m16 = build_model(tiny_conditional_detr_config(dtype="bfloat16"), seed=4)
     pixels = jax.random.normal(jax.random.key(0), (1, 64, 96, 3))
     mask = jnp.zeros((1, 64, 96), bool)
     b32, b16 = m32(pixels, mask)["pred_boxes"], m16(pixels, mask)["pred_boxes"]
