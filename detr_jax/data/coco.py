@@ -22,6 +22,8 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from detr_jax.data.validate import validate_coco
+
 DEFAULT_SPLIT = "val2017"
 
 
@@ -133,6 +135,7 @@ def load_coco(annotation_file: str):
     if not isinstance(dataset, dict) or "images" not in dataset:
         raise ValueError(f"annotation file {annotation_file} is not a COCO-format file "
                          "(no 'images' list)")
+    validate_coco(dataset, annotation_file)
     dataset.setdefault("annotations", [])
     dataset.setdefault("categories", [])
     return coco_from_dict(dataset)
