@@ -18,6 +18,7 @@ import dataclasses
 import io
 import json
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -25,6 +26,8 @@ from PIL import Image, UnidentifiedImageError
 from detr_jax.data.validate import validate_coco
 
 DEFAULT_SPLIT = "val2017"
+UNDECODABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+               Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 class BadImageError(ValueError):
@@ -81,19 +84,21 @@ def decode_rgb(data: bytes | str, *, path: str, image_id: int) -> np.ndarray:
     """Decode encoded image bytes (or read a file) to an (H, W, 3) uint8 RGB array, as the
     official loader does (PIL, ``convert("RGB")``). Raises :class:`BadImageError`."""
     try:
-        if isinstance(data, str):
-            if not os.path.isfile(data):
-                raise BadImageError(path, image_id, "file does not exist")
-            opened = Image.open(data)
-        else:
-            opened = Image.open(io.BytesIO(data))
-        with opened as image:
-            image.load()
-            rgb = image.convert("RGB")
+        with warnings.catch_warnings():  # a decompression bomb is an undecodable image
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if isinstance(data, str):
+                if not os.path.isfile(data):
+                    raise BadImageError(path, image_id, "file does not exist")
+                opened = Image.open(data)
+            else:
+                opened = Image.open(io.BytesIO(data))
+            with opened as image:
+                image.load()
+                rgb = image.convert("RGB")
         return np.asarray(rgb, dtype=np.uint8)
     except BadImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except UNDECODABLE as err:
         raise BadImageError(path, image_id, f"{type(err).__name__}: {err}") from None
 
 
@@ -223,7 +228,7 @@ class CocoSource:
             try:
                 with Image.open(r.path) as image:
                     sizes.append((image.height, image.width))
-            except (OSError, UnidentifiedImageError, ValueError):
+            except UNDECODABLE:
                 sizes.append((0, 0))
         return sizes
 

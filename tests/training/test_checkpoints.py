@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ import pytest
 
 from detr_jax.config_cli import load_config_file
 from detr_jax.data.augment import AugmentConfig
-from detr_jax.locks import DirectoryLock, DirectoryLocked
+from detr_jax.locks import LOCK_NAME, DirectoryLocked
 from detr_jax.training.checkpoints import NoUsableCheckpoint
 from detr_jax.training.data import CocoTrainSource
 from detr_jax.training.trainer import NonFiniteLoss, train, truncate_metrics
@@ -125,10 +126,11 @@ def test_non_finite_loss_uses_the_progress_numbering(setup, tmp_path, capsys):
 
 
 def test_workdir_is_locked_during_training(setup, tmp_path):
-    with DirectoryLock(str(tmp_path), "training"):
-        trainer, loader = make(*setup)
-        with pytest.raises(DirectoryLocked, match=f"process {os.getpid()}"):
-            train(trainer, loader, workdir=str(tmp_path), num_steps=2, progress=False)
+    holder = {"pid": 1, "host": socket.gethostname(), "started": 0.0, "purpose": "training"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(holder))  # a live process of this host
+    trainer, loader = make(*setup)
+    with pytest.raises(DirectoryLocked, match="in use by training .process 1 on host"):
+        train(trainer, loader, workdir=str(tmp_path), num_steps=2, progress=False)
     assert not os.path.exists(tmp_path / "checkpoints")  # stopped before touching anything
 
 
