@@ -12,7 +12,10 @@ DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "detr_jax", "jax_compilation_cac
 
 def enable_compilation_cache(path: str | None) -> str | None:
     """Turn on JAX's persistent compilation cache in ``path`` (``~`` expanded); "none",
-    "" or None leave it off. Returns the directory used."""
+    "" or None leave it off. A ``JAX_COMPILATION_CACHE_DIR`` set in the environment wins
+    over ``path`` (JAX reads it itself). Returns the directory used."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
     if not path or str(path).lower() in ("none", "off", "false", "0"):
         return None
     path = os.path.abspath(os.path.expanduser(str(path)))

@@ -153,7 +153,9 @@ def abstract_like(tree):
 
 @jax.jit
 def all_finite(tree) -> jax.Array:
-    """One boolean scalar: every floating-point leaf of ``tree`` is finite (no NaN/inf)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    """One boolean scalar: every floating-point leaf of ``tree`` is finite (no NaN/inf)
+    and every boolean leaf (e.g. a step's ``finite`` flag) is all True."""
+    leaves = [jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.all(x)
+              for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact) or x.dtype == jnp.bool_]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

@@ -1,6 +1,8 @@
 """Training checkpoints: incomplete or damaged steps set aside, no checkpoint of non-finite
 state, one step numbering, metrics.jsonl cut back on resume, the workdir lock."""
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -36,8 +38,18 @@ def full_run(setup, tmp_path_factory):
     """4 uninterrupted steps, checkpoints at 2 and 4: (parameters, workdir)."""
     trainer, loader = make(*setup)
     workdir = str(tmp_path_factory.mktemp("full"))
-    train(trainer, loader, workdir=workdir, num_steps=4, progress=False)
-    return params(trainer), workdir
+    bar = io.StringIO()
+    with contextlib.redirect_stderr(bar):
+        train(trainer, loader, workdir=workdir, num_steps=4, progress=True)
+    return params(trainer), workdir, bar.getvalue()
+
+
+def test_progress_says_compiling_and_ends_with_a_real_rate(full_run):
+    bar = full_run[2]
+    assert "train (compiling)" in bar
+    final = bar.replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("train: 100%") and "4/4" in final
+    assert "img_s=" in final and "img_s=0.0" not in final
 
 
 def steps_in(path):
@@ -51,7 +63,7 @@ def assert_same(a, b):
 
 def test_incomplete_step_is_set_aside_and_the_previous_restored(setup, full_run, tmp_path,
                                                                 caplog, capsys):
-    expected, workdir = full_run
+    expected, workdir, _ = full_run
     run = tmp_path / "run"
     shutil.copytree(workdir, run)
     shutil.rmtree(run / "checkpoints" / "4" / "default")  # a step folder without its item
@@ -70,7 +82,7 @@ def test_incomplete_step_is_set_aside_and_the_previous_restored(setup, full_run,
 
 
 def test_every_checkpoint_damaged_stops_unless_start_over(setup, full_run, tmp_path):
-    _, workdir = full_run
+    _, workdir, _ = full_run
     run = tmp_path / "run"
     shutil.copytree(workdir, run)
     for step in ("2", "4"):
@@ -93,7 +105,7 @@ def test_every_checkpoint_damaged_stops_unless_start_over(setup, full_run, tmp_p
 
 
 def test_no_checkpoint_from_non_finite_parameters(setup, full_run, tmp_path):
-    expected, _ = full_run
+    expected, _, _ = full_run
     trainer, loader = make(*setup)
     step = trainer.step
 
