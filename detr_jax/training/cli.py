@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     enable_compilation_cache(cfg.train.get("compilation_cache"))
     try:
         source = CocoTrainSource(cfg.data.train_annotations, cfg.data.train_images)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     augment = AugmentConfig.from_data_config(cfg.data)
