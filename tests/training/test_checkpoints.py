@@ -85,15 +85,17 @@ def test_every_checkpoint_damaged_stops_unless_start_over(setup, full_run, tmp_p
     _, workdir, _ = full_run
     run = tmp_path / "run"
     shutil.copytree(workdir, run)
-    for step in ("2", "4"):
+    steps = sorted((s for s in os.listdir(run / "checkpoints") if s.isdigit()), key=int)
+    assert "2" in steps and "4" in steps
+    for step in steps:
         shutil.rmtree(run / "checkpoints" / step / "default")
     trainer, loader = make(*setup)
-    with pytest.raises(NoUsableCheckpoint, match=r"steps 2, 4.*start_over"):
+    with pytest.raises(NoUsableCheckpoint, match=rf"steps {', '.join(steps)}\).*start_over"):
         train(trainer, loader, workdir=str(run), num_steps=4, progress=False)
-    assert sorted(os.listdir(run / "checkpoints")) == ["2.incomplete", "4.incomplete"]
+    assert sorted(os.listdir(run / "checkpoints")) == sorted(f"{s}.incomplete" for s in steps)
     assert not (run / ".detr_jax.lock").exists()  # released on the error
     # a damaged set again, now with start_over: trains from step 0
-    for step in ("2", "4"):
+    for step in steps:
         shutil.copytree(run / "checkpoints" / f"{step}.incomplete", run / "checkpoints" / step)
     cfg, source, augment = setup
     cfg = cfg.copy_and_resolve_references()
@@ -120,7 +122,8 @@ def test_no_checkpoint_from_non_finite_parameters(setup, full_run, tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"step 4 \(no checkpoint written; the last one "
                                             r"is step 2\).*image ids"):
         train(trainer, loader, workdir=str(tmp_path), num_steps=6, progress=False)
-    assert sorted(s for s in os.listdir(tmp_path / "checkpoints")) == ["2"]
+    saved = [s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+    assert "2" in saved and "4" not in saved
     trainer, loader = make(*setup)  # the rerun resumes from the last finite checkpoint
     summary = train(trainer, loader, workdir=str(tmp_path), num_steps=4, progress=False)
     assert summary["start_step"] == 2
