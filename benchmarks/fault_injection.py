@@ -10,9 +10,11 @@ What it does:
    with a checkpoint after every step; then once more (compiled programs now come from
    the cache), timing when the first step finishes and when the run ends.
 2. For each of ``--trials`` trials, in a fresh work directory: starts the same training
-   (``train.py`` in its own process group), sends it SIGKILL at a moment drawn uniformly
-   between half the second run's time to its first step and its end (so kills land before, during and
-   after checkpoint saves, while metrics are written, while the final model is written),
+   (``train.py`` in its own process group) and sends it SIGKILL at a random moment: a
+   step k drawn uniformly from 0..steps, then a delay drawn uniformly from 0 to 1.5 step
+   times after the progress line of step k (for k = 0 a moment before the first step),
+   so kills land during steps, checkpoint saves, metric writes and the final model's
+   export,
    then runs ``train.py`` again to completion. The rerun must take over the dead run's
    workdir lock, resume from the newest complete checkpoint, and end with parameters
    equal to the reference's (compared exactly; ``allclose`` with rtol 1e-6 is reported as
@@ -32,10 +34,12 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,12 +76,25 @@ def run_to_end(cmd: list[str], timeout: float) -> tuple[str, float, float | None
     return output, time.perf_counter() - start, first
 
 
-def kill_after(cmd: list[str], delay: float) -> tuple[str, bool]:
-    """Start ``cmd`` in its own process group and SIGKILL the group after ``delay`` s:
+def kill_at(cmd: list[str], after_step: int, delay: float) -> tuple[str, bool]:
+    """Start ``cmd`` in its own process group; once it has printed the line of step
+    ``after_step`` (at once for 0), wait ``delay`` seconds and SIGKILL the group:
     (output, whether it was still running when killed)."""
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines, reached = [], threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(f"step {after_step}/"):
+                reached.set()
+        reached.set()  # the process ended
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if after_step > 0:
+        reached.wait()
     try:
         proc.wait(timeout=delay)
         killed = False
@@ -85,8 +102,8 @@ def kill_after(cmd: list[str], delay: float) -> tuple[str, bool]:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         killed = True
-    log.seek(0)
-    return log.read(), killed
+    reader.join(timeout=10)
+    return "".join(lines), killed
 
 
 def model_arrays(path: str) -> dict:
@@ -129,13 +146,20 @@ def main(argv=None) -> int:
     data, cache = os.path.join(base, "data"), os.path.join(base, "jax_cache")
     generate_split(data, "train", 16, seed=0)
     reference_dir = os.path.join(base, "reference")
-    _, cold, _ = run_to_end(train_command(data, reference_dir, args.steps, cache), 3600)
-    reference = model_arrays(os.path.join(reference_dir, "model"))
-    # a second uninterrupted run, now with compiled programs in the cache: the timings the
-    # kill moments are drawn from, and a check that two runs agree at all
     warm_dir = os.path.join(base, "reference_warm")
-    _, total, first = run_to_end(train_command(data, warm_dir, args.steps, cache), 3600)
-    first = first or 0.0
+    timings_file = os.path.join(base, "timings.json")
+    if os.path.exists(timings_file):  # --keep of an earlier invocation: reuse its references
+        with open(timings_file) as f:
+            cold, total, first = json.load(f)
+    else:
+        _, cold, _ = run_to_end(train_command(data, reference_dir, args.steps, cache), 3600)
+        # a second uninterrupted run, now with compiled programs in the cache: the timings
+        # the kill moments are drawn from, and a check that two runs agree at all
+        _, total, first = run_to_end(train_command(data, warm_dir, args.steps, cache), 3600)
+        first = first or 0.0
+        with open(timings_file, "w") as f:
+            json.dump([cold, total, first], f)
+    reference = model_arrays(os.path.join(reference_dir, "model"))
     repeat = compare(reference, model_arrays(os.path.join(warm_dir, "model")))
     print(f"reference: {args.steps} steps in {cold:.1f} s (compiling), again in {total:.1f} s "
           f"(first step after {first:.1f} s): {'identical' if repeat['exact'] else repeat}",
@@ -144,9 +168,14 @@ def main(argv=None) -> int:
     trials = []
     for trial in range(args.trials):
         workdir = os.path.join(base, f"trial{trial:03d}")
+        shutil.rmtree(workdir, ignore_errors=True)
         cmd = train_command(data, workdir, args.steps, cache)
-        delay = rng.uniform(0.5 * first, total)
-        _, killed = kill_after(cmd, delay)
+        # after the line of step k (0: from the start), at a random moment of the next step
+        # or, for k = steps, of the final model's export
+        after_step = rng.randint(0, args.steps)
+        step_time = (total - first) / max(args.steps, 1)
+        delay = rng.uniform(0.5 * first, first) if after_step == 0 else rng.uniform(0, 1.5 * step_time)
+        _, killed = kill_at(cmd, after_step, delay)
         checkpoints = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
                              if s.isdigit()) if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
         output, _, _ = run_to_end(cmd, 900)
@@ -154,18 +183,18 @@ def main(argv=None) -> int:
                         if line.startswith("resumed from step ")), 0)
         result = compare(reference, model_arrays(os.path.join(workdir, "model")))
         steps = metric_steps(workdir)
-        result.update(trial=trial, kill_after_s=round(delay, 2), killed_while_running=killed,
+        result.update(trial=trial, kill_after_step_line=after_step, kill_delay_s=round(delay, 2), killed_while_running=killed,
                       checkpoints_at_kill=checkpoints, resumed_from=resumed,
                       metrics_once_per_step=steps == list(range(1, args.steps + 1)))
         result["ok"] = result["close"] and result["metrics_once_per_step"]
         trials.append(result)
-        print(f"trial {trial + 1}/{args.trials}: killed after {delay:.1f} s "
+        print(f"trial {trial + 1}/{args.trials}: killed {delay:.1f} s after "
+              f"{'the start' if after_step == 0 else f'the line of step {after_step}'} "
               f"({'running' if killed else 'had finished'}), checkpoints {checkpoints}, resumed "
               f"from step {resumed}: parameters {'identical' if result['exact'] else 'close' if result['close'] else 'DIFFERENT'} "
               f"(max |diff| {result['max_abs_diff']:.1e}), metrics once per step "
               f"{result['metrics_once_per_step']}", flush=True)
         if not args.keep:
-            import shutil
             shutil.rmtree(workdir, ignore_errors=True)
     summary = {"repeat_identical": repeat["exact"], "trials": len(trials), "killed_while_running": sum(t["killed_while_running"] for t in trials),
                "ok": sum(t["ok"] for t in trials), "exact": sum(t["exact"] for t in trials),
