@@ -11,8 +11,9 @@ What it does:
    the cache), timing when the first step finishes and when the run ends.
 2. For each of ``--trials`` trials, in a fresh work directory: starts the same training
    (``train.py`` in its own process group) and sends it SIGKILL at a random moment: a
-   step k drawn uniformly from 0..steps, then a delay drawn uniformly from 0 to 1.5 step
-   times after the progress line of step k (for k = 0 a moment before the first step),
+   step k drawn uniformly from 0..steps, then a delay drawn uniformly between 0 and the
+   run's last interval between progress lines after the line of step k (for k = 0 a
+   moment before the first step),
    so kills land during steps, checkpoint saves, metric writes and the final model's
    export,
    then runs ``train.py`` again to completion. The rerun must take over the dead run's
@@ -76,25 +77,32 @@ def run_to_end(cmd: list[str], timeout: float) -> tuple[str, float, float | None
     return output, time.perf_counter() - start, first
 
 
-def kill_at(cmd: list[str], after_step: int, delay: float) -> tuple[str, bool]:
-    """Start ``cmd`` in its own process group; once it has printed the line of step
-    ``after_step`` (at once for 0), wait ``delay`` seconds and SIGKILL the group:
-    (output, whether it was still running when killed)."""
+def kill_at(cmd: list[str], after_step: int, fraction: float, before_first: float
+            ) -> tuple[str, bool, float]:
+    """Start ``cmd`` in its own process group and SIGKILL the group at a chosen moment:
+    ``before_first`` seconds after the start when ``after_step`` is 0, else ``fraction``
+    (0..1) of this run's last step interval after it printed the line of step
+    ``after_step``. Returns (output, whether it was still running, delay used)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines, reached = [], threading.Event()
+    lines, times, reached = [], [], threading.Event()
 
     def read():
         for line in proc.stdout:
             lines.append(line)
+            if line.startswith("step "):
+                times.append(time.perf_counter())
             if line.startswith(f"step {after_step}/"):
                 reached.set()
         reached.set()  # the process ended
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    delay = before_first
     if after_step > 0:
         reached.wait()
+        gap = times[-1] - times[-2] if len(times) >= 2 else before_first / 10
+        delay = fraction * gap
     try:
         proc.wait(timeout=delay)
         killed = False
@@ -103,7 +111,7 @@ def kill_at(cmd: list[str], after_step: int, delay: float) -> tuple[str, bool]:
         proc.wait()
         killed = True
     reader.join(timeout=10)
-    return "".join(lines), killed
+    return "".join(lines), killed, delay
 
 
 def model_arrays(path: str) -> dict:
@@ -173,9 +181,7 @@ def main(argv=None) -> int:
         # after the line of step k (0: from the start), at a random moment of the next step
         # or, for k = steps, of the final model's export
         after_step = rng.randint(0, args.steps)
-        step_time = (total - first) / max(args.steps, 1)
-        delay = rng.uniform(0.5 * first, first) if after_step == 0 else rng.uniform(0, 1.5 * step_time)
-        _, killed = kill_at(cmd, after_step, delay)
+        _, killed, delay = kill_at(cmd, after_step, rng.random(), rng.uniform(0.5 * first, first))
         checkpoints = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
                              if s.isdigit()) if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
         output, _, _ = run_to_end(cmd, 900)
