@@ -19,13 +19,17 @@ import dataclasses
 import io
 import json
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from detr_jax.data.transforms import resize
+from detr_jax.data.validate import validate_coco
 
 DEFAULT_SPLIT = "val2017"
+UNDECODABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+               Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 class BadImageError(ValueError):
@@ -101,18 +105,20 @@ def open_rgb(data: bytes | str, *, path: str, image_id: int) -> Image.Image:
     """The decoded RGB PIL image of encoded bytes or a file (``convert("RGB")``).
     Raises :class:`BadImageError`."""
     try:
-        if isinstance(data, str):
-            if not os.path.isfile(data):
-                raise BadImageError(path, image_id, "file does not exist")
-            opened = Image.open(data)
-        else:
-            opened = Image.open(io.BytesIO(data))
-        with opened as image:
-            image.load()
-            return image.convert("RGB")
+        with warnings.catch_warnings():  # a decompression bomb is an undecodable image
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if isinstance(data, str):
+                if not os.path.isfile(data):
+                    raise BadImageError(path, image_id, "file does not exist")
+                opened = Image.open(data)
+            else:
+                opened = Image.open(io.BytesIO(data))
+            with opened as image:
+                image.load()
+                return image.convert("RGB")
     except BadImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except UNDECODABLE as err:
         raise BadImageError(path, image_id, f"{type(err).__name__}: {err}") from None
 
 
@@ -158,6 +164,7 @@ def load_coco(annotation_file: str):
     if not isinstance(dataset, dict) or "images" not in dataset:
         raise ValueError(f"annotation file {annotation_file} is not a COCO-format file "
                          "(no 'images' list)")
+    validate_coco(dataset, annotation_file)
     dataset.setdefault("annotations", [])
     dataset.setdefault("categories", [])
     return coco_from_dict(dataset)
@@ -247,7 +254,7 @@ class CocoSource:
             try:
                 with Image.open(r.path) as image:
                     sizes.append((image.height, image.width))
-            except (OSError, UnidentifiedImageError, ValueError):
+            except UNDECODABLE:
                 sizes.append((0, 0))
         return sizes
 

@@ -111,7 +111,47 @@ def _open_source(args, cfg):
     return None
 
 
+_OUTPUT_LOCK = []
+
+
 def main(argv=None) -> int:
+    from detr_jax.locks import DirectoryLocked
+    try:
+        return _main(argv)
+    except DirectoryLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. an unwritable or full output disk
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    finally:
+        while _OUTPUT_LOCK:
+            _OUTPUT_LOCK.pop().release()
+
+
+def _lock_output(args):
+    """Lock --output-dir against a second evaluation writing into it (process 0 only)."""
+    import jax
+    from detr_jax.locks import DirectoryLock
+    if jax.process_index() == 0:
+        _OUTPUT_LOCK.append(DirectoryLock(args.output_dir, "evaluation").acquire())
+
+
+def _check_settings(base, settings, specs, checkpoint):
+    """None, or a one-line error for a setting the checkpoint cannot run (e.g. ENACT on a
+    checkpoint without its entropy parameters)."""
+    from detr_jax.models.build import with_encoder_attention
+    for setting, spec in zip(settings, specs):
+        try:
+            with_encoder_attention(base, spec)
+        except ValueError:
+            return (f"--attention {setting} needs parameters that {checkpoint} does not hold "
+                    f"(its encoder attention is {base.config.get('encoder_attention', 'exact')}); "
+                    "fine-tune it into that variant with train.py (train.init_checkpoint) first")
+    return None
+
+
+def _main(argv=None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     from detr_jax.attention import parse_attention
@@ -151,7 +191,8 @@ def _setup_jax(args, cfg):
     import jax
     if args.distributed:
         jax.distributed.initialize()
-    from detr_jax.evaluation.coco_eval import enable_compilation_cache
+    _lock_output(args)
+    from detr_jax.compile_cache import enable_compilation_cache
     return enable_compilation_cache(cfg.eval.compilation_cache)
 
 
@@ -194,13 +235,18 @@ def _predict(args, cfg, settings, specs) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    problem = _check_settings(base, settings, specs, args.checkpoint)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     threshold = cfg.eval.score_threshold if args.threshold is None else args.threshold
     for setting, spec in zip(settings, specs):
         model = base if setting == "exact" else with_encoder_attention(base, spec)
         try:
             summary = predict_images(model, args.images, args.output_dir, setting=setting,
                                      threshold=threshold, size=cfg.data.size,
-                                     max_size=cfg.data.max_size, seed=cfg.eval.seed)
+                                     max_size=cfg.data.max_size, seed=cfg.eval.seed,
+                                     skip_bad_images=bool(cfg.eval.skip_bad_images))
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -208,6 +254,8 @@ def _predict(args, cfg, settings, specs) -> int:
             note = " (first call: includes compiling)" if index == 0 else ""
             print(f"[{setting}] {item['image']}: {item['detections']} detections "
                   f"(>= {threshold}) in {item['seconds'] * 1e3:.0f} ms{note} -> {item['json']}")
+        for item in summary["skipped"]:
+            print(f"[{setting}] skipped: {item['reason']}")
         print(f"[{setting}] compiled shapes: {summary['compiles']}")
     return 0
 
@@ -219,12 +267,18 @@ def _evaluate(args, cfg, settings, source) -> int:
     from detr_jax.data.coco import BadImageError
     from detr_jax.evaluation.coco_eval import evaluate
     from detr_jax.evaluation.report import write_report
+    from detr_jax.attention import parse_attention
 
     cache = _setup_jax(args, cfg)
     try:
         model = _load_model(args)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    problem = _check_settings(model, settings, [parse_attention(s) for s in settings],
+                              args.checkpoint)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     e = cfg.eval
     try:

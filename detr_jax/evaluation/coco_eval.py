@@ -30,18 +30,7 @@ from detr_jax.evaluation.loop import SettingsRunner, predict_rounds
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
 STAT_NAMES = METRIC_NAMES + ("AR1", "AR10", "AR100", "AR_S", "AR_M", "AR_L")
-DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "detr_jax", "jax_compilation_cache")
-
-
-def enable_compilation_cache(path: str | None) -> str | None:
-    """Turn on JAX's persistent compilation cache in ``path`` (``~`` expanded); "none",
-    "" or None leave it off. Returns the directory used."""
-    if not path or str(path).lower() in ("none", "off", "false", "0"):
-        return None
-    path = os.path.abspath(os.path.expanduser(str(path)))
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    return path
+from detr_jax.compile_cache import DEFAULT_CACHE_DIR, enable_compilation_cache  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- results / metrics

@@ -76,7 +76,7 @@ def pretrain_backbone(backbone, crops: np.ndarray, labels: np.ndarray, *, num_cl
     import optax
     from flax import nnx
 
-    from detr_jax.training.data import normalize_on_device
+    from detr_jax.data.normalize import normalize
 
     class Classifier(nnx.Module):
         def __init__(self, backbone, rngs):
@@ -100,7 +100,7 @@ def pretrain_backbone(backbone, crops: np.ndarray, labels: np.ndarray, *, num_cl
     no_mask = jnp.zeros(crops.shape[:3], bool)[:1]
 
     def prepare(x):
-        return normalize_on_device(x, jnp.broadcast_to(no_mask, x.shape[:3]))
+        return normalize(x, jnp.broadcast_to(no_mask, x.shape[:3]))
 
     @jax.jit
     def step(params, opt_state, key):

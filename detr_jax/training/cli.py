@@ -110,11 +110,15 @@ def main(argv=None) -> int:
     from detr_jax.training.losses import LossWeights
     from detr_jax.training.mtkd import MTKDConfig, mtkd_loss_fn
     from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
+    from detr_jax.compile_cache import enable_compilation_cache
+    from detr_jax.locks import DirectoryLocked
+    from detr_jax.training.checkpoints import NoUsableCheckpoint
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    enable_compilation_cache(cfg.train.get("compilation_cache"))
     try:
         source = CocoSource(cfg.data.train_annotations, cfg.data.train_images)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     augment = AugmentConfig.from_data_config(cfg.data)
@@ -142,9 +146,23 @@ def main(argv=None) -> int:
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except (DirectoryLocked, NoUsableCheckpoint) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aborted by a second Ctrl-C (the last saved checkpoint is kept)", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"error: cannot write to {args.workdir}: {err}", file=sys.stderr)
+        return 2
     if jax.process_index() == 0:
-        path = save_model(trainer.model(), os.path.join(args.workdir, "model"), overwrite=True,
-                          metadata={"step": summary["final_step"], "config": args.config})
+        try:
+            path = save_model(trainer.model(), os.path.join(args.workdir, "model"), overwrite=True,
+                              metadata={"step": summary["final_step"], "config": args.config})
+        except OSError as err:
+            print(f"error: cannot write the model to {args.workdir}: {err}", file=sys.stderr)
+            return 2
         print(f"model at step {summary['final_step']} -> {path}"
-              + (" (stopped early by SIGTERM; run again to resume)" if summary["stopped_early"] else ""))
+              + (f" (stopped early by {summary['stopped_by']}; run again to resume)"
+                 if summary["stopped_early"] else ""))
     return 0

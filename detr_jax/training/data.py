@@ -25,8 +25,6 @@ from PIL import Image
 
 from detr_jax.data.augment import AugmentConfig, train_transform
 from detr_jax.data.collate import collate
-# normalize_on_device: the name trainer.py and backbone_pretrain.py import from here
-from detr_jax.data.normalize import normalize as normalize_on_device
 from detr_jax.data.source import DetectionSource, training_targets
 
 

@@ -119,7 +119,7 @@ class NaNLoader:
 def test_non_finite_loss_stops_with_step_and_images(setup, tmp_path):
     cfg, source, augment = setup
     trainer, loader = make(cfg, source, augment)
-    with pytest.raises(NonFiniteLoss, match=r"step 1 .*image ids"):
+    with pytest.raises(NonFiniteLoss, match=r"step 2 .*image ids"):
         train(trainer, NaNLoader(loader, 1), workdir=str(tmp_path), num_steps=4, progress=False)
     assert all(np.isfinite(v).all() for v in params(trainer).values())  # update was skipped
 
