@@ -18,7 +18,7 @@ from detr_jax.config_cli import load_config_file
 from detr_jax.data.augment import AugmentConfig
 from detr_jax.locks import LOCK_NAME, DirectoryLocked
 from detr_jax.training.checkpoints import NoUsableCheckpoint
-from detr_jax.training.data import CocoTrainSource
+from detr_jax.data.coco import CocoSource
 from detr_jax.training.trainer import NonFiniteLoss, train, truncate_metrics
 from tests.training.test_trainer import NaNLoader, make, params
 
@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(scope="module")
 def setup(synthetic_root):
     cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
-    source = CocoTrainSource(str(synthetic_root / "annotations" / "instances_train.json"),
+    source = CocoSource(str(synthetic_root / "annotations" / "instances_train.json"),
                              str(synthetic_root / "train"))
     return cfg, source, AugmentConfig.from_data_config(cfg.data)
 
