@@ -36,6 +36,7 @@ from detr_jax.benchmark import parse_size  # noqa: E402
 from detr_jax.config_cli import config_for_parser  # noqa: E402
 from detr_jax.models.build import build_model  # noqa: E402
 from detr_jax.models.inference import Forward  # noqa: E402
+import forced_act  # noqa: E402  (benchmarks/, this file's folder)
 
 
 def device_event_times(trace_dir: str) -> dict[str, float]:
@@ -147,6 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dump", nargs="*", default=[],
                         help="kernel names whose HLO (and called computation) to print")
     args, rest = parser.parse_known_args(argv)
+    forced_act.register()  # the timing-only act_forced setting
     cfg = config_for_parser(parser, args.config, rest)
     results = []
     for attention in args.attention:

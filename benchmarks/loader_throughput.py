@@ -15,7 +15,8 @@ sys.path.insert(0, ROOT)
 
 from detr_jax.config_cli import apply_overrides, load_config_file  # noqa: E402
 from detr_jax.data.augment import AugmentConfig  # noqa: E402
-from detr_jax.training.data import CocoTrainSource, TrainLoader  # noqa: E402
+from detr_jax.data.coco import CocoSource  # noqa: E402
+from detr_jax.training.data import TrainLoader  # noqa: E402
 
 
 def main(argv=None):
@@ -25,7 +26,7 @@ def main(argv=None):
     args, rest = parser.parse_known_args(argv)
     cfg = load_config_file(args.config)
     apply_overrides(cfg, rest)
-    source = CocoTrainSource(cfg.data.train_annotations, cfg.data.train_images)
+    source = CocoSource(cfg.data.train_annotations, cfg.data.train_images)
     augment = AugmentConfig.from_data_config(cfg.data)
     loader = TrainLoader(source, global_batch=cfg.train.global_batch, seed=0, augment=augment,
                          granularity=cfg.data.granularity, max_targets=cfg.train.max_targets,

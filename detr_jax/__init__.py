@@ -6,7 +6,10 @@ Public API::
     model = detr_jax.load_torch_checkpoint("detr-r50-dc5-f0fb7ef5.pth")
     batch = detr_jax.preprocess(images)              # list of HWC uint8 arrays / PIL images
     outputs = model(batch.pixel_values, batch.padding_mask)
-    detections = detr_jax.postprocess(outputs, batch.original_sizes)
+    detections = detr_jax.postprocess(outputs, batch.original_sizes, model=model)
+
+The detector class is chosen by the config field ``model.detector`` ("detr"); see
+``detr_jax.models.registry`` and the interface ``detr_jax.models.Detector``.
 """
 
 import importlib
@@ -22,7 +25,7 @@ _EXPORTS = {
     "load_torch_checkpoint": "detr_jax.convert.load",
     "preprocess": "detr_jax.data.transforms",
     "postprocess": "detr_jax.evaluation.postprocess",
-    "DETR": "detr_jax.models", "model_config": "detr_jax.models",
+    "DETR": "detr_jax.models", "Detector": "detr_jax.models", "model_config": "detr_jax.models",
     "tiny_model_config": "detr_jax.models", "build_model": "detr_jax.models.build",
 }
 
@@ -39,6 +42,6 @@ def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-__all__ = ["ACT", "AttentionSpec", "ENACT", "CheckpointError", "DETR", "Exact", "KMeans", "build_model",
+__all__ = ["ACT", "AttentionSpec", "ENACT", "CheckpointError", "DETR", "Detector", "Exact", "KMeans", "build_model",
            "load_model", "load_torch_checkpoint", "model_config", "parse_attention", "postprocess",
            "preprocess", "save_model", "tiny_model_config"]

@@ -12,11 +12,6 @@ def cxcywh_to_xyxy(boxes: jax.Array) -> jax.Array:
     return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
 
 
-def xyxy_to_cxcywh(boxes: jax.Array) -> jax.Array:
-    x0, y0, x1, y1 = jnp.moveaxis(boxes, -1, 0)
-    return jnp.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
-
-
 def _area(boxes):
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 

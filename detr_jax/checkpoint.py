@@ -21,6 +21,7 @@ from flax import nnx
 from detr_jax.convert.errors import CheckpointError
 from detr_jax.models.build import build_model, set_variables, unloaded_paths, variable_paths
 from detr_jax.models.config import config_from_dict
+from detr_jax.models.registry import detector_class, detector_name
 
 CONFIG_FILE = "config.json"
 STATE_DIR = "state"
@@ -47,15 +48,55 @@ def _flat_arrays(model) -> dict[str, np.ndarray]:
             for path, var in nnx.to_flat_state(nnx.state(model))}
 
 
+def is_model_directory(directory: str) -> bool:
+    """Whether ``directory`` holds a detr_jax model (``config.json`` with a ``model``
+    section and a ``state/`` folder), i.e. something :func:`save_model` may replace."""
+    if not os.path.isdir(directory) or not os.path.isdir(os.path.join(directory, STATE_DIR)):
+        return False
+    try:
+        with open(os.path.join(directory, CONFIG_FILE)) as f:
+            return isinstance(json.load(f).get("model"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _remove_leftovers(parent: str, name: str):
+    """Delete ``<name>.tmp-*`` and ``<name>.old`` folders a killed save left in ``parent``."""
+    for entry in os.listdir(parent):
+        if entry.startswith(name + ".tmp-") or entry == name + ".old":
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _usual_permissions(path: str):
+    """Give a folder made by ``tempfile.mkdtemp`` (0700) the permissions of ``mkdir``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
 def save_model(model, directory: str, *, overwrite: bool = False, metadata: dict | None = None):
-    """Write ``model`` (config and all variables) to ``directory`` atomically."""
+    """Write ``model`` (config and all variables) to ``directory`` atomically.
+
+    With ``overwrite`` only a directory that is a detr_jax model (see
+    :func:`is_model_directory`) is replaced; anything else at the path raises
+    ``FileExistsError`` naming it. Temporary folders left by a killed save are removed.
+    """
     directory = os.path.abspath(directory)
-    if os.path.exists(directory) and not overwrite:
-        raise FileExistsError(f"{directory} exists; pass overwrite=True (--overwrite) to replace it")
+    if os.path.lexists(directory):
+        if not overwrite:
+            raise FileExistsError(f"{directory} exists; pass overwrite=True (--overwrite) to replace it")
+        if not is_model_directory(directory):
+            kind = "directory" if os.path.isdir(directory) else "file"
+            raise FileExistsError(f"{directory} exists and is a {kind} that is not a detr_jax "
+                                  "model: refusing to replace it; choose another output path")
     parent = os.path.dirname(directory)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise NotADirectoryError(f"cannot write {directory}: {parent} is a file, not a directory")
     os.makedirs(parent, exist_ok=True)
+    _remove_leftovers(parent, os.path.basename(directory))
     tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
     try:
+        _usual_permissions(tmp)
         config = dict(model.config)
         payload = {"model": _jsonable(config), "metadata": metadata or {}}
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
@@ -88,19 +129,50 @@ def read_config(directory: str) -> ml_collections.ConfigDict:
     return config_from_dict(model)
 
 
+def _check_stored_shapes(directory: str, metadata, target: dict):
+    """Raise CheckpointError naming the first variable whose stored shape differs from
+    what ``config.json`` describes (or that is missing from the stored state)."""
+    stored = getattr(metadata, "item_metadata", metadata)
+    try:
+        stored = dict(stored.items())
+    except AttributeError:
+        return  # no per-variable metadata: nothing to compare
+    for name, want in target.items():
+        have = stored.get(name)
+        if have is None:
+            raise CheckpointError(f"{directory}: the stored weights lack variable {name}, "
+                                  "which the model to load has")
+        shape = getattr(have, "shape", None)
+        if shape is not None and tuple(shape) != tuple(want.shape):
+            raise CheckpointError(f"{directory}: config.json disagrees with the stored weights: "
+                                  f"{name} is stored as {tuple(shape)}, the config gives "
+                                  f"{tuple(want.shape)}")
+    extra = sorted(set(stored) - set(target))
+    if extra:
+        raise CheckpointError(f"{directory}: the stored weights hold {len(extra)} variables "
+                              f"config.json does not describe, e.g. {extra[0]}")
+
+
 def load_model(directory: str, *, encoder_attention=None, dtype: str | None = None):
     """Load a checkpoint written by :func:`save_model` (or ``convert_torch_weights.py``)."""
     directory = os.path.abspath(directory)
     cfg = read_config(directory)
     if dtype is not None:
         cfg.dtype = dtype
+    try:
+        detector_class(detector_name(cfg))
+    except ValueError as err:
+        raise CheckpointError(f"{directory}: {err}") from None
     model = build_model(cfg, encoder_attention=encoder_attention, abstract=True)
     state_dir = os.path.join(directory, STATE_DIR)
     target = {"/".join(map(str, path)): jax.ShapeDtypeStruct(var.get_value().shape, var.get_value().dtype)
               for path, var in nnx.to_flat_state(nnx.state(model))}
     try:
         with _local_checkpointer() as checkpointer:
+            _check_stored_shapes(directory, checkpointer.metadata(state_dir), target)
             arrays = checkpointer.restore(state_dir, target)
+    except CheckpointError:
+        raise
     except Exception as err:
         raise CheckpointError(f"{state_dir}: cannot restore the model state: "
                               f"{type(err).__name__}: {err}") from None

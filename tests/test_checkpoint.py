@@ -67,3 +67,29 @@ def test_damaged_state_is_reported(tiny_model, tmp_path):
     shutil.rmtree(os.path.join(path, "state"))
     with pytest.raises(CheckpointError, match="cannot restore"):
         detr_jax.load_model(path)
+
+
+def test_config_that_disagrees_with_the_stored_weights_names_the_first_mismatch(tiny_model, tmp_path):
+    path = detr_jax.save_model(tiny_model, str(tmp_path / "ckpt"))
+    config_file = os.path.join(path, "config.json")
+    payload = json.load(open(config_file))
+    payload["model"]["hidden_dim"] = payload["model"]["hidden_dim"] * 2
+    json.dump(payload, open(config_file, "w"))
+    with pytest.raises(CheckpointError, match=r"config.json disagrees with the stored weights: "
+                                              r"\S+ is stored as \(\d+"):
+        detr_jax.load_model(path)
+    payload["model"]["hidden_dim"] //= 2
+    payload["model"]["dec_layers"] -= 1  # a layer the config does not describe
+    json.dump(payload, open(config_file, "w"))
+    with pytest.raises(CheckpointError, match=r"variables config.json does not describe, "
+                                              r"e.g. transformer/decoder/layers/"):
+        detr_jax.load_model(path)
+
+
+def test_overwrite_refuses_what_is_not_a_model(tiny_model, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a detr_jax model"):
+        detr_jax.save_model(tiny_model, str(other), overwrite=True)
+    assert (other / "data.txt").read_text() == "mine"

@@ -31,7 +31,7 @@ for part in ${@:-encoder profile e2e}; do
     e2e)
       for splits in ${E2E_SPLITS:-auto}; do
         echo "key splits: $splits"
-        DETR_JAX_KEY_SPLITS=$splits python3 -m detr_jax.benchmark "${dc5[@]}" --mode infer \
+        python3 benchmarks/forced_act.py "${dc5[@]}" --key-splits "$splits" --mode infer \
           --batch 1 8 --repeats 30 --attention exact "${forced[@]}" \
           --json "$out/e2e_splits_$splits.json" > "$out/e2e_splits_$splits.log" 2>&1
         grep -E "^\||rror" "$out/e2e_splits_$splits.log" | tail -8

@@ -31,6 +31,7 @@ the Pallas interpreter (CPU tests).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 
 import jax
@@ -321,12 +322,17 @@ def available() -> bool:
 def _probe() -> bool:
     if jax.default_backend() != "gpu":
         return False
+    # Models resolve their backend while being built, possibly inside a trace
+    # (``nnx.eval_shape``), where compiling the probe would see tracers and fail. JAX's
+    # trace state is per thread: compile and run the probe in a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_compile_probe).result()
+
+
+def _compile_probe() -> bool:
     try:
-        # Models resolve their backend while being built, possibly inside a trace
-        # (nnx.eval_shape): run the probe eagerly all the same.
-        with jax.ensure_compile_time_eval():
-            x = jnp.zeros((1, 64, 1, 32), jnp.float32)
-            jax.block_until_ready(jax.jit(flash_attention)(x, x, x))
+        x = jnp.zeros((1, 64, 1, 32), jnp.float32)
+        jax.block_until_ready(jax.jit(flash_attention)(x, x, x))
         return True
     except Exception:  # noqa: BLE001 - any failure means "not available here"
         return False

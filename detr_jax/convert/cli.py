@@ -45,14 +45,31 @@ def main(argv=None) -> int:
     try:
         path = save_model(model, args.output, overwrite=args.overwrite,
                           metadata={"source": str(args.checkpoint)})
-    except FileExistsError as err:
+    except (FileExistsError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"error: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    print(f"converted {args.checkpoint} -> {path}")
+    print(f"  inferred from the weights: {describe_inferred(cfg)}, "
+          f"{params / 1e6:.2f} M parameters ({time.perf_counter() - start:.1f} s)")
+    if (cfg["enc_layers"], cfg["dec_layers"]) != OFFICIAL_LAYERS:
+        print(f"  note: the official DETR models have {OFFICIAL_LAYERS[0]} encoder + "
+              f"{OFFICIAL_LAYERS[1]} decoder layers; this checkpoint has {cfg['enc_layers']} + "
+              f"{cfg['dec_layers']}: check that it is complete")
+    return 0
+
+
+OFFICIAL_LAYERS = (6, 6)
+
+
+def describe_inferred(cfg) -> str:
+    """One line of the architecture read from a checkpoint's shapes, e.g. "backbone
+    ResNet-50 DC5, 6 encoder + 6 decoder layers, d=256, 100 queries, 92 class outputs"."""
     stages = tuple(cfg["backbone"]["stages"])
     depth = {(3, 4, 6, 3): "ResNet-50", (3, 4, 23, 3): "ResNet-101"}.get(stages, f"ResNet{stages}")
-    print(f"converted {args.checkpoint} -> {path}")
-    print(f"  backbone {depth}{' DC5' if cfg['backbone']['dilation'] else ''}, "
-          f"{cfg['enc_layers']}+{cfg['dec_layers']} layers, d={cfg['hidden_dim']}, "
-          f"{cfg['num_queries']} queries, {cfg['num_classes'] + 1} class outputs, "
-          f"{params / 1e6:.2f} M parameters ({time.perf_counter() - start:.1f} s)")
-    return 0
+    return (f"backbone {depth}{' DC5' if cfg['backbone']['dilation'] else ''}, "
+            f"{cfg['enc_layers']} encoder + {cfg['dec_layers']} decoder layers, "
+            f"d={cfg['hidden_dim']}, {cfg['num_queries']} queries, "
+            f"{cfg['num_classes'] + 1} class outputs")

@@ -6,6 +6,8 @@ from typing import Any
 
 from detr_jax.attention import parse_attention
 from detr_jax.attention.enact import ENACT
+from detr_jax.convert.anchor import anchor_detr_from_state, is_anchor_detr
+from detr_jax.convert.conditional import conditional_detr_from_state, is_conditional_detr
 from detr_jax.convert.errors import CheckpointError, first
 from detr_jax.convert.official import assign_official_state, infer_config
 from detr_jax.convert.reader import read_state_dict
@@ -15,7 +17,9 @@ from detr_jax.models.build import build_model, unloaded_paths
 def load_torch_checkpoint(path_or_state_dict: Any, *, encoder_attention=None,
                           dilation: bool | None = None, num_heads: int = 8,
                           dtype: str = "float32"):
-    """Load an official DETR checkpoint into a ready :class:`detr_jax.models.DETR`.
+    """Load an official checkpoint of the DETR family into a ready detector.
+
+    The detector is recognized from the keys (``FAMILIES``; DETR otherwise).
 
     Args:
       path_or_state_dict: a ``.pth`` file (``{"model": state_dict}``), a bare state dict
@@ -33,6 +37,14 @@ def load_torch_checkpoint(path_or_state_dict: Any, *, encoder_attention=None,
     half-loaded.
     """
     state, source = read_state_dict(path_or_state_dict)
+    from_state = next((load for recognizes, load in FAMILIES if recognizes(state)), detr_from_state)
+    return from_state(state, source, encoder_attention=encoder_attention, dilation=dilation,
+                      num_heads=num_heads, dtype=dtype)
+
+
+def detr_from_state(state, source: str, *, encoder_attention=None, dilation: bool | None = None,
+                    num_heads: int = 8, dtype: str = "float32"):
+    """An already-read official DETR state dict (numpy arrays) -> a ready DETR."""
     cfg = infer_config(state, source, dilation=dilation, num_heads=num_heads)
     spec = checkpoint_attention(state, source, encoder_attention)
     cfg.encoder_attention = spec.to_string()
@@ -44,6 +56,15 @@ def load_torch_checkpoint(path_or_state_dict: Any, *, encoder_attention=None,
         raise CheckpointError(f"{source}: model variables not in the checkpoint: "
                               f"{first('.'.join(map(str, p)) for p in left)}")
     return model
+
+
+# Detectors other than DETR, recognized from their state dicts' keys:
+# (recognizes(state) -> bool, from_state(state, source, **options) -> model). DETR is the
+# fallback, so its own checks name what is missing or wrong in a file of none of them.
+FAMILIES = (
+    (is_anchor_detr, anchor_detr_from_state),
+    (is_conditional_detr, conditional_detr_from_state),
+)
 
 
 def has_enact_modules(state) -> bool:

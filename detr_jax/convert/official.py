@@ -153,6 +153,9 @@ def infer_config(state: Mapping[str, np.ndarray], source: str, *, dilation: bool
                               "non-empty ResNet stages (layer1..layer4)")
     query = state["query_embed.weight"]
     classes = state["class_embed.weight"]
+    if classes.ndim != 2 or classes.shape[0] < 2:
+        raise CheckpointError(f"{source}: class_embed.weight has shape {tuple(classes.shape)}: "
+                              "a DETR class head needs at least one class plus 'no object'")
     enc_layers = _count(keys, r"transformer\.encoder\.layers\.(\d+)\.")
     dec_layers = _count(keys, r"transformer\.decoder\.layers\.(\d+)\.")
     ffn_key = ("transformer.encoder.layers.0.linear1.weight" if enc_layers

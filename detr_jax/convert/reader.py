@@ -99,7 +99,9 @@ def read_state_dict(path_or_state_dict: Any) -> tuple[dict[str, np.ndarray], str
     if bad:
         raise CheckpointError(f"{source}: non-string keys {first(bad)}")
     state = {k: _to_numpy(k, v, source) for k, v in raw.items()}
-    from detr_jax.convert import hf
-    if hf.is_hf_layout(state):
+    from detr_jax.convert import conditional_hf, hf
+    if conditional_hf.is_hf_conditional_layout(state):
+        state = conditional_hf.hf_conditional_to_official(state, source)
+    elif hf.is_hf_layout(state):
         state = hf.hf_to_official(state, source)
     return state, source

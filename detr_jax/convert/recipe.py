@@ -5,7 +5,10 @@ For ``index, (name, shape)`` of the official state-dict order, one draw from
 ``U(0.5, 1.5)``, running means ``N(0, 0.1)``, other 1-D tensors ``N(0, 0.02)``, and
 tensors of 2 or more dimensions ``N(0, gain / sqrt(fan_in))`` with gain 2 for
 ``in_proj_weight``, 0.3 for ``out_proj.weight`` and ``linear2.weight``, 16 (unit variance)
-for ``query_embed.weight`` and 1 otherwise. No pretrained weights are involved.
+for ``query_embed.weight`` and 1 otherwise. Anchor DETR adds two rules: its anchor points
+(a 2-D ``*position.weight`` of shape (N, 2)) are ``U(0, 1)``, its official initial range, and
+``pattern.weight`` has unit variance like ``query_embed.weight``. No pretrained weights are
+involved.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def _gain(name: str, shape: tuple) -> float:
         return 2.0
     if name.endswith("out_proj.weight") or name.endswith("linear2.weight"):
         return 0.3
-    if name.endswith("query_embed.weight"):
+    if name.endswith("query_embed.weight") or name.endswith("pattern.weight"):
         return math.sqrt(shape[1])
     return 1.0
 
@@ -48,6 +51,8 @@ def recipe_tensor(name: str, shape: tuple, index: int, seed: int) -> np.ndarray:
             value = rng.uniform(0.5, 1.5, shape)
         else:
             value = rng.normal(0.0, 0.02, shape)
+    elif name.endswith("position.weight") and len(shape) == 2 and shape[1] == 2:
+        value = rng.uniform(0.0, 1.0, shape)
     else:
         fan_in = int(np.prod(shape[1:]))
         value = rng.normal(0.0, _gain(name, shape) / math.sqrt(fan_in), shape)

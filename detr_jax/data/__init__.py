@@ -1,4 +1,5 @@
-"""Data: evaluation transforms (and, later, datasets and pipelines)."""
+"""Data: sources (COCO directory, TFDS, synthetic) behind one interface, the official
+transforms, uint8 padding and collation, and the device normalization."""
 
 from detr_jax.data.transforms import Batch, preprocess, resized_size
 

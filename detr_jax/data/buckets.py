@@ -15,7 +15,8 @@ import json
 
 import numpy as np
 
-from detr_jax.data.transforms import padded_shape, resized_size
+from detr_jax.data.collate import padded_shape
+from detr_jax.data.transforms import resized_size
 
 
 def bucket_counts(sizes, granularity: int | None, size: int = 800, max_size: int = 1333):

@@ -2,9 +2,10 @@
 
 ``CocoSource`` gives random access to :class:`Example` records (decoded RGB image, boxes,
 COCO category ids) in increasing image-id order, and the pycocotools ``COCO`` ground truth
-that ``COCOeval`` needs. Images are decoded with PIL and converted to RGB exactly as the
-official DETR loader does (``Image.open(path).convert("RGB")``), so grayscale, palette and
-CMYK JPEGs work. The TFDS source (``tfds_source``) yields the same examples.
+that ``COCOeval`` needs; it is the :class:`~detr_jax.data.source.DetectionSource` that
+training and evaluation read. Images are decoded with PIL and converted to RGB exactly as
+the official DETR loader does (``Image.open(path).convert("RGB")``), so grayscale, palette
+and CMYK JPEGs work. The TFDS source (``tfds_source``) yields the same examples.
 
 Errors: a missing annotation file or image root raises ``FileNotFoundError`` naming the
 path when the source is opened; an image that is missing or cannot be decoded raises
@@ -18,11 +19,17 @@ import dataclasses
 import io
 import json
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from detr_jax.data.transforms import resize
+from detr_jax.data.validate import validate_coco
+
 DEFAULT_SPLIT = "val2017"
+UNDECODABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+               Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 class BadImageError(ValueError):
@@ -54,7 +61,8 @@ class Example:
 
     image: (H, W, 3) uint8 RGB. boxes: (N, 4) float32 ``[x0, y0, x1, y1]`` in pixels of the
     original image. labels: (N,) int64 COCO category ids. iscrowd: (N,) bool. area: (N,)
-    float32 (the annotation's area field). annotation_ids: (N,) int64.
+    float32 (the annotation's area field). annotation_ids: (N,) int64. Crowd boxes are
+    included (training drops them: :func:`~detr_jax.data.source.training_targets`).
     """
 
     image_id: int
@@ -78,20 +86,39 @@ class Example:
 def decode_rgb(data: bytes | str, *, path: str, image_id: int) -> np.ndarray:
     """Decode encoded image bytes (or read a file) to an (H, W, 3) uint8 RGB array, as the
     official loader does (PIL, ``convert("RGB")``). Raises :class:`BadImageError`."""
+    return np.asarray(open_rgb(data, path=path, image_id=image_id), dtype=np.uint8)
+
+
+def decode_resized(data: bytes | str, *, path: str, image_id: int, size: int | None = None,
+                   max_size: int | None = 1333) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode as :func:`decode_rgb` and, when ``size`` is given, resize the decoded PIL
+    image once by the official rule (``transforms.resize``: PIL bilinear) before it
+    becomes an array. Returns ((h, w, 3) uint8, (original height, original width))."""
+    image = open_rgb(data, path=path, image_id=image_id)
+    original = (image.height, image.width)
+    if size is not None:
+        image = resize(image, size, max_size)
+    return np.asarray(image, dtype=np.uint8), original
+
+
+def open_rgb(data: bytes | str, *, path: str, image_id: int) -> Image.Image:
+    """The decoded RGB PIL image of encoded bytes or a file (``convert("RGB")``).
+    Raises :class:`BadImageError`."""
     try:
-        if isinstance(data, str):
-            if not os.path.isfile(data):
-                raise BadImageError(path, image_id, "file does not exist")
-            opened = Image.open(data)
-        else:
-            opened = Image.open(io.BytesIO(data))
-        with opened as image:
-            image.load()
-            rgb = image.convert("RGB")
-        return np.asarray(rgb, dtype=np.uint8)
+        with warnings.catch_warnings():  # a decompression bomb is an undecodable image
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if isinstance(data, str):
+                if not os.path.isfile(data):
+                    raise BadImageError(path, image_id, "file does not exist")
+                opened = Image.open(data)
+            else:
+                opened = Image.open(io.BytesIO(data))
+            with opened as image:
+                image.load()
+                return image.convert("RGB")
     except BadImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except UNDECODABLE as err:
         raise BadImageError(path, image_id, f"{type(err).__name__}: {err}") from None
 
 
@@ -102,17 +129,21 @@ def image_size_from_bytes(data: bytes) -> tuple[int, int]:
 
 
 def empty_annotations():
+    """(boxes, labels, iscrowd, area, ids) of an image without annotations."""
     return (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0,), bool),
             np.zeros((0,), np.float32), np.zeros((0,), np.int64))
 
 
 def annotations_to_arrays(annotations: list[dict]):
-    """COCO annotation dicts -> (boxes xyxy, labels, iscrowd, area, ids), sorted by id."""
+    """COCO annotation dicts -> (boxes (N, 4) float32 xyxy, labels (N,) int64, iscrowd (N,)
+    bool, area (N,) float32, ids (N,) int64), in the given order (the annotation file's,
+    as the official loader). Boxes are computed in float32 (``x0 + w``), as the official
+    ``ConvertCocoPolysToMask``."""
     if not annotations:
         return empty_annotations()
-    annotations = sorted(annotations, key=lambda a: a["id"])
     xywh = np.array([a["bbox"] for a in annotations], np.float64).reshape(-1, 4)
-    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
+    corner = xywh[:, :2].astype(np.float32)
+    boxes = np.concatenate([corner, corner + xywh[:, 2:].astype(np.float32)], axis=1)
     labels = np.array([a["category_id"] for a in annotations], np.int64)
     iscrowd = np.array([bool(a.get("iscrowd", 0)) for a in annotations], bool)
     area = np.array([a.get("area", w * h) for a, (_, _, w, h) in zip(annotations, xywh)],
@@ -133,6 +164,7 @@ def load_coco(annotation_file: str):
     if not isinstance(dataset, dict) or "images" not in dataset:
         raise ValueError(f"annotation file {annotation_file} is not a COCO-format file "
                          "(no 'images' list)")
+    validate_coco(dataset, annotation_file)
     dataset.setdefault("annotations", [])
     dataset.setdefault("categories", [])
     return coco_from_dict(dataset)
@@ -172,7 +204,8 @@ def resolve_paths(coco_dir: str | None = None, annotations: str | None = None,
 
 
 class CocoSource:
-    """Random access to a COCO-format dataset's examples, in increasing image-id order.
+    """Random access to a COCO-format dataset's examples, in increasing image-id order
+    (a :class:`~detr_jax.data.source.DetectionSource`).
 
     ``source[i]`` decodes image i; ``source.records[i]`` is its metadata; ``source.coco``
     is the pycocotools ground truth for ``COCOeval``.
@@ -204,6 +237,7 @@ class CocoSource:
         return cls(*resolve_paths(coco_dir, annotations, image_root, split))
 
     def describe(self) -> str:
+        """One line naming the dataset, for logs and reports."""
         return f"COCO-format {self.annotation_file} (images {self.image_root})"
 
     def __len__(self) -> int:
@@ -220,20 +254,25 @@ class CocoSource:
             try:
                 with Image.open(r.path) as image:
                     sizes.append((image.height, image.width))
-            except (OSError, UnidentifiedImageError, ValueError):
+            except UNDECODABLE:
                 sizes.append((0, 0))
         return sizes
 
-    def load_image(self, index: int) -> np.ndarray:
+    def load_image(self, index: int, size: int | None = None, max_size: int | None = 1333
+                   ) -> tuple[np.ndarray, tuple[int, int]]:
+        """Image ``index`` decoded (and resized by the official rule when ``size`` is
+        given) -> ((h, w, 3) uint8, (original height, original width))."""
         record = self.records[index]
-        return decode_rgb(record.path, path=record.path, image_id=record.image_id)
+        return decode_resized(record.path, path=record.path, image_id=record.image_id,
+                              size=size, max_size=max_size)
 
     def annotations(self, index: int):
+        """:func:`annotations_to_arrays` of image ``index``'s annotations."""
         record = self.records[index]
         return annotations_to_arrays(self.coco.imgToAnns.get(record.image_id, []))
 
     def __getitem__(self, index: int) -> Example:
         record = self.records[index]
-        image = self.load_image(index)
+        image = decode_rgb(record.path, path=record.path, image_id=record.image_id)
         boxes, labels, iscrowd, area, ids = self.annotations(index)
         return Example(record.image_id, record.file_name, image, boxes, labels, iscrowd, area, ids)

@@ -1,6 +1,9 @@
 """Evaluation input pipeline: a deterministic plan of batches, decoded and resized on host
 threads with bounded prefetch, each host reading only its share, placed on the devices.
 
+Batches carry uint8 pixels padded by :func:`~detr_jax.data.collate.pad_images`;
+:func:`to_device` normalizes them on the device (:func:`~detr_jax.data.normalize.normalize`).
+
 Two layouts (``make_layout``):
 
 * **sharded** (shape buckets, ``granularity > 0``): one global batch of ``batch_size``
@@ -27,15 +30,17 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import warnings
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
 from detr_jax.data.coco import BadImageError
-from detr_jax.data.transforms import normalize, padded_shape, resize, resized_size
+from detr_jax.data.collate import pad_images, padded_shape
+from detr_jax.data.normalize import normalize
+from detr_jax.data.transforms import resized_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +65,7 @@ class HostBatch:
     padding. ``skipped``: (index, image_id, path, reason) of images that failed to decode."""
 
     step: Step
-    pixel_values: np.ndarray      # (R, H, W, 3) float32
+    pixel_values: np.ndarray      # (R, H, W, 3) uint8, 0 on padding
     padding_mask: np.ndarray      # (R, H, W) bool, True on padding
     original_sizes: np.ndarray    # (R, 2) int32
     image_sizes: np.ndarray       # (R, 2) int32, after resizing
@@ -182,43 +187,31 @@ def plan_steps(layout: Layout, source, *, batch_size: int, granularity: int | No
                            process_count=layout.process_count, num_devices=layout.num_devices)
 
 
-def _record_path(source, index: int) -> str:
-    try:
-        return source.records[index].path
-    except (AttributeError, IndexError):
-        return f"#{index}"
-
-
 def load_step(source, step: Step, *, size: int = 800, max_size: int | None = 1333,
               granularity: int | None = None, skip_bad_images: bool = False) -> HostBatch:
-    """Decode, resize (official rule) and normalize the images of one step; pad them."""
-    arrays, originals, resized, ids, indices, skipped = [], [], [], [], [], []
+    """Decode and resize (official rule) the images of one step; pad them (uint8)."""
+    arrays, originals, ids, indices, skipped = [], [], [], [], []
     for index in step.indices:
         array = None
         if index >= 0:
             record = source.records[index]
             try:
-                image = source.load_image(index)
+                array, original = source.load_image(index, size, max_size)
             except BadImageError as err:
                 if not skip_bad_images:
                     raise
                 skipped.append((int(index), err.image_id, err.path, err.reason))
             else:
-                pil = resize(Image.fromarray(image, "RGB"), size, max_size)
-                array = normalize(pil)
-                originals.append(image.shape[:2])
-                resized.append(array.shape[:2])
+                originals.append(original)
                 ids.append(record.image_id)
                 indices.append(index)
         arrays.append(array)
         if array is None:
             originals.append((1, 1))
-            resized.append((0, 0))
             ids.append(-1)
             indices.append(-1)
-    real = [a.shape[:2] for a in arrays if a is not None]
-    if step.shape is not None:
-        shape = step.shape
+    shape = step.shape
+    if shape is not None:
         for a, index in zip(arrays, step.indices):
             if a is not None and (a.shape[0] > shape[0] or a.shape[1] > shape[1]):
                 record = source.records[index]
@@ -226,17 +219,9 @@ def load_step(source, step: Step, *, size: int = 800, max_size: int | None = 133
                     f"image {record.path} (id {record.image_id}) is {a.shape[0]}x{a.shape[1]} "
                     f"after resizing, larger than the step's planned {shape[0]}x{shape[1]}: its "
                     f"annotated size {record.height}x{record.width} is wrong")
-    elif real:
-        shape = padded_shape([s[0] for s in real], [s[1] for s in real], granularity)
-    else:
-        shape = (1, 1)
+    pixels, mask = pad_images(arrays, shape, granularity)
+    resized = [a.shape[:2] if a is not None else (0, 0) for a in arrays]
     rows = len(arrays)
-    pixels = np.zeros((rows, *shape, 3), np.float32)
-    mask = np.ones((rows, *shape), bool)
-    for row, a in enumerate(arrays):
-        if a is not None:
-            pixels[row, :a.shape[0], :a.shape[1]] = a
-            mask[row, :a.shape[0], :a.shape[1]] = False
     return HostBatch(step, pixels, mask, np.asarray(originals, np.int32).reshape(rows, 2),
                      np.asarray(resized, np.int32).reshape(rows, 2),
                      np.asarray(ids, np.int64), np.asarray(indices, np.int64), skipped)
@@ -294,9 +279,17 @@ def iterate_batches(source, steps: Sequence[Step], *, size: int = 800,
     yield from _threaded_map(load, steps, num_workers, prefetch)
 
 
+@functools.cache
+def _device_normalize():
+    import jax
+    return jax.jit(normalize)
+
+
 def to_device(batch: HostBatch, layout: Layout, global_batch: int | None = None):
     """(pixel_values, padding_mask, original_sizes) as device arrays: sharded along the
-    batch axis over the mesh (each host giving its rows), or on the step's device."""
+    batch axis over the mesh (each host giving its rows), or on the step's device. The
+    uint8 pixels travel as they are and are normalized there: pixel_values (B, H, W, 3)
+    float32, 0 on padding."""
     import jax
     arrays = (batch.pixel_values, batch.padding_mask, batch.original_sizes)
     if layout.mode == "sharded":
@@ -304,6 +297,7 @@ def to_device(batch: HostBatch, layout: Layout, global_batch: int | None = None)
         for a in arrays:
             shape = (global_batch, *a.shape[1:]) if global_batch else None
             out.append(jax.make_array_from_process_local_data(layout.sharding, a, shape))
-        return tuple(out)
-    device = layout.devices[batch.step.device]
-    return tuple(jax.device_put(a, device) for a in arrays)
+    else:
+        device = layout.devices[batch.step.device]
+        out = [jax.device_put(a, device) for a in arrays]
+    return (_device_normalize()(out[0], out[1]), out[1], out[2])

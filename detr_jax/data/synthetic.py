@@ -10,6 +10,10 @@ earlier ones; boxes and areas describe the visible part, and objects less than 5
 visible are not annotated. Image
 sizes (288-448 x 384-576) give a stride-16 encoder 400 to 1000 tokens at the default eval
 resolution (short side 384). Image ``i`` of a split depends only on (seed, split, i).
+
+``generate_split`` writes a split as a COCO-format directory (JPEG, read back with
+``CocoSource``); ``SyntheticSource`` renders it in memory (lossless) as a
+:class:`~detr_jax.data.source.DetectionSource`.
 """
 
 from __future__ import annotations
@@ -111,10 +115,21 @@ def _background(rng, height, width) -> np.ndarray:
     return np.asarray(clutter).astype(np.float32)
 
 
+def _image_rng(seed: int, split: str, index: int):
+    """(generator, height, width) of image ``index``: its size is the generator's first
+    two draws."""
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    return rng, int(rng.integers(288, 449)), int(rng.integers(384, 577))
+
+
+def image_size(seed: int, split: str, index: int) -> tuple[int, int]:
+    """(height, width) of image ``index`` of ``split``, without rendering it."""
+    return _image_rng(seed, split, index)[1:]
+
+
 def render_image(seed: int, split: str, index: int):
     """Render image ``index`` of ``split`` -> (uint8 HWC image, list of annotations)."""
-    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
-    height, width = int(rng.integers(288, 449)), int(rng.integers(384, 577))
+    rng, height, width = _image_rng(seed, split, index)
     image = _background(rng, height, width)
     owner = np.full((height, width), -1, np.int32)
     objects = []
@@ -178,6 +193,75 @@ def generate_split(root: str, split: str, num_images: int, *, seed: int = 0, wor
         json.dump(dataset, f)
     os.replace(path + ".tmp", path)
     return path
+
+
+class SyntheticSource:
+    """The first ``num_images`` images of a synthetic split, rendered on access (no files,
+    no JPEG loss). Image ``i`` has id ``i + 1`` (as ``generate_split``) and file name
+    ``{i:06d}.jpg``; its annotation ids are ``100 * (i + 1) + k`` (the written annotation
+    file numbers them through the split instead)."""
+
+    kind = "synthetic"
+
+    def __init__(self, num_images: int, split: str = "val", seed: int = 0):
+        if split not in SPLIT_IDS:
+            raise ValueError(f"split {split!r}: choose one of {sorted(SPLIT_IDS)}")
+        from detr_jax.data.coco import ImageRecord
+        self.split, self.seed = split, seed
+        self.records = []
+        for i in range(num_images):
+            h, w = image_size(seed, split, i)
+            name = f"{i:06d}.jpg"
+            self.records.append(ImageRecord(i, i + 1, name, f"synthetic:{split}/{name}", h, w))
+        self.category_ids = [c["id"] for c in categories()]
+        self.category_names = {c["id"]: c["name"] for c in categories()}
+        self._coco = None
+
+    def describe(self) -> str:
+        """One line naming the data, for logs and reports."""
+        return f"synthetic shapes split {self.split} seed {self.seed} ({len(self)} images)"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image (computed without rendering)."""
+        return [(r.height, r.width) for r in self.records]
+
+    def _annotations(self, index: int) -> tuple[np.ndarray, list[dict]]:
+        image, annotations = render_image(self.seed, self.split, index)
+        image_id = self.records[index].image_id
+        return image, [dict(a, id=100 * image_id + k, image_id=image_id)
+                       for k, a in enumerate(annotations)]
+
+    def __getitem__(self, index: int):
+        from detr_jax.data.coco import Example, annotations_to_arrays
+        image, annotations = self._annotations(index)
+        record = self.records[index]
+        return Example(record.image_id, record.file_name, image,
+                       *annotations_to_arrays(annotations))
+
+    def load_image(self, index: int, size: int | None = None, max_size: int | None = 1333):
+        """Image ``index`` (resized by the official rule when ``size`` is given) ->
+        ((h, w, 3) uint8, (original height, original width))."""
+        from detr_jax.data.transforms import resize
+        image = render_image(self.seed, self.split, index)[0]
+        original = image.shape[:2]
+        if size is not None:
+            image = np.asarray(resize(Image.fromarray(image, "RGB"), size, max_size), np.uint8)
+        return image, original
+
+    @property
+    def coco(self):
+        """pycocotools ground truth of the rendered annotations (renders every image once)."""
+        if self._coco is None:
+            from detr_jax.data.coco import coco_from_dict
+            images = [{"id": r.image_id, "file_name": r.file_name, "height": r.height,
+                       "width": r.width} for r in self.records]
+            annotations = [a for i in range(len(self)) for a in self._annotations(i)[1]]
+            self._coco = coco_from_dict({"images": images, "annotations": annotations,
+                                         "categories": categories()})
+        return self._coco
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,9 @@
 """TFDS ``coco/2017`` read through ``tfds.data_source`` (array_record; no TensorFlow).
 
-``TfdsCocoSource`` yields the same :class:`~detr_jax.data.coco.Example` records as
-``CocoSource`` for the same images, in increasing image-id order: the encoded image bytes
+``TfdsCocoSource`` is a :class:`~detr_jax.data.source.DetectionSource` that yields the same
+:class:`~detr_jax.data.coco.Example` records as ``CocoSource`` for the same images, in
+increasing image-id order (annotations in annotation-id order, which is the file's order
+of ``CocoSource`` when the annotation file lists them by id): the encoded image bytes
 are taken as stored (``SkipDecoding``) and decoded with PIL to RGB like the official
 loader, so pixels are identical; boxes are turned back from TFDS's normalized
 ``[ymin, xmin, ymax, xmax]`` into pixels of the decoded image (float32 rounding of the
@@ -22,8 +24,9 @@ import re
 
 import numpy as np
 
-from detr_jax.data.coco import (BadImageError, Example, ImageRecord, coco_from_dict, decode_rgb,
-                                image_size_from_bytes, load_coco)
+from detr_jax.data.coco import (BadImageError, Example, ImageRecord, coco_from_dict,
+                                decode_resized, image_size_from_bytes, load_coco)
+from detr_jax.data.transforms import resize, to_pil_rgb
 from detr_jax.data.coco_names import COCO_CATEGORY_NAMES
 
 INSTALL_HINT = ("pip install 'detr_jax[tfds]' (tensorflow-datasets and array_record; "
@@ -114,6 +117,27 @@ def label_category_ids(label_names, name_to_id: dict[str, int] | None = None) ->
     return np.array([table[n] for n in label_names], np.int64)
 
 
+def record_image(record: dict, *, where: str = "tfds", size: int | None = None,
+                 max_size: int | None = 1333) -> tuple[np.ndarray, tuple[int, int]]:
+    """The RGB image of one TFDS record (encoded bytes, or an already decoded uint8 array),
+    resized by the official rule when ``size`` is given -> ((h, w, 3) uint8, original
+    (height, width)). Raises :class:`BadImageError`."""
+    image_id = int(record["image/id"])
+    file_name = _text(record.get("image/filename", ""))
+    image = record["image"]
+    path = f"{where}:{file_name}" if file_name else f"{where}:{image_id}"
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3:
+        rgb = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image, 3, axis=-1)
+        original = rgb.shape[:2]
+        if size is not None:
+            rgb = np.asarray(resize(to_pil_rgb(rgb), size, max_size), np.uint8)
+        return rgb, original
+    if isinstance(image, np.ndarray):
+        image = image.item() if image.ndim == 0 else image.tobytes()
+    return decode_resized(bytes(image), path=path, image_id=image_id, size=size,
+                          max_size=max_size)
+
+
 def example_from_tfds(record: dict, label_to_category: np.ndarray, *, where: str = "tfds"
                       ) -> Example:
     """Our Example from one TFDS coco record (image left encoded).
@@ -124,14 +148,7 @@ def example_from_tfds(record: dict, label_to_category: np.ndarray, *, where: str
     """
     image_id = int(record["image/id"])
     file_name = _text(record.get("image/filename", ""))
-    image = record["image"]
-    path = f"{where}:{file_name}" if file_name else f"{where}:{image_id}"
-    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3:
-        rgb = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image, 3, axis=-1)
-    else:
-        if isinstance(image, np.ndarray):
-            image = image.item() if image.ndim == 0 else image.tobytes()
-        rgb = decode_rgb(bytes(image), path=path, image_id=image_id)
+    rgb, _ = record_image(record, where=where)
     height, width = rgb.shape[:2]
     objects = record.get("objects") or {}
     bbox = np.asarray(objects.get("bbox", np.zeros((0, 4))), np.float32).reshape(-1, 4)
@@ -179,6 +196,7 @@ class TfdsCocoSource:
         self._annotations = None
 
     def describe(self) -> str:
+        """One line naming the dataset, for logs and reports."""
         return f"TFDS {self.name} split {self.split} in {self.data_dir}"
 
     def __len__(self) -> int:
@@ -210,21 +228,28 @@ class TfdsCocoSource:
         return self._records
 
     def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image from its encoded header ((0, 0) if unreadable)."""
         return [(r.height, r.width) for r in self.records]
 
-    def __getitem__(self, index: int) -> Example:
+    def _raw(self, index: int) -> dict:
         if self._order is None:
             self._scan()
         record = self.records[index]
         try:
-            raw = self.source[self._order[index]]
+            return self.source[self._order[index]]
         except Exception as err:
             raise BadImageError(record.path, record.image_id, f"unreadable record: {err}") from None
-        return example_from_tfds(raw, self.label_to_category,
+
+    def __getitem__(self, index: int) -> Example:
+        return example_from_tfds(self._raw(index), self.label_to_category,
                                  where=f"tfds:{self.name}/{self.split}")
 
-    def load_image(self, index: int) -> np.ndarray:
-        return self[index].image
+    def load_image(self, index: int, size: int | None = None, max_size: int | None = 1333
+                   ) -> tuple[np.ndarray, tuple[int, int]]:
+        """Image ``index`` decoded (and resized by the official rule when ``size`` is
+        given) -> ((h, w, 3) uint8, (original height, original width))."""
+        return record_image(self._raw(index), where=f"tfds:{self.name}/{self.split}",
+                            size=size, max_size=max_size)
 
     @property
     def coco(self):

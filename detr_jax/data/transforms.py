@@ -11,14 +11,12 @@ maximum only, as the official code (the exact-shape protocol).
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+from detr_jax.data.collate import pad_images
+from detr_jax.data.normalize import normalize_host
 
 
 def resized_size(height: int, width: int, size: int = 800, max_size: int | None = 1333):
@@ -49,39 +47,12 @@ def to_pil_rgb(image) -> Image.Image:
 
 
 def resize(image: Image.Image, size: int = 800, max_size: int | None = 1333) -> Image.Image:
+    """``image`` resized by the official rule (PIL bilinear); the image itself when the
+    rule keeps its size."""
     h, w = resized_size(image.height, image.width, size, max_size)
     if (h, w) == (image.height, image.width):
         return image
     return image.resize((w, h), Image.BILINEAR)
-
-
-def normalize(image: Image.Image | np.ndarray) -> np.ndarray:
-    """uint8 RGB -> float32 HWC ``(x / 255 - mean) / std``, in torch's operation order."""
-    x = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
-    return (x - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def padded_shape(heights: Sequence[int], widths: Sequence[int], granularity: int | None):
-    """Batch spatial shape: the maximum, rounded up to ``granularity`` when given."""
-    h, w = max(heights), max(widths)
-    if granularity:
-        h = int(math.ceil(h / granularity) * granularity)
-        w = int(math.ceil(w / granularity) * granularity)
-    return h, w
-
-
-def pad_batch(arrays: Sequence[np.ndarray], shape: tuple[int, int] | None = None):
-    """Zero-pad HWC arrays at the bottom/right -> (pixels (B, H, W, C), mask (B, H, W))."""
-    if shape is None:
-        shape = padded_shape([a.shape[0] for a in arrays], [a.shape[1] for a in arrays], None)
-    batch = np.zeros((len(arrays), *shape, arrays[0].shape[-1]), np.float32)
-    mask = np.ones((len(arrays), *shape), bool)
-    for i, a in enumerate(arrays):
-        if a.shape[0] > shape[0] or a.shape[1] > shape[1]:
-            raise ValueError(f"image {i} of shape {a.shape[:2]} does not fit the padded shape {shape}")
-        batch[i, :a.shape[0], :a.shape[1]] = a
-        mask[i, :a.shape[0], :a.shape[1]] = False
-    return batch, mask
 
 
 @dataclasses.dataclass
@@ -113,8 +84,8 @@ def preprocess(images, *, size: int = 800, max_size: int | None = 1333,
     original = np.array([(p.height, p.width) for p in pils], np.int32)
     if resize_images:
         pils = [resize(p, size, max_size) for p in pils]
-    arrays = [normalize(p) for p in pils]
-    shape = padded_shape([a.shape[0] for a in arrays], [a.shape[1] for a in arrays], granularity)
-    pixels, mask = pad_batch(arrays, shape)
+    arrays = [np.asarray(p, np.uint8) for p in pils]
+    pixels, mask = pad_images(arrays, granularity=granularity)
+    pixel_values = np.where(mask[..., None], np.float32(0), normalize_host(pixels))
     resized = np.array([a.shape[:2] for a in arrays], np.int32)
-    return Batch(pixels, mask, original, resized)
+    return Batch(pixel_values, mask, original, resized)

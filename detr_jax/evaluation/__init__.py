@@ -1,4 +1,5 @@
-"""Evaluation: post-processing (and, later, COCO evaluation)."""
+"""Evaluation: post-processing, the evaluation loop (``loop``), its collectors
+(``collectors``), COCO scoring (``coco_eval``), the report and its figures."""
 
 import importlib
 

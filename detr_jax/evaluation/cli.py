@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score threshold of the detections drawn and listed for --images "
                              f"(default: config eval.score_threshold, "
                              f"{EVAL_DEFAULTS['score_threshold']}); COCO evaluation keeps all")
-    parser.add_argument("--attention-kernel", default=None, choices=("auto", "xla", "flash"),
-                        help="softmax attention implementation (default auto: the fused "
+    parser.add_argument("--attention-kernel", default=None,
+                        choices=("auto", "xla", "flash", "cudnn", "flash_interpret"),
+                        help="softmax attention implementation, set as the model config's "
+                             "attention_backend (default: the checkpoint's; auto: the fused "
                              "Pallas kernel on GPUs, XLA elsewhere)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="compute dtype (default fp32; bf16: computations in bfloat16 "
@@ -109,7 +111,47 @@ def _open_source(args, cfg):
     return None
 
 
+_OUTPUT_LOCK = []
+
+
 def main(argv=None) -> int:
+    from detr_jax.locks import DirectoryLocked
+    try:
+        return _main(argv)
+    except DirectoryLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. an unwritable or full output disk
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    finally:
+        while _OUTPUT_LOCK:
+            _OUTPUT_LOCK.pop().release()
+
+
+def _lock_output(args):
+    """Lock --output-dir against a second evaluation writing into it (process 0 only)."""
+    import jax
+    from detr_jax.locks import DirectoryLock
+    if jax.process_index() == 0:
+        _OUTPUT_LOCK.append(DirectoryLock(args.output_dir, "evaluation").acquire())
+
+
+def _check_settings(base, settings, specs, checkpoint):
+    """None, or a one-line error for a setting the checkpoint cannot run (e.g. ENACT on a
+    checkpoint without its entropy parameters)."""
+    from detr_jax.models.build import with_encoder_attention
+    for setting, spec in zip(settings, specs):
+        try:
+            with_encoder_attention(base, spec)
+        except ValueError:
+            return (f"--attention {setting} needs parameters that {checkpoint} does not hold "
+                    f"(its encoder attention is {base.config.get('encoder_attention', 'exact')}); "
+                    "fine-tune it into that variant with train.py (train.init_checkpoint) first")
+    return None
+
+
+def _main(argv=None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     from detr_jax.attention import parse_attention
@@ -149,18 +191,32 @@ def _setup_jax(args, cfg):
     import jax
     if args.distributed:
         jax.distributed.initialize()
-    from detr_jax.evaluation.coco_eval import enable_compilation_cache
+    _lock_output(args)
+    from detr_jax.compile_cache import enable_compilation_cache
     return enable_compilation_cache(cfg.eval.compilation_cache)
 
 
-def _with_backend(args, model):
-    """``model`` rebuilt (same arrays) with ``--attention-kernel`` as its config's
-    ``attention_backend``; unchanged without the flag."""
-    if not args.attention_kernel:
-        return model
-    from detr_jax.models.build import with_encoder_attention
-    model.config["attention_backend"] = args.attention_kernel
-    return with_encoder_attention(model, model.attention_spec)
+def _load_model(args):
+    """The checkpoint's model with ``--precision`` and ``--attention-kernel`` applied to its
+    config before it is built (the kernel as the config field ``attention_backend``)."""
+    from detr_jax.checkpoint import load_model
+    model = load_model(args.checkpoint, dtype=_dtype(args))
+    if args.attention_kernel:
+        model = with_config(model, attention_backend=args.attention_kernel)
+    return model
+
+
+def with_config(model, **fields):
+    """The same parameters (no copy) behind a detector built from ``model.config`` with
+    ``fields`` changed; for fields that change no variable (``attention_backend``)."""
+    from flax import nnx
+
+    from detr_jax.models.build import build_model, set_variables
+    from detr_jax.models.config import config_from_dict
+    cfg = config_from_dict(dict(model.config, **fields))
+    new = build_model(cfg, abstract=True)
+    set_variables(new, {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model))})
+    return new
 
 
 def _dtype(args):
@@ -169,16 +225,19 @@ def _dtype(args):
 
 
 def _predict(args, cfg, settings, specs) -> int:
-    from detr_jax.checkpoint import load_model
     from detr_jax.convert.errors import CheckpointError
     from detr_jax.evaluation.predict import predict_images
     from detr_jax.models.build import with_encoder_attention
 
     _setup_jax(args, cfg)
     try:
-        base = _with_backend(args, load_model(args.checkpoint, dtype=_dtype(args)))
+        base = _load_model(args)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    problem = _check_settings(base, settings, specs, args.checkpoint)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     threshold = cfg.eval.score_threshold if args.threshold is None else args.threshold
     for setting, spec in zip(settings, specs):
@@ -186,7 +245,8 @@ def _predict(args, cfg, settings, specs) -> int:
         try:
             summary = predict_images(model, args.images, args.output_dir, setting=setting,
                                      threshold=threshold, size=cfg.data.size,
-                                     max_size=cfg.data.max_size, seed=cfg.eval.seed)
+                                     max_size=cfg.data.max_size, seed=cfg.eval.seed,
+                                     skip_bad_images=bool(cfg.eval.skip_bad_images))
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -194,6 +254,8 @@ def _predict(args, cfg, settings, specs) -> int:
             note = " (first call: includes compiling)" if index == 0 else ""
             print(f"[{setting}] {item['image']}: {item['detections']} detections "
                   f"(>= {threshold}) in {item['seconds'] * 1e3:.0f} ms{note} -> {item['json']}")
+        for item in summary["skipped"]:
+            print(f"[{setting}] skipped: {item['reason']}")
         print(f"[{setting}] compiled shapes: {summary['compiles']}")
     return 0
 
@@ -201,17 +263,22 @@ def _predict(args, cfg, settings, specs) -> int:
 def _evaluate(args, cfg, settings, source) -> int:
     import jax
 
-    from detr_jax.checkpoint import load_model
     from detr_jax.convert.errors import CheckpointError
     from detr_jax.data.coco import BadImageError
     from detr_jax.evaluation.coco_eval import evaluate
     from detr_jax.evaluation.report import write_report
+    from detr_jax.attention import parse_attention
 
     cache = _setup_jax(args, cfg)
     try:
-        model = _with_backend(args, load_model(args.checkpoint, dtype=_dtype(args)))
+        model = _load_model(args)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    problem = _check_settings(model, settings, [parse_attention(s) for s in settings],
+                              args.checkpoint)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     e = cfg.eval
     try:

@@ -3,9 +3,9 @@ prototype ratio per encoder layer (Figure 7) and cluster maps of chosen tokens (
 
 Cluster maps need each token's cluster in a given layer and head. The attention modules
 report only cluster counts, so :func:`cluster_assignments` re-runs the encoder layer by
-layer with the evaluation's PRNG key and recomputes the assignments of ACT (query
-clusters; key clusters for ``group=K``) and K-means through the modules' own hashing and
-clustering functions. A variant it does not know gives no map.
+layer with the evaluation's PRNG key (``Detector.encoder_attention_inputs``) and asks each
+layer's attention module (``Detector.encoder_attention_layers``) for the assignments it
+attends with. A variant without clusters gives no map.
 """
 
 from __future__ import annotations
@@ -197,24 +197,16 @@ def cluster_assignments(model, pixel_values, padding_mask, encoder_rng):
     """Per encoder layer, each token's cluster: a list of (B, H, N) int arrays (-1 on
     padding) or None for layers without clusters, and the feature map's (h, w).
 
-    encoder_rng: the key the encoder receives (``jax.random.split(key)[0]`` of the key
-    given to ``DETR.__call__``), so these are the clusters the model used.
+    model: a detector (``detr_jax.models.Detector``); encoder_rng: the key its encoder
+    receives (``detr_jax.models.detector.encoder_key`` of the key given to the model), so
+    these are the clusters the model used.
     """
-    from detr_jax.models.transformer import encoder_layer_keys
-    features, mask, pos = model.backbone_features(pixel_values, padding_mask)
-    src = model.input_proj(features)
-    batch, h, w, d = src.shape
-    src = src.reshape(batch, h * w, d)
-    pos = pos.reshape(batch, h * w, d).astype(src.dtype)
-    flat_mask = mask.reshape(batch, h * w)
+    calls, (h, w) = model.encoder_attention_inputs(pixel_values, padding_mask, encoder_rng)
     per_layer = []
-    for index, layer in enumerate(model.transformer.encoder.layers):
-        attn_rng, _ = encoder_layer_keys(encoder_rng, index)
-        normed = layer.norm1(src) if layer.pre_norm else src
-        qk = normed + pos
-        ids = layer.self_attn.assignments(qk, qk, normed, flat_mask, attn_rng)
-        per_layer.append(ids)
-        src, _ = layer(src, pos, flat_mask, attn_rng=attn_rng)
+    for attention, (queries, keys, values, mask, attn_rng) in zip(
+            model.encoder_attention_layers(), calls):
+        ids = attention.assignments(queries, keys, values, mask, attn_rng)
+        per_layer.append(None if ids is None else ids.reshape(queries.shape[0], -1, h * w))
     return per_layer, (h, w)
 
 

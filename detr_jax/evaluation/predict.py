@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from detr_jax.data.coco_names import category_name
 from detr_jax.data.transforms import preprocess
 from detr_jax.evaluation.draw import draw_detections
+from detr_jax.evaluation.layer_stats import read_layer_stats
 from detr_jax.evaluation.postprocess import postprocess
 from detr_jax.models.inference import Forward
 
@@ -23,29 +25,59 @@ def open_image(path: str) -> Image.Image:
     if not os.path.exists(path):
         raise FileNotFoundError(f"image {path} does not exist")
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+        with warnings.catch_warnings():  # a decompression bomb is an undecodable image
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:
         raise ValueError(f"image {path} cannot be decoded: {err}") from None
 
 
+def output_stems(paths) -> list[str]:
+    """A distinct output name stem per input: the file's stem, its name with the extension
+    where stems collide (``d1/same.jpg``, ``d2/same.png`` -> ``same.jpg``, ``same.png``),
+    and ``-2``, ``-3`` ... after that where whole names collide too."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    names = [os.path.basename(p) for p in paths]
+    out, used = [], set()
+    for stem, name in zip(stems, names):
+        candidate = stem if stems.count(stem) == 1 else name
+        unique, n = candidate, 1
+        while unique in used:
+            n += 1
+            unique = f"{candidate}-{n}"
+        used.add(unique)
+        out.append(unique)
+    return out
+
+
 def predict_images(model, paths, output_dir: str, *, setting: str, threshold: float = 0.7,
-                   size: int = 800, max_size: int = 1333, seed: int = 0) -> dict:
+                   size: int = 800, max_size: int = 1333, seed: int = 0,
+                   skip_bad_images: bool = False) -> dict:
     """Run ``model`` on each image (batch 1, exact shape), write ``<stem>.<setting>.json``
-    and ``<stem>.<setting>.png`` (boxes drawn) to ``output_dir``; return a summary."""
+    and ``<stem>.<setting>.png`` (boxes drawn) to ``output_dir`` (stems made distinct by
+    :func:`output_stems`); return a summary. With ``skip_bad_images`` undecodable images
+    are listed in ``summary["skipped"]`` instead of raising ValueError."""
     os.makedirs(output_dir, exist_ok=True)
     forward = Forward(model)
     num_classes = model.config["num_classes"]
     tag = setting.replace(":", "_").replace(",", "_").replace("=", "")
-    summary = {"setting": setting, "images": []}
+    summary = {"setting": setting, "images": [], "skipped": []}
     rng = jax.random.key(seed)
-    for path in paths:
-        image = open_image(path)
+    for path, stem in zip(paths, output_stems(paths)):
+        try:
+            image = open_image(path)
+        except (ValueError, FileNotFoundError) as err:
+            if not skip_bad_images:
+                raise
+            summary["skipped"].append({"image": path, "reason": str(err)})
+            continue
         batch = preprocess([image], size=size, max_size=max_size)
         start = time.perf_counter()
         out = forward(jnp.asarray(batch.pixel_values), jnp.asarray(batch.padding_mask), rng)
-        result = postprocess(out, batch.original_sizes)[0]
+        result = postprocess(out, batch.original_sizes, model=model)[0]
         elapsed = time.perf_counter() - start
         keep = np.nonzero(result["scores"] >= threshold)[0]
         keep = keep[np.argsort(-result["scores"][keep])]
@@ -53,13 +85,12 @@ def predict_images(model, paths, output_dir: str, *, setting: str, threshold: fl
                        "name": category_name(int(result["labels"][i]), num_classes),
                        "score": float(result["scores"][i]),
                        "box": [round(float(v), 2) for v in result["boxes"][i]]} for i in keep]
-        stem = os.path.splitext(os.path.basename(path))[0]
         record = {"image": os.path.abspath(path), "width": image.width, "height": image.height,
                   "attention": setting, "threshold": threshold, "seconds": round(elapsed, 4),
                   "detections": detections}
-        stats = out.get("encoder_stats") or []
-        if stats and stats[0] is not None and stats[0].num_clusters is not None:
-            record["clusters_per_layer"] = [np.asarray(s.num_clusters).mean().item() for s in stats]
+        layers = [read_layer_stats(s) for s in out.get("encoder_stats") or []]
+        if layers and all(layer is not None for layer in layers):
+            record["clusters_per_layer"] = [np.asarray(layer[0]).mean().item() for layer in layers]
         json_path = os.path.join(output_dir, f"{stem}.{tag}.json")
         tmp = json_path + ".tmp"
         with open(tmp, "w") as f:

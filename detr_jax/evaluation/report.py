@@ -1,9 +1,8 @@
 """The evaluation report: the ACT paper's Table 1 for each encoder-attention setting.
 
 Per setting: AP, AP50, AP75, AP_S, AP_M, AP_L (COCOeval), backbone and transformer GFLOPs
-averaged over the first ``flops_images`` images (the paper's protocol; from
-``detr_jax.flops.count_flops`` when that module is installed, with each image's input and
-valid size and that setting's encoder statistics), milliseconds per image (median over
+averaged over the first ``flops_images`` images (the paper's protocol; from the detector's
+``flops`` with each image's input and valid size and that setting's encoder statistics), milliseconds per image (median over
 batches after warm-up, compiles excluded, divided by the batch size), peak device memory
 (``peak_bytes_in_use``; "n/a" where the device reports none, e.g. CPU), the XLA memory
 analysis of the setting's compiled functions, and the mean prototype ratio per encoder
@@ -40,23 +39,29 @@ def file_suffix(result: EvalResult) -> str:
     return f".partial-{result.num_planned}" if result.partial else ""
 
 
-def load_count_flops():
-    """``detr_jax.flops.count_flops`` or None when that module is not available."""
-    try:
-        from detr_jax.flops import count_flops
-    except ImportError:
-        return None
-    return count_flops
+def detector_flops(model_config):
+    """``flops(setting, image_hw, valid_hw, encoder_stats) -> MACs dict``: the FLOPs of the
+    detector ``model_config`` describes, behind each setting's encoder attention
+    (``Detector.flops`` of a shape-only model; nothing is allocated)."""
+    from detr_jax.models.build import build_model
+    from detr_jax.models.config import config_from_dict
+    config = config_from_dict(dict(model_config))
+    shells = {}
+
+    def flops(setting, image_hw, valid_hw, encoder_stats):
+        if setting not in shells:
+            shells[setting] = build_model(config, encoder_attention=setting, abstract=True)
+        return shells[setting].flops(image_hw, valid_hw, encoder_stats)
+    return flops
 
 
-def flops_summary(result: EvalResult, model_config, count_flops=None) -> dict | None:
+def flops_summary(result: EvalResult, model_config, flops=None) -> dict | None:
     """setting -> {"gflops_backbone", "gflops_transformer", "images"} averaged over the
-    first images, or None when no FLOPs counter is available."""
-    count_flops = count_flops or load_count_flops()
-    if count_flops is None or not result.flops_inputs:
+    first images, or None when the FLOPs cannot be counted. ``flops`` as
+    :func:`detector_flops` (its default)."""
+    if not result.flops_inputs:
         return None
-    import ml_collections
-    config = ml_collections.ConfigDict(model_config)
+    flops = flops or detector_flops(model_config)
     summary = {}
     for setting in result.settings:
         backbone, transformer = [], []
@@ -64,10 +69,10 @@ def flops_summary(result: EvalResult, model_config, count_flops=None) -> dict | 
             if setting not in entry["stats"]:
                 continue
             try:
-                out = count_flops(config, tuple(entry["input_hw"]), valid_hw=tuple(entry["valid_hw"]),
-                                  attention=setting, encoder_stats=entry["stats"][setting])
+                out = flops(setting, tuple(entry["input_hw"]), tuple(entry["valid_hw"]),
+                            entry["stats"][setting])
             except Exception as err:  # report what we can; say why the column is empty
-                print(f"warning: count_flops failed for {setting}: {type(err).__name__}: {err}",
+                print(f"warning: FLOPs count failed for {setting}: {type(err).__name__}: {err}",
                       file=sys.stderr)
                 return None
             backbone.append(float(out["gflops_backbone"]))
@@ -251,9 +256,10 @@ def write_report(output_dir: str, result: EvalResult, coco_gt, *, model=None,
                  model_config=None, source=None, meta: dict | None = None,
                  plots: bool = True, cluster_map_images: int = 0, cluster_map_head: int = 0,
                  size: int = 800, max_size: int | None = 1333, seed: int = 0,
-                 count_flops=None) -> dict:
+                 flops=None) -> dict:
     """Score every setting, write predictions, report (Markdown, CSV, JSON) and plots.
 
+    ``flops``: the FLOPs counter (:func:`detector_flops` of the model's config by default).
     Returns {"rows", "metrics", "files"}.
     """
     suffix = file_suffix(result)
@@ -261,7 +267,7 @@ def write_report(output_dir: str, result: EvalResult, coco_gt, *, model=None,
     metrics = {s: coco_metrics(coco_gt, result.results_json(s), result.image_ids)
                for s in result.settings}
     config = model_config if model_config is not None else (model.config if model else None)
-    flops = flops_summary(result, config, count_flops) if config is not None else None
+    flops = flops_summary(result, config, flops) if config is not None else None
     rows = build_rows(result, metrics, flops)
     if flops:
         meta["flops_images_used"] = max(f["images"] for f in flops.values())
@@ -329,13 +335,14 @@ def write_cluster_maps(staging: Staging, model, source, result: EvalResult, *, c
     from detr_jax.data.transforms import preprocess
     from detr_jax.evaluation.plots import cluster_assignments, default_tokens, plot_cluster_maps
     from detr_jax.models.build import with_encoder_attention
+    from detr_jax.models.detector import encoder_key
 
     clustered = [s for s in result.settings if parse_attention(s) != parse_attention("exact")]
     if not clustered:
         return
     evaluated = set(result.image_ids)
     indices = [r.index for r in source.records if r.image_id in evaluated][:count]
-    encoder_key = jax.random.split(jax.random.key(seed))[0]
+    encoder_rng = encoder_key(jax.random.key(seed))
     for setting in clustered:
         variant = with_encoder_attention(model, parse_attention(setting))
         graphdef, state = nnx.split(variant)
@@ -344,7 +351,7 @@ def write_cluster_maps(staging: Staging, model, source, result: EvalResult, *, c
         for index in indices:
             example = source[index]
             batch = preprocess([example.image], size=size, max_size=max_size)
-            ids, feature_hw = assign(state, batch.pixel_values, batch.padding_mask, encoder_key)
+            ids, feature_hw = assign(state, batch.pixel_values, batch.padding_mask, encoder_rng)
             ids = [None if i is None else np.asarray(i)[0] for i in ids]
             feature_hw = tuple(int(v) for v in feature_hw)
             if all(i is None for i in ids):

@@ -1,17 +1,22 @@
-"""Build a DETR from a config, concretely (random init) or as an empty shell to be loaded."""
+"""Build a detector from a config, concretely (random init) or as an empty shell to be loaded.
+
+The class comes from ``cfg.detector`` through :mod:`detr_jax.models.registry`."""
 
 from __future__ import annotations
 
 import jax
 from flax import nnx
 
-from detr_jax.models.detr import DETR
+from detr_jax.models.detector import Detector
+from detr_jax.models.registry import detector_class, detector_name
 
 
-def build_model(cfg, *, encoder_attention=None, seed: int = 0, abstract: bool = False) -> DETR:
-    """A DETR for ``cfg``. ``abstract=True`` allocates nothing (values are shapes only);
-    use it when every variable is about to be loaded from a checkpoint."""
-    make = lambda: DETR(cfg, encoder_attention=encoder_attention, rngs=nnx.Rngs(seed))
+def build_model(cfg, *, encoder_attention=None, seed: int = 0, abstract: bool = False) -> Detector:
+    """The detector ``cfg.detector`` names, for ``cfg``. ``abstract=True`` allocates nothing
+    (values are shapes only); use it when every variable is about to be loaded from a
+    checkpoint."""
+    cls = detector_class(detector_name(cfg))
+    make = lambda: cls(cfg, encoder_attention=encoder_attention, rngs=nnx.Rngs(seed))
     return nnx.eval_shape(make) if abstract else make()
 
 
@@ -35,7 +40,7 @@ def set_variables(model: nnx.Module, values: dict) -> None:
         getattr(target, str(path[-1])).set_value(value)
 
 
-def with_encoder_attention(model: DETR, encoder_attention) -> DETR:
+def with_encoder_attention(model: Detector, encoder_attention) -> Detector:
     """The same parameters behind another encoder attention (no copy of the arrays).
 
     Works for every variant that adds no variables (exact, ACT, K-means); the model

@@ -11,6 +11,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     """The official DETR-R50 configuration; keyword arguments override top-level fields.
 
     Fields:
+      detector: the detector class, a name of ``detr_jax.models.registry.DETECTORS``
+        (``detr``); saved with checkpoints, and "detr" for checkpoints saved without it.
       backbone.stages: blocks per ResNet stage (3, 4, 6, 3) = R50, (3, 4, 23, 3) = R101.
       backbone.width: channels of the stem (64 for torchvision ResNets); stage i has
         ``width * 2**i`` bottleneck channels and 4x that at its output.
@@ -32,6 +34,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
     """
     cfg = ml_collections.ConfigDict()
+    cfg.detector = "detr"
     cfg.backbone = ml_collections.ConfigDict(
         dict(stages=(3, 4, 6, 3), width=64, dilation=False, bn_eps=1e-5, norm="frozen_bn",
              norm_groups=8))
@@ -61,12 +64,15 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def config_from_dict(values: dict) -> ml_collections.ConfigDict:
-    """A model config from a plain dict (``model.config``, a saved ``config.json``)."""
+    """A model config from a plain dict (``model.config``, a saved ``config.json``): the
+    defaults of the detector it names (``detector``, "detr" when absent) updated with it."""
+    # the registry imports the detector modules, which import this one
+    from detr_jax.models.registry import detector_config, detector_name
     values = dict(values)
     backbone = dict(values.pop("backbone", {}))
     if "stages" in backbone:
         backbone["stages"] = tuple(backbone["stages"])
-    return model_config(backbone=backbone, **values)
+    return detector_config(detector_name(values))(backbone=backbone, **values)
 
 
 def tiny_model_config(**overrides) -> ml_collections.ConfigDict:

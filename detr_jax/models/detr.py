@@ -12,7 +12,7 @@ from detr_jax.attention import AttentionSpec, parse_attention
 from detr_jax.models.backbone import ResNet
 from detr_jax.models.config import backbone_channels
 from detr_jax.models.position import downsample_mask, sine_position_embedding
-from detr_jax.models.transformer import Transformer
+from detr_jax.models.transformer import Transformer, encoder_layer_keys
 
 
 class MLP(nnx.Module):
@@ -46,7 +46,9 @@ class DETR(nnx.Module):
         (B, h, w, d), ``feature_mask`` (B, h, w) and ``memory`` (B, h*w, d).
     Returns a dict with ``pred_logits`` (B, Q, num_classes + 1), ``pred_boxes`` (B, Q, 4)
     (cx, cy, w, h relative to the unpadded image), ``aux_outputs`` (the same for every
-    decoder layer but the last) and ``encoder_stats`` (one dict per encoder layer).
+    decoder layer but the last) and ``encoder_stats`` (one entry per encoder layer).
+
+    DETR implements :class:`detr_jax.models.detector.Detector` (registered as "detr").
     """
 
     def __init__(self, cfg, *, encoder_attention: AttentionSpec | str | None = None,
@@ -68,7 +70,8 @@ class DETR(nnx.Module):
                                    dtype=dtype, rngs=rngs)
         self.transformer = Transformer(cfg, spec, dtype, rngs)
         # N(0, 1) as torch's nn.Embedding: the queries must differ from the start, or all
-        # of them predict the same box (a from-scratch run with std 0.09 never recovered).
+        # of them predict the same box (with a small std, training from scratch does not
+        # recover from that).
         self.query_embed = nnx.Embed(cfg.num_queries, d, rngs=rngs,
                                      embedding_init=nnx.initializers.normal(stddev=1.0))
         self.class_embed = nnx.Linear(d, cfg.num_classes + 1, dtype=dtype, rngs=rngs)
@@ -110,6 +113,46 @@ class DETR(nnx.Module):
             "aux_outputs": [{"pred_logits": logits[i], "pred_boxes": boxes[i]}
                             for i in range(logits.shape[0] - 1)],
         }
+
+    def postprocess(self, outputs, original_sizes):
+        """The official PostProcess (softmax, no NMS): outputs, (B, 2) (height, width) ->
+        scores (B, Q), labels (B, Q) int32, boxes (B, Q, 4) xyxy in original pixels."""
+        from detr_jax.evaluation.postprocess import postprocess_arrays
+        scores, labels, boxes = postprocess_arrays(outputs["pred_logits"], outputs["pred_boxes"],
+                                                   original_sizes)
+        return scores, labels.astype(jnp.int32), boxes
+
+    def encoder_attention_layers(self):
+        """The encoder's self-attention modules, in layer order."""
+        return [layer.self_attn for layer in self.transformer.encoder.layers]
+
+    def encoder_attention_inputs(self, pixel_values, padding_mask, rng):
+        """Per encoder layer, ``(queries, keys, values, key_padding_mask, attn_rng)`` as
+        that layer's attention receives them ((B, N, d), (B, N) bool), and (h, w).
+
+        ``rng`` is the encoder's key; the layers run as in ``encode`` (no dropout).
+        """
+        features, mask, pos = self.backbone_features(pixel_values, padding_mask)
+        src = self.input_proj(features)
+        batch, h, w, d = src.shape
+        src = src.reshape(batch, h * w, d)
+        pos = pos.reshape(batch, h * w, d).astype(src.dtype)
+        flat_mask = mask.reshape(batch, h * w)
+        calls = []
+        for index, layer in enumerate(self.transformer.encoder.layers):
+            attn_rng = None if rng is None else encoder_layer_keys(rng, index)[0]
+            normed = layer.norm1(src) if layer.pre_norm else src
+            calls.append((normed + pos, normed + pos, normed, flat_mask, attn_rng))
+            src, _ = layer(src, pos, flat_mask, attn_rng=attn_rng)
+        return calls, (h, w)
+
+    def flops(self, image_hw, valid_hw=None, encoder_stats=None):
+        """Multiply-accumulates of one image (``detr_jax.flops.count_flops`` under this
+        model's config and encoder attention); see :class:`Detector`."""
+        from detr_jax.flops import count_flops
+        return count_flops(self.config, tuple(image_hw),
+                           valid_hw=None if valid_hw is None else tuple(valid_hw),
+                           attention=self.attention_spec, encoder_stats=encoder_stats)
 
     def __call__(self, pixel_values, padding_mask, *, rng=None, train=False,
                  return_intermediates=False):

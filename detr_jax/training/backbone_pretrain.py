@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from detr_jax.data.source import training_targets
+
 
 def object_crop(image: Image.Image, box, size: int, context: float) -> np.ndarray:
     """Square crop of side ``max(w, h) * (1 + context)`` centred on the xyxy ``box``,
@@ -41,14 +43,15 @@ def object_crop(image: Image.Image, box, size: int, context: float) -> np.ndarra
 
 
 def object_crops(source, *, size: int = 64, context: float = 0.25, workers: int = 8):
-    """Every annotated object of ``source`` (a ``CocoTrainSource``) as a crop.
+    """Every training object of ``source`` (a ``DetectionSource``) as a crop.
 
     Returns (crops (N, size, size, 3) uint8, labels (N,) int32 category ids).
     """
     def one(index):
-        e = source.example(index)
-        return ([object_crop(e["image"], b, size, context) for b in e["boxes"]],
-                list(e["labels"]))
+        e = source[index]
+        boxes, labels = training_targets(e)
+        image = Image.fromarray(e.image, "RGB")
+        return [object_crop(image, b, size, context) for b in boxes], list(labels)
 
     crops, labels = [], []
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -73,7 +76,7 @@ def pretrain_backbone(backbone, crops: np.ndarray, labels: np.ndarray, *, num_cl
     import optax
     from flax import nnx
 
-    from detr_jax.training.data import normalize_on_device
+    from detr_jax.data.normalize import normalize
 
     class Classifier(nnx.Module):
         def __init__(self, backbone, rngs):
@@ -97,7 +100,7 @@ def pretrain_backbone(backbone, crops: np.ndarray, labels: np.ndarray, *, num_cl
     no_mask = jnp.zeros(crops.shape[:3], bool)[:1]
 
     def prepare(x):
-        return normalize_on_device(x, jnp.broadcast_to(no_mask, x.shape[:3]))
+        return normalize(x, jnp.broadcast_to(no_mask, x.shape[:3]))
 
     @jax.jit
     def step(params, opt_state, key):
@@ -155,9 +158,9 @@ def main(argv=None) -> int:
         return 2
     from detr_jax.checkpoint import save_model
     from detr_jax.models.build import build_model
-    from detr_jax.training.data import CocoTrainSource
+    from detr_jax.data.coco import CocoSource
     try:
-        source = CocoTrainSource(cfg.data.train_annotations, cfg.data.train_images)
+        source = CocoSource(cfg.data.train_annotations, cfg.data.train_images)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -105,15 +105,20 @@ def main(argv=None) -> int:
     import jax
     from detr_jax.checkpoint import save_model
     from detr_jax.data.augment import AugmentConfig
-    from detr_jax.training.data import CocoTrainSource, TrainLoader
+    from detr_jax.data.coco import CocoSource
+    from detr_jax.training.data import TrainLoader
     from detr_jax.training.losses import LossWeights
-    from detr_jax.training.mtkd import MTKDConfig
+    from detr_jax.training.mtkd import MTKDConfig, mtkd_loss_fn
     from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
+    from detr_jax.compile_cache import enable_compilation_cache
+    from detr_jax.locks import DirectoryLocked
+    from detr_jax.training.checkpoints import NoUsableCheckpoint
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    enable_compilation_cache(cfg.train.get("compilation_cache"))
     try:
-        source = CocoTrainSource(cfg.data.train_annotations, cfg.data.train_images)
-    except FileNotFoundError as err:
+        source = CocoSource(cfg.data.train_annotations, cfg.data.train_images)
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     augment = AugmentConfig.from_data_config(cfg.data)
@@ -127,8 +132,9 @@ def main(argv=None) -> int:
     num_steps = cfg.train.num_steps or cfg.train.epochs * steps_per_epoch
     model = build_model_from_config(cfg)
     mtkd = MTKDConfig.from_config(cfg.get("mtkd"))
-    trainer = Trainer(model, cfg.train, LossWeights(**cfg.loss.to_dict()),
-                      steps_per_epoch=steps_per_epoch, mtkd=mtkd)
+    weights = LossWeights(**cfg.loss.to_dict())
+    trainer = Trainer(model, cfg.train, weights, steps_per_epoch=steps_per_epoch,
+                      loss_fn=None if mtkd is None else mtkd_loss_fn(model, mtkd, weights))
     if mtkd is not None:
         print(f"MTKD: exact branch + {mtkd.act} branch, box distillation weight {mtkd.kd_weight}")
     print(f"training {num_steps} steps ({steps_per_epoch} per epoch) on {jax.device_count()} "
@@ -140,9 +146,23 @@ def main(argv=None) -> int:
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except (DirectoryLocked, NoUsableCheckpoint) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aborted by a second Ctrl-C (the last saved checkpoint is kept)", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"error: cannot write to {args.workdir}: {err}", file=sys.stderr)
+        return 2
     if jax.process_index() == 0:
-        path = save_model(trainer.model(), os.path.join(args.workdir, "model"), overwrite=True,
-                          metadata={"step": summary["final_step"], "config": args.config})
+        try:
+            path = save_model(trainer.model(), os.path.join(args.workdir, "model"), overwrite=True,
+                              metadata={"step": summary["final_step"], "config": args.config})
+        except OSError as err:
+            print(f"error: cannot write the model to {args.workdir}: {err}", file=sys.stderr)
+            return 2
         print(f"model at step {summary['final_step']} -> {path}"
-              + (" (stopped early by SIGTERM; run again to resume)" if summary["stopped_early"] else ""))
+              + (f" (stopped early by {summary['stopped_by']}; run again to resume)"
+                 if summary["stopped_early"] else ""))
     return 0

@@ -5,78 +5,31 @@ batches as an uninterrupted one. Each process reads only its slice of every glob
 (``jax.process_index()``); per-example augmentation randomness is
 ``default_rng([seed, epoch, index])``, so worker count and kind never change a batch.
 
-Batches carry uint8 pixels (4x less to move between processes and to the device); the
-training step normalizes them on the device (``normalize_on_device``).
+Examples come from any :class:`~detr_jax.data.source.DetectionSource` (its training
+targets: :func:`~detr_jax.data.source.training_targets`). Batches carry uint8 pixels
+(:func:`~detr_jax.data.collate.collate`; 4x less to move between processes and to the
+device); the training step normalizes them on the device
+(:func:`~detr_jax.data.normalize.normalize`).
 """
 
 from __future__ import annotations
 
 import collections
 import multiprocessing
-import os
 import queue
 import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from detr_jax.data.augment import AugmentConfig, train_transform
-from detr_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, padded_shape
-
-
-class DetectionSource(Protocol):
-    """Random access to examples: ``example(i)`` -> dict with ``image`` (PIL RGB),
-    ``image_id`` (int), ``boxes`` ((N, 4) float32 absolute xyxy) and ``labels`` ((N,) int32)."""
-
-    def __len__(self) -> int: ...
-
-    def example(self, index: int) -> dict: ...
-
-
-class CocoTrainSource:
-    """Non-crowd boxes of a COCO-format annotation file, clipped to the image as the
-    official ``ConvertCocoPolysToMask``; images without boxes are kept (all no-object)."""
-
-    def __init__(self, annotations: str, image_root: str):
-        import json
-        for path in (annotations, image_root):
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"{path} does not exist")
-        with open(annotations) as f:
-            data = json.load(f)
-        self.image_root = image_root
-        self.images = sorted(data["images"], key=lambda im: im["id"])
-        by_image: dict[int, list] = {}
-        for ann in data.get("annotations", []):
-            if not ann.get("iscrowd", 0):
-                by_image.setdefault(ann["image_id"], []).append(ann)
-        self.annotations = by_image
-        self.category_ids = sorted(c["id"] for c in data.get("categories", []))
-
-    def __len__(self):
-        return len(self.images)
-
-    def example(self, index: int) -> dict:
-        info = self.images[index]
-        path = os.path.join(self.image_root, info["file_name"])
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except OSError as err:
-            raise ValueError(f"image {path} (id {info['id']}) cannot be decoded: {err}") from None
-        anns = self.annotations.get(info["id"], [])
-        boxes = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, image.width)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, image.height)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        labels = np.array([a["category_id"] for a in anns], np.int32)[keep]
-        return {"image": image, "image_id": int(info["id"]), "boxes": boxes[keep], "labels": labels}
+from detr_jax.data.collate import collate
+from detr_jax.data.source import DetectionSource, training_targets
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of dataset indices that epoch ``epoch`` visits."""
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
@@ -91,47 +44,6 @@ def global_batch_indices(step: int, num_examples: int, global_batch: int, seed: 
     return epoch, order[position * global_batch:(position + 1) * global_batch]
 
 
-def collate(examples: list[dict], *, granularity: int, max_targets: int,
-            pad_to: tuple[int, int] | None = None) -> dict:
-    """Pad uint8 images to the batch maximum rounded up to ``granularity`` (or to the fixed
-    ``pad_to`` (H, W)) and targets to ``max_targets``; boxes become cx-cy-w-h relative to
-    each image's unpadded size. Padded pixels are 0 and marked in ``padding_mask``."""
-    arrays = [np.asarray(e["image"], np.uint8) for e in examples]
-    heights, widths = [a.shape[0] for a in arrays], [a.shape[1] for a in arrays]
-    shape = padded_shape(heights, widths, granularity)
-    if pad_to:
-        if max(heights) > pad_to[0] or max(widths) > pad_to[1]:
-            raise ValueError(f"an augmented image of {max(heights)}x{max(widths)} exceeds "
-                             f"train.pad_to={tuple(pad_to)}; raise it or lower data.max_size")
-        shape = tuple(pad_to)
-    pixels = np.zeros((len(arrays), *shape, 3), np.uint8)
-    mask = np.ones((len(arrays), *shape), bool)
-    labels = np.zeros((len(examples), max_targets), np.int32)
-    boxes = np.zeros((len(examples), max_targets, 4), np.float32)
-    valid = np.zeros((len(examples), max_targets), bool)
-    for i, (e, a) in enumerate(zip(examples, arrays)):
-        h, w = a.shape[:2]
-        pixels[i, :h, :w], mask[i, :h, :w] = a, False
-        n = min(len(e["labels"]), max_targets)
-        b = e["boxes"][:n]
-        cxcywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h,
-                           (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h], -1)
-        labels[i, :n], boxes[i, :n], valid[i, :n] = e["labels"][:n], cxcywh, True
-    return {"pixel_values": pixels, "padding_mask": mask, "labels": labels, "boxes": boxes,
-            "valid": valid, "image_ids": np.array([e["image_id"] for e in examples], np.int64)}
-
-
-def normalize_on_device(pixel_values, padding_mask):
-    """uint8 (B, H, W, 3) -> float32 ``(x / 255 - mean) / std`` with padding set to 0, as
-    the evaluation's host-side ``normalize`` + zero padding (float inputs pass through)."""
-    import jax.numpy as jnp
-    if pixel_values.dtype != jnp.uint8:
-        return pixel_values
-    x = pixel_values.astype(jnp.float32) / jnp.float32(255)
-    x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
-    return jnp.where(padding_mask[..., None], 0.0, x)
-
-
 _WORKER: dict = {}
 
 
@@ -140,11 +52,15 @@ def _init_worker(source, seed: int, augment: AugmentConfig) -> None:
 
 
 def augmented_example(source, seed: int, augment: AugmentConfig, epoch: int, index: int) -> dict:
-    """One training example: decoded, augmented with ``default_rng([seed, epoch, index])``."""
-    e = source.example(int(index))
+    """One training example: decoded, its training targets augmented with
+    ``default_rng([seed, epoch, index])``. -> {"image": (h, w, 3) uint8, "image_id",
+    "boxes": (N, 4) absolute xyxy, "labels": (N,) int32}."""
+    e = source[int(index)]
+    boxes, labels = training_targets(e)
     rng = np.random.default_rng([seed, epoch, int(index)])
-    image, boxes, labels = train_transform(rng, e["image"], e["boxes"], e["labels"], augment)
-    return {"image": np.asarray(image, np.uint8), "image_id": e["image_id"], "boxes": boxes,
+    image, boxes, labels = train_transform(rng, Image.fromarray(e.image, "RGB"), boxes, labels,
+                                           augment)
+    return {"image": np.asarray(image, np.uint8), "image_id": e.image_id, "boxes": boxes,
             "labels": labels}
 
 

@@ -15,6 +15,8 @@ TRAIN_DEFAULTS = dict(
     eval_every=0, eval_images=0, preemption_check_every=10,
     init_checkpoint="",  # a model directory to fine-tune (all of it)
     init_backbone="",  # a model directory whose backbone starts a fresh model (pretraining)
+    start_over=False,  # every checkpoint in the workdir unreadable: start at step 0 (else stop)
+    compilation_cache="~/.cache/detr_jax/jax_compilation_cache",  # "none" turns it off
 )
 LOSS_DEFAULTS = dict(ce=1.0, bbox=5.0, giou=2.0, eos_coef=0.1, aux=True)
 

@@ -4,6 +4,10 @@ Losses are computed over the global batch (under ``jax.jit`` with a sharded batc
 is the sum over all devices and hosts): the box losses are divided by the total number
 of real target boxes (at least 1), the classification loss is the no-object-weighted
 mean over all queries, and every decoder layer (final and auxiliary) adds its own terms.
+
+The trainer takes its loss as a function (``Trainer(..., loss_fn=...)``) with the signature
+of :data:`LossFn`; :func:`detr_loss` is DETR's, ``detr_jax.training.mtkd.mtkd_loss_fn``
+the multi-task distillation one.
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ import optax
 
 from detr_jax.boxes import cxcywh_to_xyxy, generalized_iou
 from detr_jax.training.matcher import hungarian_match, matching_cost
+
+
+LossFn = Callable[..., tuple]
+"""``loss_fn(model, pixel_values, padding_mask, targets, *, rng, assign) -> (loss, metrics)``.
+
+model: the detector merged from the trainer's current parameters; pixel_values (B, H, W, 3)
+normalized; padding_mask (B, H, W) bool; targets: ``labels`` (B, T) int, ``boxes`` (B, T, 4)
+cxcywh relative, ``valid`` (B, T) bool; rng: the step's PRNG key (train mode, dropout on);
+assign: the Hungarian assignment of (D, B, Q, T) costs -> (D, B, T) query per target.
+Returns the scalar loss to differentiate and a dict of scalar metrics (with ``loss``).
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,3 +105,12 @@ def set_criterion(outputs: dict, targets: dict, weights: LossWeights = LossWeigh
     if return_matches:
         return metrics["loss"], metrics, query
     return metrics["loss"], metrics
+
+
+def detr_loss(weights: LossWeights = LossWeights()) -> LossFn:
+    """DETR's training loss as a :data:`LossFn`: the model in train mode, then
+    :func:`set_criterion` of its outputs."""
+    def loss_fn(model, pixel_values, padding_mask, targets, *, rng, assign):
+        outputs = model(pixel_values, padding_mask, rng=rng, train=True)
+        return set_criterion(outputs, targets, weights, assign)
+    return loss_fn

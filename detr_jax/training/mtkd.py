@@ -17,7 +17,8 @@ does not say which; on the demo model the default term stayed near 0.01 against 
 loss near 8 (docs/training.md). ``kd_queries="matched"`` distils only the queries that
 the exact branch's Hungarian matching assigns to a target box (with ``"queries"`` the
 mean is over those queries): the exact branch's no-object queries have boxes no loss
-constrains, and pulling ACT's toward them fought the detection loss in the demo runs.
+constrains, and pulling ACT's toward them fought the detection loss when training the
+demo model.
 With ``kd_aux`` the auxiliary decoder layers add theirs (each with its own matching).
 ``act_loss`` optionally adds DETR's set loss of the ACT branch as well (not in the paper;
 off by default).
@@ -30,8 +31,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from detr_jax.training.losses import LossWeights, set_criterion
+from detr_jax.training.losses import LossFn, LossWeights, set_criterion
 
 
 KD_DISTANCES = ("squared", "l2")
@@ -152,3 +154,22 @@ def mtkd_forward(exact_model, act_model, pixel_values, padding_mask, *, rng, tra
         out["encoder_stats"] = stats
         outputs.append(out)
     return outputs[0], outputs[1]
+
+
+def mtkd_loss_fn(model, config: MTKDConfig, weights: LossWeights = LossWeights()) -> LossFn:
+    """The MTKD training loss as a :data:`detr_jax.training.losses.LossFn`.
+
+    ``model`` is the exact model the trainer trains; the ACT branch is the same model
+    behind ``config.act`` (its graph is built here once; inside the loss it is merged with
+    the exact model's current state, so both branches share every parameter).
+    """
+    from detr_jax.attention import parse_attention
+    from detr_jax.models.build import with_encoder_attention
+    student_graphdef = nnx.graphdef(with_encoder_attention(model, parse_attention(config.act)))
+
+    def loss_fn(exact_model, pixel_values, padding_mask, targets, *, rng, assign):
+        student = nnx.merge(student_graphdef, nnx.state(exact_model))
+        exact_out, act_out = mtkd_forward(exact_model, student, pixel_values, padding_mask,
+                                          rng=rng, train=True)
+        return mtkd_loss(exact_out, act_out, targets, weights, config, assign)
+    return loss_fn

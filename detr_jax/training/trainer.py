@@ -24,26 +24,16 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from detr_jax.data.collate import extend_padding
 from detr_jax.sharding import replicate
-from detr_jax.training.data import normalize_on_device
-from detr_jax.training.checkpoints import TrainCheckpoints, abstract_like
-from detr_jax.training.losses import LossWeights, set_criterion
-from detr_jax.training.mtkd import mtkd_forward, mtkd_loss
+from detr_jax.data.normalize import normalize
+from detr_jax.training.checkpoints import TrainCheckpoints, abstract_like, all_finite
+from detr_jax.training.losses import LossFn, LossWeights, detr_loss
 from detr_jax.training.optimizer import is_trainable, make_optimizer
 
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("pixel_values", "padding_mask", "labels", "boxes", "valid")
-
-
-def pad_images(batch: dict, shape: tuple[int, int]) -> dict:
-    """Extend the bottom/right padding of a collated batch to ``shape`` (H, W)."""
-    h, w = batch["pixel_values"].shape[1:3]
-    if (h, w) == shape:
-        return batch
-    extra = ((0, 0), (0, shape[0] - h), (0, shape[1] - w))
-    return dict(batch, pixel_values=np.pad(batch["pixel_values"], extra + ((0, 0),)),
-                padding_mask=np.pad(batch["padding_mask"], extra, constant_values=True))
 
 
 def sharded_assign(mesh: Mesh, solver: str):
@@ -67,13 +57,15 @@ class NonFiniteLoss(RuntimeError):
 class Trainer:
     """Holds the model split into (graphdef, trainable, rest), the optimizer and the mesh.
 
-    ``step_fn`` computes the loss of one global batch, updates the trainable parameters
+    ``loss_fn`` (a :data:`detr_jax.training.losses.LossFn`) is the training loss; None means
+    DETR's (:func:`detr_jax.training.losses.detr_loss` with ``loss_weights``). The step
+    computes the loss of one global batch, updates the trainable parameters
     (skipping the update when the loss or gradient norm is not finite) and returns
     scalar metrics. ``compiles`` counts traces of the step.
     """
 
     def __init__(self, model, train_cfg, loss_weights: LossWeights = LossWeights(), *,
-                 steps_per_epoch: int = 1, mtkd=None):
+                 steps_per_epoch: int = 1, loss_fn: LossFn | None = None):
         self.cfg = train_cfg
         self.model_config = dict(model.config)
         if train_cfg.max_targets > self.model_config["num_queries"]:
@@ -86,13 +78,7 @@ class Trainer:
         frozen = tuple(train_cfg.frozen)
         trainable_filter = is_trainable(frozen, train_cfg.lr_backbone)
         self.graphdef, trainable, rest = nnx.split(model, trainable_filter, ...)
-        self.mtkd = mtkd
-        self.act_graphdef = None
-        if mtkd is not None:  # the ACT branch: same parameters, another encoder attention
-            from detr_jax.attention import parse_attention
-            from detr_jax.models.build import with_encoder_attention
-            student = with_encoder_attention(model, parse_attention(mtkd.act))
-            self.act_graphdef = nnx.split(student, trainable_filter, ...)[0]
+        self.loss_fn = loss_fn if loss_fn is not None else detr_loss(loss_weights)
         drop_steps = [int(e * steps_per_epoch) for e in train_cfg.lr_drop_epochs]
         self.tx = make_optimizer(trainable, lr=train_cfg.lr, lr_backbone=train_cfg.lr_backbone,
                                  weight_decay=train_cfg.weight_decay, clip_norm=train_cfg.clip_norm,
@@ -118,15 +104,9 @@ class Trainer:
 
         def loss_fn(trainable):
             model = nnx.merge(self.graphdef, trainable, rest)
-            pixels = normalize_on_device(batch["pixel_values"], batch["padding_mask"])
-            if self.mtkd is not None:
-                student = nnx.merge(self.act_graphdef, trainable, rest)
-                exact_out, act_out = mtkd_forward(model, student, pixels, batch["padding_mask"],
-                                                  rng=step_rng, train=True)
-                return mtkd_loss(exact_out, act_out, targets, self.loss_weights, self.mtkd,
-                                 self.assign)
-            outputs = model(pixels, batch["padding_mask"], rng=step_rng, train=True)
-            return set_criterion(outputs, targets, self.loss_weights, self.assign)
+            pixels = normalize(batch["pixel_values"], batch["padding_mask"])
+            return self.loss_fn(model, pixels, batch["padding_mask"], targets, rng=step_rng,
+                                assign=self.assign)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
         grad_norm = optax.tree.norm(grads)
@@ -152,7 +132,7 @@ class Trainer:
             from jax.experimental import multihost_utils
             shapes = np.asarray(multihost_utils.process_allgather(
                 np.array(local["pixel_values"].shape[1:3], np.int32)))
-            local = pad_images(local, tuple(int(v) for v in shapes.reshape(-1, 2).max(0)))
+            local = extend_padding(local, tuple(int(v) for v in shapes.reshape(-1, 2).max(0)))
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local[k]))
                 for k in BATCH_KEYS}
 
@@ -173,15 +153,32 @@ class Trainer:
         self.rest = item["rest"]
 
 
-def _install_sigterm():
-    flag = {"set": False}
+class _StopSignals:
+    """SIGTERM and Ctrl-C (SIGINT) ask the loop to save a checkpoint and stop after the
+    current step; a second Ctrl-C raises KeyboardInterrupt at once. Handlers are installed
+    only in the main thread and restored by :meth:`restore`."""
 
-    def handler(signum, frame):
-        flag["set"] = True
-        log.warning("SIGTERM received: saving a checkpoint and stopping after this step")
+    def __init__(self):
+        self.requested: str | None = None
+        self.previous = {}
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.previous[signum] = signal.signal(signum, self._handler)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return flag, previous
+    def _handler(self, signum, frame):
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        if signum == signal.SIGINT and self.requested is not None:
+            raise KeyboardInterrupt("second Ctrl-C: aborted without saving")
+        self.requested = self.requested or name
+        log.warning("%s received: saving a checkpoint and stopping after this step%s", name,
+                    " (press Ctrl-C again to abort at once)" if signum == signal.SIGINT else "")
+
+    def restore(self):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
 
 
 def _any_process(flag: bool) -> bool:
@@ -191,29 +188,107 @@ def _any_process(flag: bool) -> bool:
     return bool(np.asarray(multihost_utils.process_allgather(np.array([flag]))).any())
 
 
+def truncate_metrics(path: str, step: int) -> int:
+    """Keep only the lines of ``path`` (metrics.jsonl) whose ``step`` is at most ``step``,
+    so a resumed run does not repeat the steps after its checkpoint; returns lines dropped."""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                entry_step = int(json.loads(line).get("step", 0))
+            except (ValueError, AttributeError, TypeError):
+                dropped += 1  # a line cut short by a kill
+                continue
+            if entry_step <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
+
+
+class _Progress:
+    """The console bar: says "compiling" until the first step has returned, then a fresh
+    bar whose rate and ETA count only the steps after compilation."""
+
+    def __init__(self, num_steps: int, start: int):
+        from tqdm import tqdm
+        self._tqdm, self.num_steps = tqdm, num_steps
+        self.bar = tqdm(total=num_steps, initial=start, desc="train (compiling)",
+                        dynamic_ncols=True, leave=False,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}]")
+        self.compiling = True
+
+    def update(self, done: int):
+        if self.compiling:
+            self.bar.close()
+            self.bar = self._tqdm(total=self.num_steps, initial=done, desc="train",
+                                  dynamic_ncols=True)
+            self.compiling = False
+        else:
+            self.bar.update(done - self.bar.n)
+
+    def set_postfix(self, **kwargs):
+        self.bar.set_postfix(**kwargs)
+
+    def close(self):
+        self.bar.close()
+
+
 def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
           eval_fn: Callable | None = None, progress: bool | None = True) -> dict:
     """Run (or resume) training to ``num_steps``; returns the last logged metrics.
 
+    Steps are numbered from 1 everywhere (progress, metrics, errors, checkpoints): step N
+    is the state after N updates. Process 0 locks ``workdir`` for the run
+    (:class:`detr_jax.locks.DirectoryLock`; a second run stops at once naming the holder).
     Checkpoints go to ``workdir/checkpoints`` every ``cfg.checkpoint_every`` steps (the
-    last ``cfg.keep`` kept); on SIGTERM a checkpoint is saved and the loop stops cleanly.
-    Metrics go to the console (progress bar), ``workdir/metrics.jsonl`` and TensorBoard
-    event files in ``workdir/tensorboard``; ``progress=None`` prints log lines instead of a
-    progress bar (for logs of batch jobs). A non-finite loss raises NonFiniteLoss naming
-    the step and image ids (the update of that step is skipped, so checkpoints stay finite).
+    last ``cfg.keep`` kept); only finite parameters and optimizer state are saved (checked
+    on device as one scalar, only when a save is due). On SIGTERM or Ctrl-C a checkpoint
+    is saved and the loop stops cleanly (a second Ctrl-C aborts at once). On resume
+    "resumed from step N" is printed and ``metrics.jsonl`` is cut back to step N; if every
+    checkpoint is damaged the run stops (``NoUsableCheckpoint``) unless
+    ``cfg.start_over``. Metrics go to the console (progress bar), ``workdir/metrics.jsonl``
+    and TensorBoard event files in ``workdir/tensorboard``; ``progress=None`` prints log
+    lines instead of a progress bar (for logs of batch jobs). A non-finite loss raises
+    NonFiniteLoss naming the step and image ids.
     """
+    from detr_jax.locks import DirectoryLock
     cfg = trainer.cfg
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
+    lock = DirectoryLock(workdir, "training").acquire() if is_main else None
+    try:
+        return _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, is_main)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, is_main):
     checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"),
                                    save_every=cfg.checkpoint_every, keep=cfg.keep,
                                    async_save=cfg.async_checkpoints)
-    start, item = checkpoints.restore_latest(abstract_like(trainer.checkpoint_item()))
+    try:
+        start, item = checkpoints.restore_latest(abstract_like(trainer.checkpoint_item()),
+                                                 start_over=bool(cfg.get("start_over", False)))
+    except BaseException:
+        checkpoints.close()
+        raise
     if item is not None:
         trainer.load_item(item)
-        log.info("resumed from step %d in %s", start, checkpoints.directory)
+        if is_main:
+            print(f"resumed from step {start} ({checkpoints.directory})", flush=True)
     start = start or 0
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
     if is_main:
+        truncate_metrics(metrics_path, start)
         with open(os.path.join(workdir, "model_config.json"), "w") as f:
             json.dump(trainer.model_config, f, indent=2, default=list)
     writer = None
@@ -223,27 +298,38 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
             writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
         except ImportError:
             log.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
-    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
-    sigterm, previous_handler = _install_sigterm()
-    bar = None
-    if progress and is_main:
-        from tqdm import tqdm
-        bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
-    pending = []  # (step, image ids, metrics on device): checked one step behind
+    metrics_file = open(metrics_path, "a") if is_main else None
+    signals = _StopSignals()
+    bar = _Progress(num_steps, start) if progress and is_main else None
+    pending = []  # (step, image ids, images, metrics on device): checked one step behind
     last = {}
     window_start, window_images = time.perf_counter(), 0
 
     def check(entry):
-        step, image_ids, metrics = entry
+        step, image_ids, images, metrics = entry
         values = jax.device_get(metrics)
         if not bool(values["finite"]):
-            raise NonFiniteLoss(f"non-finite loss at step {step} (loss {float(values['loss'])}, "
+            raise NonFiniteLoss(f"non-finite loss at step {step + 1} (loss {float(values['loss'])}, "
                                 f"grad norm {float(values['grad_norm'])}); image ids of this "
                                 f"process's batch: {list(map(int, image_ids))}")
-        return step, values
+        return step, images, values
 
-    def record(done_step, values, epoch):
+    def save(done: int, image_ids, metrics, *, force: bool = False):
+        """Checkpoint the state after step ``done`` if due (or ``force``) and finite."""
+        if not force and not checkpoints.should_save(done):
+            return
+        ok = bool(all_finite({"state": trainer.state, "finite": metrics["finite"]}))
+        if not ok:
+            previous = [s for s in checkpoints.steps() if s < done]
+            raise NonFiniteLoss(
+                f"non-finite loss, parameters or optimizer state at step {done} (no checkpoint "
+                f"written; the last one is step {previous[-1] if previous else 'none'}); image "
+                f"ids of this process's batch: {list(map(int, image_ids))}")
+        checkpoints.save(done, trainer.checkpoint_item(), force=force)
+
+    def record(done_step, images, values, epoch):
         nonlocal last, window_start, window_images
+        window_images += images
         if (done_step + 1) % cfg.log_every == 0:
             elapsed = time.perf_counter() - window_start
             last = {k: float(v) for k, v in values.items() if k != "finite"}
@@ -267,19 +353,24 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
                 bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.1e}",
                                 img_s=f"{last['images_per_s']:.1f}", compiles=trainer.compiles)
 
-    stopped_early = False
+    stopped_by = None
     current_epoch = 0
+    first = True
+    metrics, image_ids = None, []
     try:
         for batch in loader.iterate(start, num_steps):
             step, current_epoch = batch["step"], int(batch["epoch"])
+            image_ids = batch["image_ids"]
             metrics = trainer.step(batch)
-            window_images += len(batch["image_ids"]) * jax.process_count()
-            pending.append((step, batch["image_ids"], metrics))
+            if first:  # compiled: rates and ETAs start now
+                jax.block_until_ready(metrics)
+                window_start, first = time.perf_counter(), False
+            pending.append((step, image_ids, len(image_ids) * jax.process_count(), metrics))
             if len(pending) > 1:
                 record(*check(pending.pop(0)), current_epoch)
-            checkpoints.save(step + 1, trainer.checkpoint_item())
+            save(step + 1, image_ids, metrics)
             if bar is not None:
-                bar.update(1)
+                bar.update(step + 1)
             if eval_fn is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 results = {k: v for k, v in (eval_fn(trainer.model(), step + 1) or {}).items()
                            if isinstance(v, (int, float))}
@@ -293,28 +384,33 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
                     log.info("eval at step %d: %s", step + 1,
                              " ".join(f"{k} {v:.4f}" for k, v in results.items()))
             if jax.process_count() == 1:
-                stop = sigterm["set"]
+                stop = signals.requested is not None
             else:  # every process must take part in the same all-gathers
-                stop = (step + 1) % max(1, cfg.preemption_check_every) == 0 and _any_process(sigterm["set"])
+                stop = ((step + 1) % max(1, cfg.preemption_check_every) == 0
+                        and _any_process(signals.requested is not None))
             if stop:
+                while pending:  # never save past a non-finite step
+                    record(*check(pending.pop(0)), current_epoch)
                 if step + 1 not in checkpoints.steps():  # the regular save may have just run
-                    checkpoints.save(step + 1, trainer.checkpoint_item(), force=True)
-                stopped_early = True
+                    save(step + 1, image_ids, metrics, force=True)
+                stopped_by = signals.requested or "another process's signal"
                 break
         while pending:
             record(*check(pending.pop(0)), current_epoch)
         final_step = int(trainer.state["step"])
-        if final_step not in checkpoints.steps():
-            checkpoints.save(final_step, trainer.checkpoint_item(), force=True)
+        if final_step not in checkpoints.steps() and metrics is not None:
+            save(final_step, image_ids, metrics, force=True)
     finally:
+        signals.restore()
         checkpoints.close()
-        signal.signal(signal.SIGTERM, previous_handler)
         if bar is not None:
             bar.close()
         if writer is not None:
             writer.close()
         if metrics_file is not None:
             metrics_file.close()
-    last["stopped_early"] = stopped_early
+    last["stopped_early"] = stopped_by is not None
+    last["stopped_by"] = stopped_by
+    last["start_step"] = start
     last["final_step"] = int(trainer.state["step"])
     return last

@@ -92,6 +92,7 @@ def test_act_setting_equals_the_act_model(source, model):
     cluster maps."""
     from detr_jax.attention import parse_attention
     from detr_jax.evaluation.plots import cluster_assignments
+    from detr_jax.models.detector import encoder_key
     from detr_jax.models.build import with_encoder_attention
     setting = "act:L=8,ladder=1"
     result = evaluate(model, source, [setting], batch_size=1, granularity=0,
@@ -112,7 +113,7 @@ def test_act_setting_equals_the_act_model(source, model):
     assert [len(e["stats"][setting]) for e in result.flops_inputs] == [2]
     # cluster maps use the clusters the model used: same counts per layer and head
     from flax import nnx
-    key = jax.random.split(jax.random.key(0))[0]
+    key = encoder_key(jax.random.key(0))
     graphdef, state = nnx.split(act_model)
     ids, (h, w) = jax.jit(lambda st, px, m, k: cluster_assignments(nnx.merge(graphdef, st), px,
                                                                     m, k))(

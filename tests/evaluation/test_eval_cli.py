@@ -128,3 +128,19 @@ def test_printed_summary_has_the_prototype_column(capsys):
     assert lines[2].split()[0] == "exact" and lines[2].split()[-1] == "1.0"
     assert lines[3].split()[-1] == "0.57-0.71"
     assert lines[4].split()[-1] == "0.06"
+
+
+def test_attention_kernel_is_set_on_the_model_config():
+    """``--attention-kernel`` becomes the config field ``attention_backend`` of a model
+    built with the loaded parameters (the same arrays)."""
+    from flax import nnx
+
+    from detr_jax.evaluation.cli import with_config
+    from detr_jax.models.build import build_model
+    from detr_jax.models.config import tiny_model_config
+    model = build_model(tiny_model_config(), seed=0)
+    new = with_config(model, attention_backend="xla")
+    assert new.config["attention_backend"] == "xla" and type(new) is type(model)
+    old = dict(nnx.to_flat_state(nnx.state(model)))
+    for path, var in nnx.to_flat_state(nnx.state(new)):
+        assert var.get_value() is old[path].get_value()

@@ -4,10 +4,11 @@ import jax
 import numpy as np
 from PIL import Image
 
+from detr_jax.data.coco import CocoSource
+from detr_jax.data.source import training_targets
 from detr_jax.models.build import build_model
 from detr_jax.models.config import tiny_model_config
 from detr_jax.training.backbone_pretrain import object_crop, object_crops, pretrain_backbone
-from detr_jax.training.data import CocoTrainSource
 
 
 def test_object_crop_is_square_around_the_box_with_context():
@@ -23,11 +24,11 @@ def test_object_crop_is_square_around_the_box_with_context():
 
 
 def test_pretraining_updates_the_backbone_and_reports_accuracy(synthetic_root):
-    source = CocoTrainSource(str(synthetic_root / "annotations" / "instances_train.json"),
-                             str(synthetic_root / "train"))
+    source = CocoSource(str(synthetic_root / "annotations" / "instances_train.json"),
+                        str(synthetic_root / "train"))
     crops, labels = object_crops(source, size=32, workers=2)
     assert crops.shape[1:] == (32, 32, 3) and crops.dtype == np.uint8
-    assert len(crops) == len(labels) == sum(len(source.example(i)["labels"]) for i in range(len(source)))
+    assert len(crops) == len(labels) == sum(len(training_targets(source[i])[1]) for i in range(len(source)))
     model = build_model(tiny_model_config(num_classes=9), seed=0)
     before = jax.tree.map(np.array, jax.tree.leaves(model.backbone))
     stats = pretrain_backbone(model.backbone, crops, labels, num_classes=10, steps=3, batch_size=8,

@@ -1,4 +1,5 @@
-"""Training loader: deterministic batches whatever the workers, fixed padding, normalization."""
+"""Training loader: deterministic batches whatever the workers, fixed padding; device
+normalization equals the host's bit for bit."""
 
 import os
 
@@ -8,8 +9,9 @@ import pytest
 
 from detr_jax.config_cli import load_config_file
 from detr_jax.data.augment import AugmentConfig
-from detr_jax.data.transforms import normalize
-from detr_jax.training.data import CocoTrainSource, TrainLoader, normalize_on_device
+from detr_jax.data.coco import CocoSource
+from detr_jax.data.normalize import normalize, normalize_host
+from detr_jax.training.data import TrainLoader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -17,8 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(scope="module")
 def source_and_augment(synthetic_root):
     cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
-    source = CocoTrainSource(str(synthetic_root / "annotations" / "instances_train.json"),
-                             str(synthetic_root / "train"))
+    source = CocoSource(str(synthetic_root / "annotations" / "instances_train.json"),
+                        str(synthetic_root / "train"))
     return source, AugmentConfig.from_data_config(cfg.data)
 
 
@@ -50,11 +52,11 @@ def test_pad_to_fixes_the_shape_and_rejects_what_does_not_fit(source_and_augment
 def test_device_normalization_equals_host_normalization(source_and_augment):
     source, augment = source_and_augment
     batch = loader(source, augment).batch(0)
-    device = np.asarray(normalize_on_device(jnp.asarray(batch["pixel_values"]),
-                                            jnp.asarray(batch["padding_mask"])))
+    device = np.asarray(normalize(jnp.asarray(batch["pixel_values"]),
+                                  jnp.asarray(batch["padding_mask"])))
     for i in range(len(device)):
         valid = ~batch["padding_mask"][i]
         h, w = valid.any(1).sum(), valid.any(0).sum()
-        np.testing.assert_allclose(device[i, :h, :w], normalize(batch["pixel_values"][i, :h, :w]),
-                                   atol=1e-6)
+        np.testing.assert_array_equal(device[i, :h, :w],
+                                      normalize_host(batch["pixel_values"][i, :h, :w]))
         assert (device[i][~valid] == 0).all()

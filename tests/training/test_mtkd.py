@@ -10,10 +10,11 @@ from flax import nnx
 
 from detr_jax.config_cli import load_config_file
 from detr_jax.data.augment import AugmentConfig
+from detr_jax.data.coco import CocoSource
 from detr_jax.models.build import build_model
-from detr_jax.training.data import CocoTrainSource, TrainLoader
+from detr_jax.training.data import TrainLoader
 from detr_jax.training.losses import LossWeights, set_criterion
-from detr_jax.training.mtkd import MTKDConfig, box_distillation, mtkd_loss
+from detr_jax.training.mtkd import MTKDConfig, box_distillation, mtkd_loss, mtkd_loss_fn
 from detr_jax.training.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -86,8 +87,8 @@ def test_kd_boxes_normalization_divides_by_the_target_count():
 @pytest.fixture(scope="module")
 def tiny_batch(synthetic_root):
     cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
-    source = CocoTrainSource(str(synthetic_root / "annotations" / "instances_train.json"),
-                             str(synthetic_root / "train"))
+    source = CocoSource(str(synthetic_root / "annotations" / "instances_train.json"),
+                        str(synthetic_root / "train"))
     loader = TrainLoader(source, global_batch=4, seed=0, augment=AugmentConfig.from_data_config(cfg.data),
                          granularity=32, max_targets=cfg.train.max_targets)
     return cfg, loader.batch(0)
@@ -105,8 +106,9 @@ def test_one_mtkd_step_updates_the_shared_weights_through_both_branches(tiny_bat
     after = {}
     for kd_weight in (1.0, 0.0):
         model = build_model(cfg.model, seed=0)
+        mtkd = MTKDConfig(act="act:L=8,r=1", kd_weight=kd_weight)
         trainer = Trainer(model, cfg.train, LossWeights(),
-                          mtkd=MTKDConfig(act="act:L=8,r=1", kd_weight=kd_weight))
+                          loss_fn=mtkd_loss_fn(model, mtkd, LossWeights()))
         before = encoder_params(trainer)
         metrics = jax.device_get(trainer.step(batch))
         assert np.isfinite(metrics["loss"]) and float(metrics["loss_kd"]) > 0

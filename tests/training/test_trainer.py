@@ -11,8 +11,9 @@ from flax import nnx
 
 from detr_jax.config_cli import load_config_file
 from detr_jax.data.augment import AugmentConfig
+from detr_jax.data.coco import CocoSource
 from detr_jax.models.build import build_model
-from detr_jax.training.data import CocoTrainSource, TrainLoader
+from detr_jax.training.data import TrainLoader
 from detr_jax.training.losses import LossWeights
 from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
 
@@ -22,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(scope="module")
 def setup(synthetic_root):
     cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
-    source = CocoTrainSource(str(synthetic_root / "annotations" / "instances_train.json"),
-                             str(synthetic_root / "train"))
+    source = CocoSource(str(synthetic_root / "annotations" / "instances_train.json"),
+                        str(synthetic_root / "train"))
     return cfg, source, AugmentConfig.from_data_config(cfg.data)
 
 
@@ -118,7 +119,7 @@ class NaNLoader:
 def test_non_finite_loss_stops_with_step_and_images(setup, tmp_path):
     cfg, source, augment = setup
     trainer, loader = make(cfg, source, augment)
-    with pytest.raises(NonFiniteLoss, match=r"step 1 .*image ids"):
+    with pytest.raises(NonFiniteLoss, match=r"step 2 .*image ids"):
         train(trainer, NaNLoader(loader, 1), workdir=str(tmp_path), num_steps=4, progress=False)
     assert all(np.isfinite(v).all() for v in params(trainer).values())  # update was skipped
 
@@ -211,3 +212,30 @@ def test_init_checkpoint_into_enact_keeps_every_saved_variable(tmp_path):
     save_model(model, str(tmp_path / "enact"))
     with pytest.raises(CheckpointError, match="entropy"):
         load_model_for_finetuning(str(tmp_path / "enact"), "exact")
+
+
+def test_the_injected_loss_is_the_one_trained(setup):
+    """The trainer calls ``loss_fn`` with the merged model, normalized pixels, the padding
+    mask, the targets, the step's key and the assignment, and differentiates its value."""
+    from detr_jax.training.losses import detr_loss
+    cfg, source, augment = setup
+    loader = TrainLoader(source, global_batch=cfg.train.global_batch, seed=cfg.train.seed,
+                         augment=augment, granularity=cfg.data.granularity,
+                         max_targets=cfg.train.max_targets, num_workers=0)
+    batch = loader.batch(0)
+    seen = {}
+
+    def doubled(model, pixel_values, padding_mask, targets, *, rng, assign):
+        seen.update(pixels=pixel_values.shape, mask=padding_mask.shape,
+                    targets=sorted(targets), rng=rng is not None)
+        loss, metrics = detr_loss(LossWeights())(model, pixel_values, padding_mask, targets,
+                                                 rng=rng, assign=assign)
+        return 2 * loss, dict(metrics, loss=2 * loss)
+
+    plain = Trainer(build_model(cfg.model, seed=0), cfg.train, LossWeights())
+    twice = Trainer(build_model(cfg.model, seed=0), cfg.train, LossWeights(), loss_fn=doubled)
+    a, b = jax.device_get(plain.step(batch)), jax.device_get(twice.step(batch))
+    assert seen == {"pixels": batch["pixel_values"].shape, "mask": batch["padding_mask"].shape,
+                    "targets": ["boxes", "labels", "valid"], "rng": True}
+    np.testing.assert_allclose(float(b["loss"]), 2 * float(a["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(b["grad_norm"]), 2 * float(a["grad_norm"]), rtol=1e-4)
