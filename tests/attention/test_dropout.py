@@ -103,3 +103,25 @@ def test_model_drops_attention_in_training_only():
     # attention dropout 0 (the only dropout of this config): training equals evaluation
     np.testing.assert_allclose(plain(pixels, mask, rng=key, train=True)["pred_boxes"],
                                evaluated, rtol=1e-6)
+
+
+@pytest.mark.parametrize("setting", ["act:L=4,r=1,ladder=1", "act:L=4,r=1,group=QK,ladder=1",
+                                     "kmeans:C=4,iterations=2", "enact"])
+def test_clustered_variants_drop_their_attention_probabilities(setting):
+    from detr_jax.attention import parse_attention
+    spec = parse_attention(setting)
+    attn = spec.build(16, 2, layer_index=0, num_layers=1, backend=AttentionBackend("xla"),
+                      rngs=nnx.Rngs(0))
+    attn.attention_dropout = 0.5
+    x = jax.random.normal(jax.random.key(4), (1, 16, 16))
+    mask = jnp.arange(16)[None] >= 14
+    hash_key = jax.random.key(2)
+    ref, _ = attn(x, x, x, mask, hash_key)
+    a, _ = attn(x, x, x, mask, hash_key, dropout_rng=jax.random.key(5))
+    b, _ = attn(x, x, x, mask, hash_key, dropout_rng=jax.random.key(5))
+    c, _ = attn(x, x, x, mask, hash_key, dropout_rng=jax.random.key(6))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, ref) and not np.allclose(a, c)
+    attn.attention_dropout = 0.0
+    np.testing.assert_array_equal(attn(x, x, x, mask, hash_key, dropout_rng=jax.random.key(5))[0],
+                                  ref)
