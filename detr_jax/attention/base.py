@@ -164,6 +164,10 @@ class AttentionSpec:
     name: ClassVar[str] = "abstract"
     # Whether ``layer_flops`` needs the model's statistics (data-dependent cluster counts).
     needs_stats: ClassVar[bool] = False
+    # Whether the variant draws random parameters from its PRNG key (ACT's and K-means'
+    # hashes): its results are one sample of a distribution, so evaluation can repeat it
+    # with several keys (``eval.hash_seeds``). A deterministic variant ignores the key.
+    random_draws: ClassVar[bool] = False
 
     def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
               dtype: Any = None, backend: AttentionBackend | None = None,
