@@ -114,6 +114,7 @@ class ACT(ArraySpecMixin, AttentionSpec):
     """
 
     name = "act"
+    random_draws = True  # hash parameters drawn from the PRNG key (AttentionSpec)
     needs_stats = True
     rounds: int = 32
     bucket_width: float = 8.0
@@ -310,7 +311,8 @@ class ACTAttention(EncoderAttention):
         # the backward pass; remat keeps training memory at exact attention's level.
         out, used = run_at_capacity(
             needed, capacities,
-            lambda capacity: clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity),
+            lambda capacity: clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity,
+                                                 **self.backend.dropout_args()),
             remat=not self.backend.fused)
         return out, LayerStats(num_valid=num_valid, capacity=used, **clusters)
 
@@ -358,7 +360,7 @@ def fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count, q_sizes
     return out, work
 
 
-def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int) -> jax.Array:
+def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int, **dropout) -> jax.Array:
     """Attention with clustered queries and/or keys at a static cluster capacity.
 
     Args:
@@ -367,6 +369,7 @@ def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int) 
       q_ids: (B*H, N) query cluster ids (negative: none) or None (queries not clustered).
       k_ids: (B*H, N) key cluster ids or None (keys not clustered).
       capacity: static number of cluster slots, at least every row's cluster count.
+      dropout: attention dropout (``dropout_rate``, ``dropout_rng``) of a training call.
     Returns:
       (B, N, H, Dh): each query's output is its prototype's attention output; with key
       clusters, the softmax over key centroids is weighted by cluster size (logit +
@@ -384,7 +387,7 @@ def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int) 
         log_sizes = jnp.where(sizes > 0, jnp.log(jnp.maximum(sizes, 1).astype(jnp.float32)),
                               EMPTY_SLOT_BIAS)
         bias = log_sizes.reshape(batch, -1, 1, capacity)
-    out = masked_softmax_attention(queries, keys, values, mask, key_bias=bias)
+    out = masked_softmax_attention(queries, keys, values, mask, key_bias=bias, **dropout)
     if q_ids is None:
         return out
     return from_rows(broadcast_to_members(to_rows(out), q_ids), batch)

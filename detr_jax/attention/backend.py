@@ -15,6 +15,15 @@ Kernels:
 - ``"auto"``: ``"flash"`` where the kernel compiles on the default backend (a CUDA GPU),
   ``"xla"`` elsewhere.
 
+Attention dropout (training): neither fused kernel drops probabilities, so a training
+call with attention dropout runs on ``"xla"``. ``MultiHeadAttention.__call__`` (given a
+dropout key and a rate above 0) hands its ``attend`` the backend
+:meth:`AttentionBackend.with_dropout` returns: kernel ``"xla"`` carrying the rate and the
+key, which :meth:`AttentionBackend.attention` applies to the softmax probabilities. The
+variants read ``self.backend`` as always, so their fused paths (``backend.fused``) are not
+taken while dropping. Evaluation (no dropout key) keeps the built backend. Training with
+``model.attention_dropout = 0`` keeps the fused kernels and their speed and memory.
+
 ``resolve_backend`` turns a name into an :class:`AttentionBackend` for the platform it is
 called on; the model calls it once, when it is built (config fields ``attention_backend``
 and ``attention_key_splits``), and hands the result to its attention modules. Nothing
@@ -24,6 +33,7 @@ read at trace time decides what a compiled function computes.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 
@@ -42,10 +52,15 @@ class AttentionBackend:
       kernel: ``"xla"``, ``"flash"``, ``"cudnn"`` or ``"flash_interpret"`` (never "auto").
       key_splits: key ranges per row of the fused kernel (split-K, a positive integer),
         or None for ``flash.auto_key_splits``.
+      dropout_rate, dropout_rng: attention dropout applied by :meth:`attention` (set by
+        :meth:`with_dropout` for one training call; 0 and None otherwise).
     """
 
     kernel: str = "xla"
     key_splits: int | None = None
+    # Attention dropout of a training call (``with_dropout``): rate and PRNG key.
+    dropout_rate: float = 0.0
+    dropout_rng: Any = dataclasses.field(default=None, compare=False, hash=False)
 
     def __post_init__(self):
         if self.kernel not in BACKENDS or self.kernel == "auto":
@@ -56,6 +71,27 @@ class AttentionBackend:
                                             or self.key_splits < 1):
             raise ValueError(f"AttentionBackend: key_splits={self.key_splits!r} must be a "
                              "positive integer or None")
+
+    def with_dropout(self, rate: float, rng: jax.Array | None) -> "AttentionBackend":
+        """The backend of a training call with attention dropout: ``"xla"`` (the fused
+        kernels have no dropout) with ``rate`` and ``rng``; ``self`` when ``rng`` is None
+        or ``rate`` is 0."""
+        if rng is None or not rate:
+            return self
+        return dataclasses.replace(self, kernel="xla", dropout_rate=float(rate),
+                                   dropout_rng=rng)
+
+    @property
+    def dropping(self) -> bool:
+        """Whether :meth:`attention` drops probabilities (a training call's backend)."""
+        return self.dropout_rng is not None and self.dropout_rate > 0.0
+
+    def dropout_args(self) -> dict:
+        """Keyword arguments giving ``softmax.masked_softmax_attention`` this backend's
+        dropout (``dropout_rate``, ``dropout_rng``; no dropout when not dropping)."""
+        if not self.dropping:
+            return {}
+        return {"dropout_rate": self.dropout_rate, "dropout_rng": self.dropout_rng}
 
     @property
     def fused(self) -> bool:
@@ -76,8 +112,13 @@ class AttentionBackend:
         q (B, Nq, H, Dh) scaled, k/v (B, Nk, H, Dh), key_padding_mask (B, Nk) True on
         padding or None -> (B, Nq, H, Dh). ``query_counts`` (B, H): only that many leading
         query rows per (image, head) are needed; the fused kernel skips the others
-        (zeros), the other kernels compute them.
+        (zeros), the other kernels compute them. With dropout (:meth:`with_dropout`) the
+        probabilities are dropped (``softmax.drop_probabilities``).
         """
+        if self.dropping:
+            return masked_softmax_attention(q, k, v, key_padding_mask,
+                                            dropout_rate=self.dropout_rate,
+                                            dropout_rng=self.dropout_rng)
         if self.fused:
             valid = None if key_padding_mask is None else ~key_padding_mask.astype(bool)
             return self.flash(q, k, v, valid, query_counts)

@@ -25,6 +25,13 @@ A variant is chosen through an :class:`AttentionSpec`, a small immutable descrip
 module of one encoder layer. The softmax kernel is an
 :class:`~detr_jax.attention.backend.AttentionBackend` given when the module is built.
 The model never names a variant.
+
+Attention dropout (training, the official ``nn.MultiheadAttention`` dropout): a module
+with ``attention_dropout > 0`` called with a ``dropout_rng`` runs ``attend`` with
+``self.backend`` replaced by ``backend.with_dropout(rate, key)`` (XLA kernel; see
+``detr_jax.attention.backend``), so every ``self.backend.attention`` call of a variant
+drops its softmax probabilities; a variant computing its softmax elsewhere passes
+``**self.backend.dropout_args()`` to :func:`~detr_jax.attention.softmax.masked_softmax_attention`.
 """
 
 from __future__ import annotations
@@ -43,6 +50,19 @@ from detr_jax.attention.stats import LayerStats
 Stats = LayerStats | None
 
 
+def packed_xavier_uniform(parts: int = 3):
+    """Xavier-uniform of one block of a packed in-projection: the official
+    ``nn.MultiheadAttention`` packs q, k, v into one (parts * d_out, d_in) matrix and
+    ``xavier_uniform_`` bounds it by ``sqrt(6 / (d_in + parts * d_out))``; each block
+    here, (d_in, d_out), gets that bound (``sqrt(6 / (256 + 768))`` at d = 256, not the
+    1.41x larger ``sqrt(6 / 512)`` of its own shape)."""
+    def init(key, shape, dtype=jnp.float32):
+        fan_in, fan_out = shape[-2], shape[-1]
+        bound = (6.0 / (fan_in + parts * fan_out)) ** 0.5
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
 def count_valid(valid: jax.Array) -> jax.Array:
     """Valid tokens per image for the statistics: (B, N) bool -> (B,) int32.
 
@@ -59,23 +79,29 @@ class MultiHeadAttention(nnx.Module):
 
     The official checkpoints pack q, k, v in ``in_proj_weight`` rows [0:d], [d:2d],
     [2d:3d]; the converter splits them into ``q_proj``, ``k_proj``, ``v_proj``.
+    ``attention_dropout``: the rate at which a training call (``dropout_rng`` given)
+    drops the attention probabilities (module docstring); the model sets it from its
+    config after building the module.
     """
 
     def __init__(self, d_model: int, num_heads: int, *, dtype: Any = None,
-                 backend: AttentionBackend | None = None, rngs: nnx.Rngs):
+                 backend: AttentionBackend | None = None, attention_dropout: float = 0.0,
+                 rngs: nnx.Rngs):
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
         self.d_model = d_model
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
         self.backend = resolve_backend() if backend is None else backend
-        # Xavier-uniform weights, zero biases: the official transformer's initialization.
-        linear = lambda: nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs,
-                                    kernel_init=nnx.initializers.xavier_uniform())
-        self.q_proj = linear()
-        self.k_proj = linear()
-        self.v_proj = linear()
-        self.out_proj = linear()
+        self.attention_dropout = float(attention_dropout)
+        # Xavier-uniform weights, zero biases: the official transformer's initialization,
+        # q/k/v bounded as the packed (3d, d) in-projection they are in the official code.
+        linear = lambda init: nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs,
+                                         kernel_init=init)
+        self.q_proj = linear(packed_xavier_uniform(3))
+        self.k_proj = linear(packed_xavier_uniform(3))
+        self.v_proj = linear(packed_xavier_uniform(3))
+        self.out_proj = linear(nnx.initializers.xavier_uniform())
 
     def split_heads(self, x: jax.Array) -> jax.Array:
         """(B, N, d) -> (B, N, H, Dh)."""
@@ -97,9 +123,18 @@ class MultiHeadAttention(nnx.Module):
         del rng
         return self.backend.attention(q, k, v, key_padding_mask), None
 
-    def __call__(self, queries, keys, values, key_padding_mask=None, rng=None):
+    def __call__(self, queries, keys, values, key_padding_mask=None, rng=None, *,
+                 dropout_rng=None):
+        """(B, Nq, d) queries, (B, Nk, d) keys and values, (B, Nk) bool padding mask ->
+        ((B, Nq, d), stats). ``rng``: the variant's key (hash draws); ``dropout_rng``:
+        attention dropout at ``self.attention_dropout`` (training; None: no dropout)."""
         q, k, v = self.project(queries, keys, values)
-        out, stats = self.attend(q, k, v, key_padding_mask, rng)
+        built = self.backend
+        self.backend = built.with_dropout(self.attention_dropout, dropout_rng)
+        try:
+            out, stats = self.attend(q, k, v, key_padding_mask, rng)
+        finally:
+            self.backend = built
         out = out.reshape(*out.shape[:-2], self.d_model)
         return self.out_proj(out), stats
 
@@ -129,6 +164,10 @@ class AttentionSpec:
     name: ClassVar[str] = "abstract"
     # Whether ``layer_flops`` needs the model's statistics (data-dependent cluster counts).
     needs_stats: ClassVar[bool] = False
+    # Whether the variant draws random parameters from its PRNG key (ACT's and K-means'
+    # hashes): its results are one sample of a distribution, so evaluation can repeat it
+    # with several keys (``eval.hash_seeds``). A deterministic variant ignores the key.
+    random_draws: ClassVar[bool] = False
 
     def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
               dtype: Any = None, backend: AttentionBackend | None = None,

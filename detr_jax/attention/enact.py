@@ -370,7 +370,7 @@ class ENACTAttention(EncoderAttention):
             return self.backend.attention(q, k, v, empty)
 
         capacities = ladder_capacities(n, self.spec.ladder)
-        if not self.backend.fused:
+        if not self.backend.fused and not self.backend.dropping:
             # No switch without the fused kernel: its branches would each hold their own
             # temporaries (twice exact attention's training memory). All N slots are
             # pooled and projected; attention reads only the used key blocks, one tile

@@ -103,6 +103,7 @@ class KMeans(ArraySpecMixin, AttentionSpec):
     """
 
     name = "kmeans"
+    random_draws = True  # hash parameters drawn from the PRNG key (AttentionSpec)
     clusters: int = 100
     iterations: int = 10
     bits: int = 32

@@ -12,9 +12,21 @@ import jax.numpy as jnp
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
+def drop_probabilities(weights: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout of attention probabilities (any shape): each entry is kept with
+    probability ``1 - rate`` and divided by it, so the expected weights are unchanged (as
+    torch's ``F.dropout`` on ``nn.MultiheadAttention``'s weights). Identity when ``rng``
+    is None or ``rate`` is 0."""
+    if rng is None or rate == 0.0:
+        return weights
+    keep = jax.random.bernoulli(rng, 1.0 - rate, weights.shape)
+    return jnp.where(keep, weights / (1.0 - rate), jnp.zeros_like(weights))
+
+
 def masked_softmax_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, key_padding_mask: jax.Array | None,
-    key_bias: jax.Array | None = None,
+    key_bias: jax.Array | None = None, *, dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
     """Scaled dot-product attention over per-head tensors (XLA ops).
 
@@ -26,6 +38,8 @@ def masked_softmax_attention(
         or None.
       key_bias: optional (B, H, 1 or Nq, Nk) additive logit bias (for example log of
         cluster sizes).
+      dropout_rate, dropout_rng: attention dropout (training): the softmax probabilities
+        are dropped with ``drop_probabilities``; none when ``dropout_rng`` is None.
     Returns:
       (B, Nq, H, Dv) attention output.
     """
@@ -35,7 +49,8 @@ def masked_softmax_attention(
     if key_padding_mask is not None:
         neg = jnp.finfo(logits.dtype).min
         logits = jnp.where(key_padding_mask[:, None, None, :], neg, logits)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    weights = drop_probabilities(weights, dropout_rate, dropout_rng).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 

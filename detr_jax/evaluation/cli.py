@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score threshold of the detections drawn and listed for --images "
                              f"(default: config eval.score_threshold, "
                              f"{EVAL_DEFAULTS['score_threshold']}); COCO evaluation keeps all")
+    parser.add_argument("--hash-seeds", type=int, default=None,
+                        help="hash draws per setting that draws random hash parameters (ACT, "
+                             "K-means): each draw a different key derived from the seed, the "
+                             "report gives the mean and standard deviation over the draws "
+                             "(default: config eval.hash_seeds, 1)")
     parser.add_argument("--attention-kernel", default=None,
                         choices=("auto", "xla", "flash", "cudnn", "flash_interpret"),
                         help="softmax attention implementation, set as the model config's "
@@ -170,7 +175,8 @@ def _main(argv=None) -> int:
         parser.error(f"{err}")
     for flag, field in (("max_images", "max_images"), ("batch_size", "batch_size"),
                         ("num_workers", "num_workers"), ("skip_bad_images", "skip_bad_images"),
-                        ("compilation_cache", "compilation_cache")):
+                        ("compilation_cache", "compilation_cache"),
+                        ("hash_seeds", "hash_seeds")):
         value = getattr(args, flag)
         if value is not None:
             cfg.eval[field] = value
@@ -287,7 +293,8 @@ def _evaluate(args, cfg, settings, source) -> int:
                           max_size=cfg.data.max_size, seed=e.seed, num_workers=e.num_workers,
                           prefetch=e.prefetch, max_images=e.max_images,
                           skip_bad_images=e.skip_bad_images, flops_images=e.flops_images,
-                          warmup_rounds=e.warmup_batches, progress=not args.no_progress)
+                          warmup_rounds=e.warmup_batches, progress=not args.no_progress,
+                          hash_seeds=int(e.get("hash_seeds", 1)))
     except BadImageError as err:
         print(f"error: {err} (pass --skip-bad-images to skip such images)", file=sys.stderr)
         return 2
@@ -297,6 +304,7 @@ def _evaluate(args, cfg, settings, source) -> int:
     if jax.process_index() != 0:
         return 0
     details = {"attention settings": ", ".join(settings),
+               "hash draws": int(e.get("hash_seeds", 1)),
                "input": f"shortest side {cfg.data.size}, longest at most {cfg.data.max_size}",
                "precision": args.precision,
                "compilation cache": cache or "off", "jax": jax.__version__,
@@ -341,3 +349,7 @@ def _print_summary(rows, result) -> None:
             text = low if low == high else f"{low}-{high}"
         cells.append(f"{text:>19}")
         print(" ".join(cells))
+        if row.get("draws", 1) > 1:  # several hash draws: the row holds their means
+            stds = [f"{row[n + '_std']:6.1f}" if row.get(n + "_std") is not None else f"{'n/a':>6}"
+                    for n in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")]
+            print(f"{'  std over ' + str(row['draws']) + ' draws':<28} " + " ".join(stds))

@@ -86,13 +86,13 @@ class EvalResult:
     """What one evaluation pass produced (merged over hosts)."""
 
     settings: list
-    detections: dict            # setting -> {image_id: (scores (Q,), labels (Q,), boxes (Q, 4))}
+    detections: dict            # run -> {image_id: (scores (Q,), labels (Q,), boxes (Q, 4))}
     image_ids: list             # evaluated image ids, sorted
     skipped: list               # {"index", "image_id", "path", "reason"}
     num_planned: int            # images the run covered (max_images or the dataset)
     dataset_size: int
-    ms_per_image: dict          # setting -> [per-round ms per image samples]
-    ratio_sums: dict            # setting -> (sum over images of per-layer ratio, count) or None
+    ms_per_image: dict          # run -> [per-round ms per image samples]
+    ratio_sums: dict            # run -> (sum over images of per-layer ratio, count) or None
     flops_inputs: list          # first images: {"index", "image_id", "input_hw", "valid_hw", "stats"}
     compiles: int
     compile_seconds: float
@@ -105,6 +105,14 @@ class EvalResult:
     wall_seconds: float
     encoder_layers: int = 0
     process_count: int = 1
+    # setting -> its run names: several hash draws (``loop.draw_name``) for settings with
+    # random draws when evaluated with hash_seeds > 1, else [setting]. Per-run fields
+    # (detections, ms_per_image, ratio_sums, flops_inputs' stats) are keyed by run name.
+    runs: dict | None = None
+
+    def setting_runs(self, setting) -> list[str]:
+        """The run names of ``setting`` (``[setting]`` unless it ran several draws)."""
+        return list((self.runs or {}).get(setting, [setting]))
 
     @property
     def partial(self) -> bool:
@@ -143,9 +151,12 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
              size: int = 800, max_size: int | None = 1333, seed: int = 0, num_workers: int = 4,
              prefetch: int = 4, max_images: int = 0, skip_bad_images: bool = False,
              flops_images: int = 100, warmup_rounds: int = 1, devices=None,
-             progress: bool = True, backend: str = "auto") -> EvalResult:
+             progress: bool = True, backend: str = "auto", hash_seeds: int = 1) -> EvalResult:
     """Predict every image of ``source`` (the first ``max_images`` when > 0) under every
-    encoder-attention ``settings`` string, sharing the backbone and the data pass."""
+    encoder-attention ``settings`` string, sharing the backbone and the data pass.
+
+    ``hash_seeds`` > 1: settings whose spec has ``random_draws`` (ACT, K-means) run that
+    many hash draws (``loop.draw_key``), each scored on its own (``EvalResult.runs``)."""
     wall = time.perf_counter()
     settings = list(settings)
     granularity = int(granularity) if granularity else None
@@ -154,12 +165,13 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
     planned = min(int(max_images), total) if max_images and max_images > 0 else total
     steps = plan_steps(layout, source, batch_size=batch_size, granularity=granularity,
                        num_images=planned, size=size, max_size=max_size)
-    runner = SettingsRunner(model, settings, layout, seed=seed)
+    runner = SettingsRunner(model, settings, layout, seed=seed, hash_seeds=hash_seeds)
+    runs = runner.run_names
     batches = iterate_batches(source, steps, size=size, max_size=max_size,
                               granularity=granularity, skip_bad_images=skip_bad_images,
                               num_workers=num_workers, prefetch=prefetch, backend=backend)
-    detections, skipped = Detections(settings), Skipped()
-    timing, clusters = Timing(settings, warmup_rounds), ClusterStats(settings, flops_images)
+    detections, skipped = Detections(runs), Skipped()
+    timing, clusters = Timing(runs, warmup_rounds), ClusterStats(runs, flops_images)
     bar = _progress_bar(layout, steps, settings, progress)
     try:
         for round_ in predict_rounds(runner, batches, layout, batch_size):
@@ -167,8 +179,8 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
                 collector.update(round_)
             if round_.ran:
                 bar.update(sum(b.num_real for b in round_.batches), compiled=round_.compiled)
-                if timing.samples[settings[0]]:
-                    bar.set_postfix(ms_per_img=f"{timing.median(settings[0]):.1f}", refresh=False)
+                if runs and timing.samples[runs[0]]:
+                    bar.set_postfix(ms_per_img=f"{timing.median(runs[0]):.1f}", refresh=False)
     finally:
         bar.close()
     merged = gather_across_hosts([c.payload() for c in (detections, skipped, clusters)])
@@ -176,7 +188,7 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
         collector.merge([part[position] for part in merged])
     return EvalResult(
         settings=settings, detections=detections.detections,
-        image_ids=sorted(detections.detections[settings[0]]) if settings else [],
+        image_ids=sorted(detections.detections[runs[0]]) if runs else [],
         skipped=skipped.entries, num_planned=planned, dataset_size=total,
         ms_per_image=timing.samples, ratio_sums=clusters.ratio_sums,
         flops_inputs=clusters.ordered_flops_inputs(), compiles=runner.compiles,
@@ -187,7 +199,8 @@ def evaluate(model, source, settings, *, batch_size: int = 1, granularity: int |
         layout=layout.mode, batch_size=batch_size, granularity=granularity,
         wall_seconds=time.perf_counter() - wall,
         encoder_layers=int(dict(model.config).get("enc_layers", 0)),
-        process_count=layout.process_count)
+        process_count=layout.process_count,
+        runs={s: [name for name, _ in runner.runs[s]] for s in settings})
 
 
 def _progress_bar(layout, steps, settings, progress: bool):

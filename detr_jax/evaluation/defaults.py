@@ -9,6 +9,7 @@ EVAL_DEFAULTS = dict(
     attention=("exact",),
     score_threshold=0.7,     # --images drawing only; COCO evaluation keeps every query
     seed=0,                  # PRNG key of every call (ACT / K-means draws)
+    hash_seeds=1,            # > 1: hash draws per ACT / K-means setting, mean and std reported
     num_workers=4,           # host threads decoding and resizing images
     prefetch=4,              # batches prepared ahead
     max_images=0,            # > 0: evaluate only the first N images (labelled partial)

@@ -14,8 +14,8 @@ from detr_jax.attention.stats import LayerStats
 
 def read_layer_stats(stats: LayerStats | None):
     """(num_clusters (B, H), num_valid (B,), capacity () or None) of one layer, or None
-    when the layer reports no clusters."""
-    if stats is None or stats.num_clusters is None:
+    when the layer reports no clusters (None, or an empty entry)."""
+    if not stats or getattr(stats, "num_clusters", None) is None:
         return None
     return stats.num_clusters, stats.num_valid, stats.capacity
 

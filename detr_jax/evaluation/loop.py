@@ -11,6 +11,11 @@ Every call gets the same explicit PRNG key, the encoder key of ``model(..., rng=
 (``detr_jax.models.detector.encoder_key``), so ACT / K-means draws are deterministic and
 a prediction here equals the model called with ``rng=jax.random.key(seed)`` on the same
 padded batch.
+
+Hash draws (``hash_seeds`` N > 1): a setting whose spec has ``random_draws`` (ACT,
+K-means) runs N times per batch, each a *run* named ``draw_name(setting, i)`` with the key
+``draw_key(seed, i)`` (draw 0: the key above). The draws share the backbone pass and the
+setting's compiled head (the key is a runtime argument); other settings run once.
 """
 
 from __future__ import annotations
@@ -65,14 +70,49 @@ def stack_cluster_stats(stats) -> dict:
     return out
 
 
-class SettingsRunner:
-    """Compiled backbone shared by several encoder-attention settings of one detector."""
+def draw_key(seed: int, draw: int) -> jax.Array:
+    """The encoder key of hash draw ``draw``: ``encoder_key(key(seed))`` for draw 0 (the
+    single-draw key), ``encoder_key(fold_in(key(seed), draw))`` for the others."""
+    base = jax.random.key(seed)
+    return encoder_key(base if draw == 0 else jax.random.fold_in(base, draw))
 
-    def __init__(self, model, settings, layout: Layout, *, seed: int = 0):
+
+def draw_name(setting: str, draw: int) -> str:
+    """The run name of draw ``draw`` of a setting evaluated over several hash draws."""
+    return f"{setting}#draw{draw}"
+
+
+def setting_runs(settings, hash_seeds: int = 1) -> dict[str, list[tuple[str, int]]]:
+    """setting -> [(run name, draw)]: ``hash_seeds`` draws (``draw_name``) for settings
+    whose spec has ``random_draws`` when ``hash_seeds > 1``, else one run named as the
+    setting (draw 0)."""
+    from detr_jax.attention import parse_attention
+    if int(hash_seeds) < 1:
+        raise ValueError(f"hash_seeds={hash_seeds!r}: expected a positive integer")
+    runs = {}
+    for setting in settings:
+        if hash_seeds > 1 and parse_attention(setting).random_draws:
+            runs[setting] = [(draw_name(setting, i), i) for i in range(int(hash_seeds))]
+        else:
+            runs[setting] = [(setting, 0)]
+    return runs
+
+
+class SettingsRunner:
+    """Compiled backbone shared by several encoder-attention settings of one detector.
+
+    ``hash_seeds``: hash draws per setting with ``random_draws`` (module docstring);
+    ``runs`` maps each setting to its (run name, draw) pairs and ``run_names`` lists every
+    run; outputs and head times are keyed by run name.
+    """
+
+    def __init__(self, model, settings, layout: Layout, *, seed: int = 0, hash_seeds: int = 1):
         from detr_jax.attention import parse_attention
         from detr_jax.models.build import with_encoder_attention
 
         self.settings = list(settings)
+        self.runs = setting_runs(self.settings, hash_seeds)
+        self.run_names = [name for s in self.settings for name, _ in self.runs[s]]
         self.layout = layout
         base_graphdef, state = nnx.split(model)
         self.graphdefs = {}
@@ -80,19 +120,21 @@ class SettingsRunner:
             spec = parse_attention(setting)
             variant = model if spec == model.attention_spec else with_encoder_attention(model, spec)
             self.graphdefs[setting] = nnx.split(variant)[0]
-        # The same encoder key for every batch. It travels as raw key data (a plain uint32
-        # array) and is wrapped inside the jit.
-        self.encoder_key = encoder_key(jax.random.key(seed))
-        key_data = np.asarray(jax.random.key_data(self.encoder_key))
+        # One encoder key per draw, the same for every batch. Keys travel as raw key data
+        # (a plain uint32 array) and are wrapped inside the jit.
+        draws = sorted({d for runs in self.runs.values() for _, d in runs})
+        self.encoder_key = draw_key(seed, 0)
+        key_data = {d: np.asarray(jax.random.key_data(draw_key(seed, d))) for d in draws}
         if layout.mode == "sharded":
             from jax.sharding import NamedSharding, PartitionSpec
             replicated = NamedSharding(layout.mesh, PartitionSpec())
             self.states = [replicate(state, replicated)]
-            self.keys = [replicate(key_data, replicated)]
+            self.keys = {d: [replicate(k, replicated)] for d, k in key_data.items()}
             head_out = replicated
         else:
             self.states = [jax.device_put(state, d) for d in layout.devices]
-            self.keys = [jax.device_put(key_data, d) for d in layout.devices]
+            self.keys = {d: [jax.device_put(k, dev) for dev in layout.devices]
+                         for d, k in key_data.items()}
             head_out = None
 
         def backbone(state, pixel_values, padding_mask):
@@ -140,8 +182,9 @@ class SettingsRunner:
         """Run device batches together (one per device in the per-device layout).
 
         items: [(slot, (pixel_values, padding_mask, original_sizes))].
-        Returns (outputs {setting: [numpy dict per item]}, backbone seconds,
-        {setting: head seconds}, whether anything was compiled).
+        Returns (outputs {run name: [numpy dict per item]}, backbone seconds,
+        {run name: head seconds}, whether anything was compiled); a run name is the
+        setting unless it runs several hash draws (``runs``).
         """
         compiled_any = False
         start = time.perf_counter()
@@ -155,16 +198,17 @@ class SettingsRunner:
         backbone_seconds = time.perf_counter() - start
         outputs, head_seconds = {}, {}
         for setting in self.settings:
-            start = time.perf_counter()
-            results = []
-            for (slot, (_, _, sizes)), feats in zip(items, features):
-                args = (self.states[slot], *feats, self.keys[slot], sizes)
-                exe, fresh = self._executable(setting, self._heads[setting], args)
-                compiled_any |= fresh
-                results.append(exe(*args))
-            jax.block_until_ready(results)
-            head_seconds[setting] = time.perf_counter() - start
-            outputs[setting] = [{k: np.asarray(v) for k, v in r.items()} for r in results]
+            for run, draw in self.runs[setting]:
+                start = time.perf_counter()
+                results = []
+                for (slot, (_, _, sizes)), feats in zip(items, features):
+                    args = (self.states[slot], *feats, self.keys[draw][slot], sizes)
+                    exe, fresh = self._executable(setting, self._heads[setting], args)
+                    compiled_any |= fresh
+                    results.append(exe(*args))
+                jax.block_until_ready(results)
+                head_seconds[run] = time.perf_counter() - start
+                outputs[run] = [{k: np.asarray(v) for k, v in r.items()} for r in results]
         return outputs, backbone_seconds, head_seconds, compiled_any
 
 
@@ -188,8 +232,8 @@ class Round:
 
     batches: list               # every host batch of the round
     ran: list                   # the batches that ran (all but those without real images)
-    outputs: dict               # setting -> [numpy output dict per batch of ``ran``]
-    seconds: dict               # setting -> backbone + head seconds of the round
+    outputs: dict               # run (setting or hash draw) -> [numpy output dict per batch of ``ran``]
+    seconds: dict               # run -> backbone + head seconds of the round
     rows: int                   # images the round's time covers (the global batch if sharded)
     compiled: bool              # whether anything was compiled during the round
     local_rows: list | None     # sharded layout: this host's rows of the global outputs
@@ -239,5 +283,5 @@ def _run(runner, round_batches, layout, batch_size, local_rows) -> Round:
     items = [(b.step.device, to_device(b, layout, batch_size)) for b in ran]
     outputs, backbone_s, head_s, compiled = runner.run_round(items)
     rows = batch_size if sharded else sum(b.pixel_values.shape[0] for b in ran)
-    seconds = {s: backbone_s + head_s[s] for s in runner.settings}
+    seconds = {run: backbone_s + head_s[run] for run in runner.run_names}
     return Round(round_batches, ran, outputs, seconds, rows, compiled, local_rows)

@@ -8,6 +8,11 @@ batches after warm-up, compiles excluded, divided by the batch size), peak devic
 analysis of the setting's compiled functions, and the mean prototype ratio per encoder
 layer (clusters / valid tokens, averaged over images and heads; 1.0 for exact attention).
 
+A setting evaluated over several hash draws (``eval.hash_seeds``; ACT, K-means) gets one row
+with the mean over its draws of every metric and column, the standard deviation over the
+draws (``<metric>_std``, sample standard deviation, ddof 1) and the number of draws
+(``draws``); report.json keeps each draw's metrics (``metrics`` per run and ``draws``).
+
 Everything is written into a staging directory and moved into place at the end, the
 Markdown report last, so an interrupted run leaves nothing that looks complete. Runs over
 part of the dataset (``--max-images``) carry ``partial-N`` in every file name and say so
@@ -32,7 +37,8 @@ from detr_jax.evaluation.coco_eval import METRIC_NAMES, EvalResult, coco_metrics
 
 def setting_tag(setting: str) -> str:
     """File-name form of a setting: ``act:L=32`` -> ``act_L32`` (as ``predict_images``)."""
-    return setting.replace(":", "_").replace(",", "_").replace("=", "").replace("/", "-")
+    return (setting.replace(":", "_").replace(",", "_").replace("=", "").replace("/", "-")
+            .replace("#", "."))
 
 
 def file_suffix(result: EvalResult) -> str:
@@ -65,12 +71,13 @@ def flops_summary(result: EvalResult, model_config, flops=None) -> dict | None:
     summary = {}
     for setting in result.settings:
         backbone, transformer = [], []
-        for entry in result.flops_inputs:
-            if setting not in entry["stats"]:
+        runs = result.setting_runs(setting)  # several hash draws: the mean over them
+        for entry, run in ((entry, run) for entry in result.flops_inputs for run in runs):
+            if run not in entry["stats"]:
                 continue
             try:
                 out = flops(setting, tuple(entry["input_hw"]), tuple(entry["valid_hw"]),
-                            entry["stats"][setting])
+                            entry["stats"][run])
             except Exception as err:  # report what we can; say why the column is empty
                 print(f"warning: FLOPs count failed for {setting}: {type(err).__name__}: {err}",
                       file=sys.stderr)
@@ -80,25 +87,43 @@ def flops_summary(result: EvalResult, model_config, flops=None) -> dict | None:
         if backbone:
             summary[setting] = {"gflops_backbone": float(np.mean(backbone)),
                                 "gflops_transformer": float(np.mean(transformer)),
-                                "images": len(backbone)}
+                                "images": len(backbone) // len(runs)}
     return summary or None
 
 
+def draw_statistics(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, sample standard deviation (ddof 1)) of one metric over a setting's hash
+    draws, in the metric's units; negative values (COCOeval's "no such objects") give
+    (None, None); the std is None for a single draw."""
+    if not values or any(v < 0 for v in values):
+        return None, None
+    mean = float(np.mean(values))
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return mean, std
+
+
 def build_rows(result: EvalResult, metrics: dict, flops: dict | None) -> list[dict]:
-    """One row per setting with every column of the report (AP values in percent)."""
+    """One row per setting with every column of the report (AP values in percent).
+
+    ``metrics``: COCO metrics per run (``result.setting_runs``; a setting's name when it
+    ran once). A setting with several hash draws gets the mean over them, the standard
+    deviation in ``<metric>_std`` and their count in ``draws``."""
     rows = []
     for setting in result.settings:
-        m = metrics[setting]
+        runs = result.setting_runs(setting)
         row = {"attention": setting}
         for name in METRIC_NAMES:
-            row[name] = round(100.0 * m[name], 3) if m[name] >= 0 else None
+            mean, std = draw_statistics([100.0 * metrics[run][name] for run in runs])
+            row[name] = round(mean, 3) if mean is not None else None
+            row[f"{name}_std"] = round(std, 3) if std is not None else None
+        row["draws"] = len(runs)
         if flops is not None:
             f = flops.get(setting)
             row["gflops_backbone"] = round(f["gflops_backbone"], 6) if f else None
             row["gflops_transformer"] = round(f["gflops_transformer"], 6) if f else None
             row["gflops_total"] = (round(f["gflops_backbone"] + f["gflops_transformer"], 6)
                                    if f else None)
-        samples = result.ms_per_image.get(setting) or []
+        samples = [v for run in runs for v in (result.ms_per_image.get(run) or [])]
         row["ms_per_image"] = round(float(np.median(samples)), 3) if samples else None
         row["timed_batches"] = len(samples)
         row["peak_mem_mb"] = (round(result.peak_bytes / 2**20, 1)
@@ -106,7 +131,8 @@ def build_rows(result: EvalResult, metrics: dict, flops: dict | None) -> list[di
         xla = [result.xla_memory.get("backbone"), result.xla_memory.get(setting)]
         xla = [v for v in xla if v is not None]
         row["xla_mem_mb"] = round(max(xla) / 2**20, 1) if xla else None
-        ratios = result.prototype_ratios(setting)
+        per_run = [r for r in (result.prototype_ratios(run) for run in runs) if r is not None]
+        ratios = [float(v) for v in np.mean(per_run, axis=0)] if per_run else None
         if ratios is None:  # no clusters: exact attention keeps every token
             ratios = [1.0] * (result.encoder_layers or _num_layers(result))
         row["prototype_ratio"] = [round(r, 4) for r in ratios]
@@ -116,9 +142,10 @@ def build_rows(result: EvalResult, metrics: dict, flops: dict | None) -> list[di
 
 def _num_layers(result: EvalResult) -> int:
     for setting in result.settings:
-        ratios = result.prototype_ratios(setting)
-        if ratios:
-            return len(ratios)
+        for run in result.setting_runs(setting):
+            ratios = result.prototype_ratios(run)
+            if ratios:
+                return len(ratios)
     return 0
 
 
@@ -130,6 +157,14 @@ def _fmt(value, digits=1) -> str:
             return f"{value:.3g}"
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _fmt_draws(row: dict, name: str) -> str:
+    """A metric cell: ``mean ± std`` when the row has several hash draws."""
+    std = row.get(f"{name}_std")
+    if std is None or row[name] is None:
+        return _fmt(row[name])
+    return f"{_fmt(row[name])} ± {_fmt(std)}"
 
 
 def status_line(result: EvalResult) -> str:
@@ -157,7 +192,8 @@ def render_markdown(rows: list[dict], meta: dict, result: EvalResult) -> str:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("| " + " | ".join("---" for _ in header) + " |")
     for row in rows:
-        cells = [f"`{row['attention']}`"] + [_fmt(row[n]) for n in METRIC_NAMES]
+        draws = f" ({row['draws']} draws)" if row.get("draws", 1) > 1 else ""
+        cells = [f"`{row['attention']}`{draws}"] + [_fmt_draws(row, n) for n in METRIC_NAMES]
         if has_flops:
             cells += [_fmt(row["gflops_backbone"]), _fmt(row["gflops_transformer"]),
                       _fmt(row["gflops_total"])]
@@ -175,7 +211,11 @@ def render_markdown(rows: list[dict], meta: dict, result: EvalResult) -> str:
               "peak_bytes_in_use over the whole run (all settings; n/a on CPU). XLA mem: XLA's "
               "memory analysis of this setting's compiled functions (arguments + outputs + "
               "temporaries, largest of backbone and head). Prototype ratio: clusters / valid "
-              "tokens per encoder layer, mean over images and heads (1.0 = exact).", ""]
+              "tokens per encoder layer, mean over images and heads (1.0 = exact)."
+              + (" Settings marked (N draws): mean ± sample "
+                 "standard deviation over the draws (each draw a fresh key for every "
+                 "layer's hash parameters); the other columns are means over the draws."
+                 if any(r.get("draws", 1) > 1 for r in rows) else ""), ""]
     if result.skipped:
         lines += ["## Skipped images", ""]
         lines += [f"- id {s['image_id']}: {s['path']}: {s['reason']}" for s in result.skipped]
@@ -252,6 +292,18 @@ def _jsonable(value):
     return value
 
 
+def draws_summary(result: EvalResult, metrics: dict) -> dict:
+    """setting -> {"runs": run names, metric -> per-draw values (percent)} for the
+    settings evaluated over several hash draws."""
+    out = {}
+    for setting in result.settings:
+        runs = result.setting_runs(setting)
+        if len(runs) > 1:
+            out[setting] = {"runs": runs, **{name: [round(100.0 * metrics[r][name], 3)
+                                                    for r in runs] for name in METRIC_NAMES}}
+    return out
+
+
 def write_report(output_dir: str, result: EvalResult, coco_gt, *, model=None,
                  model_config=None, source=None, meta: dict | None = None,
                  plots: bool = True, cluster_map_images: int = 0, cluster_map_head: int = 0,
@@ -264,8 +316,9 @@ def write_report(output_dir: str, result: EvalResult, coco_gt, *, model=None,
     """
     suffix = file_suffix(result)
     meta = dict(meta or {})
-    metrics = {s: coco_metrics(coco_gt, result.results_json(s), result.image_ids)
-               for s in result.settings}
+    runs = [run for s in result.settings for run in result.setting_runs(s)]
+    metrics = {run: coco_metrics(coco_gt, result.results_json(run), result.image_ids)
+               for run in runs}
     config = model_config if model_config is not None else (model.config if model else None)
     flops = flops_summary(result, config, flops) if config is not None else None
     rows = build_rows(result, metrics, flops)
@@ -273,9 +326,9 @@ def write_report(output_dir: str, result: EvalResult, coco_gt, *, model=None,
         meta["flops_images_used"] = max(f["images"] for f in flops.values())
     staging = Staging(output_dir)
     try:
-        for setting in result.settings:
-            staging.write_json(f"predictions.{setting_tag(setting)}{suffix}.json",
-                               result.results_json(setting))
+        for run in runs:
+            staging.write_json(f"predictions.{setting_tag(run)}{suffix}.json",
+                               result.results_json(run))
         if plots:
             from detr_jax.evaluation import plots as figures
             figures.plot_ap_vs_gflops(rows, staging.path(f"ap_vs_gflops{suffix}.png"))
@@ -312,6 +365,7 @@ def write_report(output_dir: str, result: EvalResult, coco_gt, *, model=None,
             "skipped": result.skipped, "num_planned": result.num_planned,
             "dataset_size": result.dataset_size, "image_count": len(result.image_ids),
             "ms_per_image_samples": result.ms_per_image, "flops": flops,
+            "draws": draws_summary(result, metrics),
         }
         staging.write_json(f"report{suffix}.json", _jsonable(summary), indent=2)
         staging.write_text(f"report{suffix}.csv", render_csv(rows))

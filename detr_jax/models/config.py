@@ -21,6 +21,10 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       backbone.norm: "frozen_bn" (DETR's, for converted pretrained weights) or "group"
         (trainable GroupNorm with ``norm_groups`` groups, for backbones trained from scratch).
       hidden_dim, num_heads, enc_layers, dec_layers, ffn_dim, dropout: transformer sizes.
+      attention_dropout: dropout of the attention probabilities in training (encoder
+        self-attention, decoder self- and cross-attention, and the clustered variants'
+        attention); None (the default): ``dropout``, as the official code; 0 disables it.
+        Training with it runs attention on the XLA kernel (``detr_jax.attention.backend``).
       pre_norm: pre-norm transformer layers (the official ``--pre_norm``), for training
         from scratch; the official checkpoints are post-norm (False).
       num_queries: object queries; num_classes: highest class id (91 for COCO), the class
@@ -44,6 +48,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     cfg.dec_layers = 6
     cfg.ffn_dim = 2048
     cfg.dropout = 0.1
+    cfg.attention_dropout = None
     cfg.num_queries = 100
     cfg.num_classes = 91
     cfg.layer_norm_eps = 1e-5

@@ -6,6 +6,12 @@ LayerNorm. Pre-norm keeps each token's own features on the residual path, which 
 when training from scratch: at initialization the post-norm encoder's nearly uniform
 attention averages tokens together layer after layer (docs/training.md).
 
+Dropout (training only: a key and ``train=True``): ``dropout`` on every sub-layer's
+output and in the FFN, and ``attention_dropout`` on the attention probabilities of the
+encoder self-attention, decoder self-attention and cross-attention (the official
+``nn.MultiheadAttention(dropout=...)``; see ``detr_jax.attention.backend`` for the kernel
+it runs on).
+
 Sequences are (B, N, d) with row-major flattening of the (h, w) feature map, the same
 token order as the official ``flatten(2).permute(2, 0, 1)``.
 """
@@ -54,6 +60,20 @@ def _keys(rng, count):
     return [None] * count if rng is None else list(jax.random.split(rng, count))
 
 
+def attention_dropout_rate(cfg) -> float:
+    """The attention-probability dropout of a model config: ``attention_dropout``, or
+    ``dropout`` when that field is absent or None (the official code drops attention
+    weights at the model's dropout rate)."""
+    rate = cfg.get("attention_dropout", None)
+    return float(cfg.dropout if rate is None else rate)
+
+
+def _attention_key(dropout_rng, index):
+    """The attention-dropout key of a layer's attention ``index`` (None without a key);
+    folded from the layer's dropout key so the other dropout keys stay as they were."""
+    return None if dropout_rng is None else jax.random.fold_in(dropout_rng, 100 + index)
+
+
 def layer_norm(d, eps, dtype, rngs):
     return nnx.LayerNorm(d, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
@@ -67,6 +87,7 @@ class EncoderLayer(nnx.Module):
         self.self_attn = spec.build(d, cfg.num_heads, layer_index=layer_index,
                                     num_layers=cfg.enc_layers, dtype=dtype,
                                     backend=backend, rngs=rngs)
+        self.self_attn.attention_dropout = attention_dropout_rate(cfg)
         self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
         self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
         self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
@@ -76,15 +97,16 @@ class EncoderLayer(nnx.Module):
 
     def __call__(self, src, pos, mask, *, attn_rng=None, dropout_rng=None):
         d1, d2, d3 = _keys(dropout_rng, 3)
+        a1 = _attention_key(dropout_rng, 0)
         if self.pre_norm:
             normed = self.norm1(src)
             qk = normed + pos
-            attended, stats = self.self_attn(qk, qk, normed, mask, attn_rng)
+            attended, stats = self.self_attn(qk, qk, normed, mask, attn_rng, dropout_rng=a1)
             src = src + dropout(attended, self.rate, d1)
             hidden = dropout(jax.nn.relu(self.linear1(self.norm2(src))), self.rate, d2)
             return src + dropout(self.linear2(hidden), self.rate, d3), stats
         qk = src + pos
-        attended, stats = self.self_attn(qk, qk, src, mask, attn_rng)
+        attended, stats = self.self_attn(qk, qk, src, mask, attn_rng, dropout_rng=a1)
         src = self.norm1(src + dropout(attended, self.rate, d1))
         hidden = dropout(jax.nn.relu(self.linear1(src)), self.rate, d2)
         src = self.norm2(src + dropout(self.linear2(hidden), self.rate, d3))
@@ -96,10 +118,12 @@ class DecoderLayer(nnx.Module):
 
     def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs, backend: AttentionBackend | None = None):
         d = cfg.hidden_dim
+        rate = attention_dropout_rate(cfg)
         self.self_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype, backend=backend,
-                                            rngs=rngs)
+                                            attention_dropout=rate, rngs=rngs)
         self.multihead_attn = MultiHeadAttention(d, cfg.num_heads, dtype=dtype,
-                                                 backend=backend, rngs=rngs)
+                                                 backend=backend, attention_dropout=rate,
+                                                 rngs=rngs)
         self.linear1 = nnx.Linear(d, cfg.ffn_dim, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
         self.linear2 = nnx.Linear(cfg.ffn_dim, d, dtype=dtype, kernel_init=XAVIER, rngs=rngs)
         self.norm1 = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
@@ -110,19 +134,22 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, tgt, memory, query_pos, pos, mask, *, dropout_rng=None):
         d1, d2, d3, d4 = _keys(dropout_rng, 4)
+        a1, a2 = _attention_key(dropout_rng, 0), _attention_key(dropout_rng, 1)
         if self.pre_norm:
             normed = self.norm1(tgt)
             qk = normed + query_pos
-            attended, _ = self.self_attn(qk, qk, normed)
+            attended, _ = self.self_attn(qk, qk, normed, dropout_rng=a1)
             tgt = tgt + dropout(attended, self.rate, d1)
-            attended, _ = self.multihead_attn(self.norm2(tgt) + query_pos, memory + pos, memory, mask)
+            attended, _ = self.multihead_attn(self.norm2(tgt) + query_pos, memory + pos, memory,
+                                              mask, dropout_rng=a2)
             tgt = tgt + dropout(attended, self.rate, d2)
             hidden = dropout(jax.nn.relu(self.linear1(self.norm3(tgt))), self.rate, d3)
             return tgt + dropout(self.linear2(hidden), self.rate, d4)
         qk = tgt + query_pos
-        attended, _ = self.self_attn(qk, qk, tgt)
+        attended, _ = self.self_attn(qk, qk, tgt, dropout_rng=a1)
         tgt = self.norm1(tgt + dropout(attended, self.rate, d1))
-        attended, _ = self.multihead_attn(tgt + query_pos, memory + pos, memory, mask)
+        attended, _ = self.multihead_attn(tgt + query_pos, memory + pos, memory, mask,
+                                          dropout_rng=a2)
         tgt = self.norm2(tgt + dropout(attended, self.rate, d2))
         hidden = dropout(jax.nn.relu(self.linear1(tgt)), self.rate, d3)
         tgt = self.norm3(tgt + dropout(self.linear2(hidden), self.rate, d4))

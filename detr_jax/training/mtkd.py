@@ -21,7 +21,7 @@ constrains, and pulling ACT's toward them fought the detection loss when trainin
 demo model.
 With ``kd_aux`` the auxiliary decoder layers add theirs (each with its own matching).
 ``act_loss`` optionally adds DETR's set loss of the ACT branch as well (not in the paper;
-off by default).
+off by default). The metric ``kd_share`` is the weighted KD term's share of the total loss.
 """
 
 from __future__ import annotations
@@ -136,6 +136,10 @@ def mtkd_loss(exact_out: dict, act_out: dict, targets: dict, weights: LossWeight
         total = total + loss_act
         metrics["loss_act"] = loss_act
     metrics["loss"] = total
+    # The distillation term's share of the loss (weighted KD / total, in [0, 1]): how much
+    # of the objective distils (docs/training.md); logged with the other metrics.
+    metrics["kd_share"] = jax.lax.stop_gradient(
+        config.kd_weight * kd / jnp.maximum(total, jnp.finfo(jnp.float32).tiny))
     return total, metrics
 
 

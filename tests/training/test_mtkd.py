@@ -112,6 +112,12 @@ def test_one_mtkd_step_updates_the_shared_weights_through_both_branches(tiny_bat
         before = encoder_params(trainer)
         metrics = jax.device_get(trainer.step(batch))
         assert np.isfinite(metrics["loss"]) and float(metrics["loss_kd"]) > 0
+        # the KD term's share of the loss is logged: weighted KD / total, in [0, 1]
+        share = float(metrics["kd_share"])
+        assert 0.0 <= share <= 1.0
+        np.testing.assert_allclose(share, kd_weight * float(metrics["loss_kd"])
+                                   / float(metrics["loss"]), rtol=1e-5)
+        assert (share > 0) == (kd_weight > 0)
         after[kd_weight] = encoder_params(trainer)
     encoder = [k for k in before if k.startswith("transformer/encoder")]
     assert encoder and any(not np.array_equal(before[k], after[1.0][k]) for k in encoder)
@@ -150,3 +156,15 @@ def test_kd_on_matched_queries_ignores_the_others():
     with pytest.raises(ValueError, match="loss.aux"):
         mtkd_loss(dict(exact, aux_outputs=[outputs(rng)]), dict(act, aux_outputs=[outputs(rng)]),
                   targets, LossWeights(aux=False), MTKDConfig(kd_queries="matched", kd_aux=True))
+
+
+def test_kd_share_counts_the_weighted_kd_term_against_every_loss_term():
+    rng = np.random.default_rng(3)
+    exact, act = outputs(rng), outputs(rng)
+    targets = two_targets(rng)
+    config = MTKDConfig(kd_weight=2.0, act_loss=True, kd_distance="l2")
+    total, metrics = mtkd_loss(exact, act, targets, LossWeights(), config)
+    expected = 2.0 * metrics["loss_kd"] / (metrics["loss_exact"] + 2.0 * metrics["loss_kd"]
+                                           + metrics["loss_act"])
+    np.testing.assert_allclose(metrics["kd_share"], expected, rtol=1e-6)
+    assert 0.0 < float(metrics["kd_share"]) < 1.0 and np.isclose(float(total), float(metrics["loss"]))
