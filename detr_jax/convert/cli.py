@@ -48,11 +48,14 @@ def main(argv=None) -> int:
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    class_outputs = next(v.get_value().shape[-1] for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+                         if "class_embed" in p and p[-1] == "kernel")
     stages = tuple(cfg["backbone"]["stages"])
     depth = {(3, 4, 6, 3): "ResNet-50", (3, 4, 23, 3): "ResNet-101"}.get(stages, f"ResNet{stages}")
     print(f"converted {args.checkpoint} -> {path}")
     print(f"  backbone {depth}{' DC5' if cfg['backbone']['dilation'] else ''}, "
           f"{cfg['enc_layers']}+{cfg['dec_layers']} layers, d={cfg['hidden_dim']}, "
-          f"{cfg['num_queries']} queries, {cfg['num_classes'] + 1} class outputs, "
+          f"{getattr(model, 'num_queries', None) or cfg['num_queries']} queries, "
+          f"{class_outputs} class outputs, "
           f"{params / 1e6:.2f} M parameters ({time.perf_counter() - start:.1f} s)")
     return 0
