@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         print(f"error: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
         return 2
     print(f"converted {args.checkpoint} -> {path}")
-    print(f"  inferred from the weights: {describe_inferred(cfg)}, "
+    print(f"  inferred from the weights: {describe_inferred(cfg, model)}, "
           f"{params / 1e6:.2f} M parameters ({time.perf_counter() - start:.1f} s)")
     if (cfg["enc_layers"], cfg["dec_layers"]) != OFFICIAL_LAYERS:
         print(f"  note: the official DETR models have {OFFICIAL_LAYERS[0]} encoder + "
@@ -64,12 +64,20 @@ def main(argv=None) -> int:
 OFFICIAL_LAYERS = (6, 6)
 
 
-def describe_inferred(cfg) -> str:
+def describe_inferred(cfg, model) -> str:
     """One line of the architecture read from a checkpoint's shapes, e.g. "backbone
     ResNet-50 DC5, 6 encoder + 6 decoder layers, d=256, 100 queries, 92 class outputs"."""
     stages = tuple(cfg["backbone"]["stages"])
     depth = {(3, 4, 6, 3): "ResNet-50", (3, 4, 23, 3): "ResNet-101"}.get(stages, f"ResNet{stages}")
     return (f"backbone {depth}{' DC5' if cfg['backbone']['dilation'] else ''}, "
             f"{cfg['enc_layers']} encoder + {cfg['dec_layers']} decoder layers, "
-            f"d={cfg['hidden_dim']}, {cfg['num_queries']} queries, "
-            f"{cfg['num_classes'] + 1} class outputs")
+            f"d={cfg['hidden_dim']}, "
+            f"{getattr(model, 'num_queries', None) or cfg['num_queries']} queries, "
+            f"{class_outputs(model)} class outputs")
+
+
+def class_outputs(model) -> int:
+    """Outputs of the class head (DETR: classes + no-object; the sigmoid detectors: classes)."""
+    from flax import nnx
+    return next(v.get_value().shape[-1] for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+                if "class_embed" in p and p[-1] == "kernel")

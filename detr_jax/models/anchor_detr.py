@@ -143,6 +143,13 @@ class AnchorDETR(nnx.Module):
     map for standard attention (the unused entries None).
     """
 
+    @staticmethod
+    def default_loss(loss_cfg):
+        """The training loss of the official recipe for a ``loss`` config section (the
+        training CLI's default): the focal criterion of :mod:`detr_jax.training.focal`."""
+        from detr_jax.training.focal import FocalWeights, focal_detr_loss
+        return focal_detr_loss(FocalWeights.from_config(loss_cfg))
+
     def __init__(self, cfg, *, encoder_attention=None, rngs: nnx.Rngs | None = None):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)

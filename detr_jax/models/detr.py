@@ -51,6 +51,13 @@ class DETR(nnx.Module):
     DETR implements :class:`detr_jax.models.detector.Detector` (registered as "detr").
     """
 
+    @staticmethod
+    def default_loss(loss_cfg):
+        """The training loss of DETR's recipe for a ``loss`` config section (the training
+        CLI's default): cross-entropy with no-object weight, L1 and GIoU."""
+        from detr_jax.training.losses import LossWeights, detr_loss
+        return detr_loss(LossWeights(**loss_cfg.to_dict()))
+
     def __init__(self, cfg, *, encoder_attention: AttentionSpec | str | None = None,
                  rngs: nnx.Rngs | None = None):
         rngs = rngs if rngs is not None else nnx.Rngs(0)

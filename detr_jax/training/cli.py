@@ -132,9 +132,10 @@ def main(argv=None) -> int:
     num_steps = cfg.train.num_steps or cfg.train.epochs * steps_per_epoch
     model = build_model_from_config(cfg)
     mtkd = MTKDConfig.from_config(cfg.get("mtkd"))
-    weights = LossWeights(**cfg.loss.to_dict())
-    trainer = Trainer(model, cfg.train, weights, steps_per_epoch=steps_per_epoch,
-                      loss_fn=None if mtkd is None else mtkd_loss_fn(model, mtkd, weights))
+    # the detector's own recipe (DETR: cross-entropy; Conditional/Anchor DETR: focal)
+    loss_fn = (model.default_loss(cfg.loss) if mtkd is None
+               else mtkd_loss_fn(model, mtkd, LossWeights(**cfg.loss.to_dict())))
+    trainer = Trainer(model, cfg.train, steps_per_epoch=steps_per_epoch, loss_fn=loss_fn)
     if mtkd is not None:
         print(f"MTKD: exact branch + {mtkd.act} branch, box distillation weight {mtkd.kd_weight}")
     print(f"training {num_steps} steps ({steps_per_epoch} per epoch) on {jax.device_count()} "

@@ -29,12 +29,22 @@ from detr_jax.boxes import cxcywh_to_xyxy, pairwise_generalized_iou
 SOLVERS = ("scipy", "optax")
 
 
-def matching_cost(pred_logits, pred_boxes, labels, boxes, valid, *, class_weight=1.0,
-                  bbox_weight=5.0, giou_weight=2.0) -> jax.Array:
-    """(B, Q, T) cost: ``-class_weight * p[label] + bbox_weight * L1 - giou_weight * GIoU``."""
+def softmax_class_cost(pred_logits, labels) -> jax.Array:
+    """DETR's class cost: (B, Q, K+1) logits, (B, T) labels -> (B, Q, T) ``-softmax(p)[label]``."""
     prob = jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)
-    cost_class = -jnp.take_along_axis(prob, jnp.broadcast_to(
+    return -jnp.take_along_axis(prob, jnp.broadcast_to(
         labels[:, None, :], prob.shape[:2] + labels.shape[1:]), axis=-1)
+
+
+def matching_cost(pred_logits, pred_boxes, labels, boxes, valid, *, class_weight=1.0,
+                  bbox_weight=5.0, giou_weight=2.0, class_cost=softmax_class_cost) -> jax.Array:
+    """(B, Q, T) cost: ``class_weight * class_cost + bbox_weight * L1 - giou_weight * GIoU``.
+
+    ``class_cost(pred_logits, labels) -> (B, Q, T)``: DETR's ``-p[label]`` by default
+    (:func:`softmax_class_cost`); the focal-loss detectors pass their own
+    (``detr_jax.training.focal.focal_class_cost``).
+    """
+    cost_class = class_cost(pred_logits, labels)
     pred_boxes = pred_boxes.astype(jnp.float32)
     cost_bbox = jnp.abs(pred_boxes[:, :, None, :] - boxes[:, None, :, :]).sum(-1)
     cost_giou = -pairwise_generalized_iou(cxcywh_to_xyxy(pred_boxes), cxcywh_to_xyxy(boxes))

@@ -68,7 +68,7 @@ class Trainer:
                  steps_per_epoch: int = 1, loss_fn: LossFn | None = None):
         self.cfg = train_cfg
         self.model_config = dict(model.config)
-        if train_cfg.max_targets > self.model_config["num_queries"]:
+        if train_cfg.max_targets > self.model_config.get("num_queries", train_cfg.max_targets):
             raise ValueError(f"train.max_targets={train_cfg.max_targets} exceeds the model's "
                              f"{self.model_config['num_queries']} queries")
         devices = np.array(jax.devices())
