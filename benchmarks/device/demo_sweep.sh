@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Zero-shot encoder attentions on the bundled demo model (models/demo) over the synthetic
 # validation split (300 images, generated here), on one GPU: one eval.py call per group in
-# $GROUPS (default "after"), each writing $OUT/<group>.md (the report) and <group>.json.
+# $SWEEP_GROUPS (default "after"), each writing $OUT/<group>.md (the report) and <group>.json.
 #   SETTINGS="exact act:L=32,r=8 ..." SEEDS=3 bash benchmarks/device/demo_sweep.sh
-#   BEFORE=.before GROUPS="before after" ...   # also the tree in .before (git archive of an
+#   BEFORE=.before SWEEP_GROUPS="before after" ...   # also the tree in .before (git archive of an
 #                                              # older commit, carried) with BEFORE_SETTINGS
 set -uo pipefail
 source benchmarks/device/common.sh
@@ -12,7 +12,7 @@ if [ ! -f /tmp/synval/annotations/instances_val.json ]; then
   python3 -m detr_jax.data.synthetic --output /tmp/synval --train 0 --val 300 --workers 16
 fi
 data=(--annotations /tmp/synval/annotations/instances_val.json --image-root /tmp/synval/val)
-for group in ${GROUPS:-after}; do
+for group in ${SWEEP_GROUPS:-after}; do
   if [ "$group" = before ]; then
     (cd "$BEFORE" && PYTHONPATH=/tmp/site:$PWD python3 eval.py --checkpoint "$OLDPWD/models/demo" \
       --config configs/synthetic_demo.py "${data[@]}" --output-dir /tmp/eval_before \

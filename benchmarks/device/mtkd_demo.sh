@@ -12,7 +12,7 @@ budget="${1:-560}"
 source benchmarks/device/common.sh
 make_synthetic
 # SETTINGS="exact act:L=16,r=4 ..." replaces the evaluated attention settings
-read -r -a attention <<< "${SETTINGS:-exact act:L=16,r=3 act:L=20,r=3 act:L=24,r=3 act:L=32,r=3}"
+read -r -a attention <<< "${SETTINGS:-exact act:L=16 act:L=20 act:L=24 act:L=32}"
 evaluate() {  # model dir, name
   python3 eval.py --checkpoint "$1" --config configs/synthetic_demo.py "${SYN_VAL[@]}" \
     --output-dir "/tmp/eval_$2" --attention "${attention[@]}" --no-progress --batch-size 16 \
