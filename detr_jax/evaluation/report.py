@@ -358,14 +358,14 @@ def write_cluster_maps(staging: Staging, model, source, result: EvalResult, *, c
         return
     input_hw = {int(e["index"]): tuple(int(v) for v in e["input_hw"])
                 for e in result.flops_inputs}
-    encoder_rng = encoder_key(jax.random.key(seed))
-    state = nnx.split(model)[1]
-    graphdefs = {s: nnx.split(with_encoder_attention(model, parse_attention(s)))[0]
-                 for s in clustered}
-    assign = jax.jit(lambda st, px, m, rng: settings_assignments(graphdefs, st, px, m, rng))
     bar = Progress(total=len(indices) * len(clustered), unit="map", desc="cluster maps",
                    dynamic_ncols=True, disable=not progress, file=sys.stderr)
     try:
+        encoder_rng = encoder_key(jax.random.key(seed))
+        state = nnx.split(model)[1]
+        graphdefs = {s: nnx.split(with_encoder_attention(model, parse_attention(s)))[0]
+                     for s in clustered}
+        assign = jax.jit(lambda st, px, m, rng: settings_assignments(graphdefs, st, px, m, rng))
         for index in indices:
             example = source[index]
             resized = np.asarray(resize(to_pil_rgb(example.image), size, max_size), np.uint8)
