@@ -15,10 +15,14 @@ if [ ! -f "$model/config.json" ]; then
   echo "no demo model at $model (config.json missing)" >&2
   exit 1
 fi
+# each phase's wall-clock and CPU time (user + sys over both cores) on stderr
+TIMEFORMAT="[demo] %R s wall, %U s user + %S s sys CPU"
 if [ ! -f "$work/synthetic/annotations/instances_val.json" ]; then
-  python -m detr_jax.data.synthetic --output "$work/synthetic" --train 0 --val 300
+  echo "[demo] generating the synthetic validation split (300 images)" >&2
+  time python -m detr_jax.data.synthetic --output "$work/synthetic" --train 0 --val 300
 fi
+echo "[demo] evaluating (compiles once per setting; the compilation cache makes re-runs start fast)" >&2
 set -x
-python eval.py --checkpoint "$model" --config configs/synthetic_demo.py \
+time python eval.py --checkpoint "$model" --config configs/synthetic_demo.py \
   --annotations "$work/synthetic/annotations/instances_val.json" \
   --image-root "$work/synthetic/val" --output-dir "$work/eval" "$@"

@@ -11,7 +11,11 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "[setup] creating $venv"
   "$python" -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c 'import detr_jax, torch, transformers, pytest' >/dev/null 2>&1; then
+# find_spec looks the packages up without importing them (importing torch and transformers
+# alone takes seconds on a small CPU machine)
+if ! "$venv/bin/python" -c 'import importlib.util as u, sys
+sys.exit(not all(u.find_spec(m) for m in ("detr_jax", "torch", "transformers", "pytest")))' \
+    >/dev/null 2>&1; then
   echo "[setup] installing detr_jax and its test dependencies into $venv (a few minutes, once)"
   "$venv/bin/python" -m pip install -q --upgrade pip
   # torch is only used to read .pth files and by the tests; the CPU build is enough.

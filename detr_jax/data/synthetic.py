@@ -75,14 +75,19 @@ def _shape_mask(kind, height, width, cx, cy, size, angle, aspect) -> np.ndarray:
     return np.asarray(canvas) > 127
 
 
-def _texture(rng, height, width, colour) -> np.ndarray:
-    """(H, W, 3) float texture around ``colour``: solid, stripes, checks or speckle."""
+def _texture(rng, height, width, colour, box=None) -> np.ndarray:
+    """(H, W, 3) float texture around ``colour``: solid, stripes, checks or speckle.
+
+    box: (y0, y1, x0, x1): return only that part of the texture, (y1 - y0, x1 - x0, 3)
+    (the same values, and the same draws from ``rng``, as the whole texture's).
+    """
+    y0, y1, x0, x1 = box if box is not None else (0, height, 0, width)
     kind = rng.integers(4)
-    base = np.broadcast_to(np.asarray(colour, np.float32), (height, width, 3)).copy()
+    base = np.broadcast_to(np.asarray(colour, np.float32), (y1 - y0, x1 - x0, 3)).copy()
     if kind == 0:
         return base
     other = rng.uniform(0, 255, 3).astype(np.float32)
-    y, x = np.mgrid[0:height, 0:width]
+    y, x = np.mgrid[y0:y1, x0:x1]
     period = rng.integers(4, 14)
     if kind == 1:
         angle = rng.uniform(0, math.pi)
@@ -90,9 +95,17 @@ def _texture(rng, height, width, colour) -> np.ndarray:
     elif kind == 2:
         pattern = ((x // period + y // period) % 2).astype(bool)
     else:
-        pattern = rng.random((height, width)) < 0.3
+        pattern = (rng.random((height, width)) < 0.3)[y0:y1, x0:x1]
     base[pattern] = 0.5 * base[pattern] + 0.5 * other
     return base
+
+
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) bounding the True pixels of ``mask`` ((0, 0, 0, 0) when none)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return 0, 0, 0, 0
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def _background(rng, height, width) -> np.ndarray:
@@ -144,11 +157,14 @@ def render_image(seed: int, split: str, index: int):
                            rng.uniform(0, 2 * math.pi), rng.uniform(0.2, 0.45))
         drawn = int(mask.sum())
         colour = rng.uniform(0, 255, 3)
-        texture = _texture(rng, height, width, colour)
+        box = _mask_box(mask)
+        texture = _texture(rng, height, width, colour, box)
         if drawn < 12:
             continue
-        image[mask] = texture[mask]
-        owner[mask] = obj
+        y0, y1, x0, x1 = box
+        inside = mask[y0:y1, x0:x1]
+        image[y0:y1, x0:x1][inside] = texture[inside]
+        owner[y0:y1, x0:x1][inside] = obj
         objects.append((obj, kind_id, drawn))
     annotations = []
     for obj, kind_id, drawn in objects:
@@ -171,16 +187,30 @@ def _write_one(args):
     return index, name, image.shape[:2], annotations
 
 
-def generate_split(root: str, split: str, num_images: int, *, seed: int = 0, workers: int = 0):
-    """Write ``root/<split>/*.jpg`` and ``root/annotations/instances_<split>.json``."""
+def generate_split(root: str, split: str, num_images: int, *, seed: int = 0, workers: int = 0,
+                   progress: bool = False):
+    """Write ``root/<split>/*.jpg`` and ``root/annotations/instances_<split>.json``
+    (``progress``: a progress bar over the images, on stderr)."""
+    import sys
+
+    from tqdm import tqdm
     os.makedirs(os.path.join(root, split), exist_ok=True)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     jobs = [(root, split, seed, i) for i in range(num_images)]
-    if workers and workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_write_one, jobs, chunksize=16))
-    else:
-        results = [_write_one(j) for j in jobs]
+    bar = tqdm(total=num_images, unit="img", desc=f"synthetic {split}", disable=not progress,
+               dynamic_ncols=True, file=sys.stderr)
+    with bar:
+        if workers and workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                results = []
+                for result in pool.map(_write_one, jobs, chunksize=8):
+                    results.append(result)
+                    bar.update(1)
+        else:
+            results = []
+            for job in jobs:
+                results.append(_write_one(job))
+                bar.update(1)
     images, annotations = [], []
     for index, name, (h, w), anns in sorted(results):
         images.append({"id": index + 1, "file_name": name, "height": int(h), "width": int(w)})
@@ -271,10 +301,12 @@ def main(argv=None) -> int:
     parser.add_argument("--val", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     for split, count in (("train", args.train), ("val", args.val)):
         if count:
-            path = generate_split(args.output, split, count, seed=args.seed, workers=args.workers)
+            path = generate_split(args.output, split, count, seed=args.seed, workers=args.workers,
+                                  progress=not args.no_progress)
             print(f"{split}: {count} images -> {path}")
     return 0
 

@@ -210,6 +210,24 @@ def cluster_assignments(model, pixel_values, padding_mask, encoder_rng):
     return per_layer, (h, w)
 
 
+def settings_assignments(graphdefs: dict, state, pixel_values, padding_mask, encoder_rng):
+    """:func:`cluster_assignments` of several encoder-attention variants of one detector in
+    one traceable function (jit it once for all of them; XLA shares the backbone they have
+    in common).
+
+    graphdefs: setting -> ``nnx.split`` graph of that variant; state: their shared state
+    (the variants hold the same arrays). Returns {setting: list per encoder layer of
+    (B, H, N) int arrays or None} and the feature map's (h, w).
+    """
+    from flax import nnx
+    out, feature_hw = {}, None
+    for setting, graphdef in graphdefs.items():
+        ids, feature_hw = cluster_assignments(nnx.merge(graphdef, state), pixel_values,
+                                              padding_mask, encoder_rng)
+        out[setting] = ids
+    return out, feature_hw
+
+
 def default_tokens(example, resized_hw, feature_hw, stride, count: int = 3):
     """Tokens (row, col) of the feature map to show: centres of the largest non-crowd
     ground-truth boxes, else points across the image."""

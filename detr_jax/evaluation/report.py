@@ -308,8 +308,9 @@ def write_report(output_dir: str, result: EvalResult, coco_gt, *, model=None,
                  model_config=None, source=None, meta: dict | None = None,
                  plots: bool = True, cluster_map_images: int = 0, cluster_map_head: int = 0,
                  size: int = 800, max_size: int | None = 1333, seed: int = 0,
-                 flops=None) -> dict:
-    """Score every setting, write predictions, report (Markdown, CSV, JSON) and plots.
+                 flops=None, progress: bool = True) -> dict:
+    """Score every setting, write predictions, report (Markdown, CSV, JSON) and plots
+    (``progress``: a progress bar for the cluster maps).
 
     ``flops``: the FLOPs counter (:func:`detector_flops` of the model's config by default).
     Returns {"rows", "metrics", "files"}.
@@ -337,7 +338,7 @@ def write_report(output_dir: str, result: EvalResult, coco_gt, *, model=None,
             if cluster_map_images and model is not None and source is not None:
                 write_cluster_maps(staging, model, source, result, count=cluster_map_images,
                                    head=cluster_map_head, size=size, max_size=max_size,
-                                   seed=seed, suffix=suffix)
+                                   seed=seed, suffix=suffix, progress=progress)
         details = {
             "checkpoint": meta.get("checkpoint", "n/a"),
             "images": f"{len(result.image_ids)} evaluated of {result.dataset_size}"
@@ -380,40 +381,78 @@ def write_report(output_dir: str, result: EvalResult, coco_gt, *, model=None,
 
 
 def write_cluster_maps(staging: Staging, model, source, result: EvalResult, *, count: int,
-                       head: int, size: int, max_size: int | None, seed: int, suffix: str):
-    """Figure 6 for the first ``count`` evaluated images and every clustered setting."""
+                       head: int, size: int, max_size: int | None, seed: int, suffix: str,
+                       progress: bool = True):
+    """Figure 6 for the first ``count`` evaluated images and every clustered setting.
+
+    Each image is padded to the input size its evaluation batch had (the granularity's
+    bucket otherwise), so all images of one bucket share one executable, and the
+    assignments of every clustered setting come from one jitted function of the shared
+    state (:func:`detr_jax.evaluation.plots.settings_assignments`): one compile per
+    bucket shape (from the persistent compilation cache on a re-run). A progress bar
+    counts the maps.
+    """
     import jax
     from flax import nnx
-
     from detr_jax.attention import parse_attention
-    from detr_jax.data.transforms import preprocess
-    from detr_jax.evaluation.plots import cluster_assignments, default_tokens, plot_cluster_maps
+    from detr_jax.data.collate import pad_images
+    from detr_jax.data.normalize import normalize_host
+    from detr_jax.data.transforms import resize, to_pil_rgb
+    from detr_jax.evaluation.plots import default_tokens, plot_cluster_maps, settings_assignments
     from detr_jax.models.build import with_encoder_attention
     from detr_jax.models.detector import encoder_key
+    from detr_jax.progress import Progress
 
     clustered = [s for s in result.settings if parse_attention(s) != parse_attention("exact")]
     if not clustered:
         return
     evaluated = set(result.image_ids)
     indices = [r.index for r in source.records if r.image_id in evaluated][:count]
-    encoder_rng = encoder_key(jax.random.key(seed))
-    for setting in clustered:
-        variant = with_encoder_attention(model, parse_attention(setting))
-        graphdef, state = nnx.split(variant)
-        assign = jax.jit(lambda st, px, m, rng: cluster_assignments(nnx.merge(graphdef, st),
-                                                                    px, m, rng))
+    if not indices:
+        return
+    input_hw = {int(e["index"]): tuple(int(v) for v in e["input_hw"])
+                for e in result.flops_inputs}
+    bar = Progress(total=len(indices) * len(clustered), unit="map", desc="cluster maps",
+                   dynamic_ncols=True, disable=not progress, file=sys.stderr)
+    try:
+        encoder_rng = encoder_key(jax.random.key(seed))
+        state = nnx.split(model)[1]
+        graphdefs = {s: nnx.split(with_encoder_attention(model, parse_attention(s)))[0]
+                     for s in clustered}
+        assign = jax.jit(lambda st, px, m, rng: settings_assignments(graphdefs, st, px, m, rng))
         for index in indices:
             example = source[index]
-            batch = preprocess([example.image], size=size, max_size=max_size)
-            ids, feature_hw = assign(state, batch.pixel_values, batch.padding_mask, encoder_rng)
-            ids = [None if i is None else np.asarray(i)[0] for i in ids]
+            resized = np.asarray(resize(to_pil_rgb(example.image), size, max_size), np.uint8)
+            shape = input_hw.get(int(index))
+            if shape is None or shape[0] < resized.shape[0] or shape[1] < resized.shape[1]:
+                shape = None  # the granularity's bucket (exact size without one)
+            pixels, mask = pad_images([resized], shape, result.granularity)
+            pixel_values = np.where(mask[..., None], np.float32(0), normalize_host(pixels))
+            bar.begin(key=pixel_values.shape)
+            per_setting, feature_hw = assign(state, pixel_values, mask, encoder_rng)
             feature_hw = tuple(int(v) for v in feature_hw)
-            if all(i is None for i in ids):
-                continue
-            stride = int(round(batch.pixel_values.shape[1] / feature_hw[0]))
-            resized_hw = tuple(int(v) for v in batch.image_sizes[0])
-            tokens = default_tokens(example, resized_hw, feature_hw, stride)
-            name = f"cluster_maps{suffix}/{example.image_id}.{setting_tag(setting)}.png"
-            plot_cluster_maps(example.image, resized_hw, feature_hw, stride, ids, tokens,
-                              staging.path(name), head=head,
-                              title=f"{setting}, image {example.image_id}, head {head}")
+            stride = int(round(pixel_values.shape[1] / feature_hw[0]))
+            resized_hw = tuple(int(v) for v in resized.shape[:2])
+            # the padded feature map's rows and columns that cover the image
+            valid_hw = tuple(min(f, -(-r // stride)) for f, r in zip(feature_hw, resized_hw))
+            tokens = default_tokens(example, resized_hw, valid_hw, stride)
+            first = True
+            for setting in clustered:
+                ids = [None if i is None else _crop_tokens(np.asarray(i)[0], feature_hw, valid_hw)
+                       for i in per_setting[setting]]
+                if any(i is not None for i in ids):
+                    name = f"cluster_maps{suffix}/{example.image_id}.{setting_tag(setting)}.png"
+                    plot_cluster_maps(example.image, resized_hw, valid_hw, stride, ids, tokens,
+                                      staging.path(name), head=head,
+                                      title=f"{setting}, image {example.image_id}, head {head}")
+                bar.update(1, compiled=None if first else False)
+                first = False
+    finally:
+        bar.close()
+
+
+def _crop_tokens(ids: np.ndarray, feature_hw, valid_hw) -> np.ndarray:
+    """(H, h * w) cluster ids of a padded feature map -> (H, vh * vw) of its top-left
+    ``valid_hw`` part (the image; padding tokens are -1 anyway)."""
+    heads = ids.shape[0]
+    return ids.reshape(heads, *feature_hw)[:, :valid_hw[0], :valid_hw[1]].reshape(heads, -1)
