@@ -314,7 +314,8 @@ def _evaluate(args, cfg, settings, source) -> int:
                              "details": details},
                        plots=e.plots, cluster_map_images=e.cluster_map_images,
                        cluster_map_head=e.cluster_map_head, size=cfg.data.size,
-                       max_size=cfg.data.max_size, seed=e.seed)
+                       max_size=cfg.data.max_size, seed=e.seed,
+                       progress=not args.no_progress)
     _print_summary(out["rows"], result)
     for path in out["files"]:
         print(f"wrote {path}")
