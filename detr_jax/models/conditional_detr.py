@@ -23,7 +23,7 @@ from detr_jax.models.conditional_transformer import (ConditionalDecoder, Conditi
 from detr_jax.models.config import backbone_channels, model_config
 from detr_jax.models.detr import MLP, resolve_dtype
 from detr_jax.models.position import downsample_mask, sine_position_embedding
-from detr_jax.models.transformer import Encoder, encoder_layer_keys
+from detr_jax.models.transformer import Encoder
 
 DETECTOR_NAME = "conditional_detr"
 
@@ -184,7 +184,7 @@ class ConditionalDETR(nnx.Module):
 
     def encoder_attention_layers(self):
         """The encoder's self-attention modules, in layer order."""
-        return [layer.self_attn for layer in self.transformer.encoder.layers]
+        return self.transformer.encoder.attention_layers()
 
     def encoder_attention_inputs(self, pixel_values, padding_mask, rng):
         """Per encoder layer, ``(queries, keys, values, key_padding_mask, attn_rng)`` as
@@ -198,13 +198,7 @@ class ConditionalDETR(nnx.Module):
         src = src.reshape(batch, h * w, d)
         pos = pos.reshape(batch, h * w, d).astype(src.dtype)
         flat_mask = mask.reshape(batch, h * w)
-        calls = []
-        for index, layer in enumerate(self.transformer.encoder.layers):
-            attn_rng = encoder_layer_keys(rng, index)[0]
-            normed = layer.norm1(src) if layer.pre_norm else src
-            calls.append((normed + pos, normed + pos, normed, flat_mask, attn_rng))
-            src, _ = layer(src, pos, flat_mask, attn_rng=attn_rng)
-        return calls, (h, w)
+        return self.transformer.encoder.attention_inputs(src, pos, flat_mask, rng), (h, w)
 
     def flops(self, image_hw, valid_hw=None, encoder_stats=None):
         """Multiply-accumulates of one image under this model's config and encoder

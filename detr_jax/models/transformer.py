@@ -167,6 +167,22 @@ class Encoder(nnx.Module):
         if cfg.get("pre_norm", False):  # the official pre-norm encoder ends with a LayerNorm
             self.norm = layer_norm(cfg.hidden_dim, cfg.layer_norm_eps, dtype, rngs)
 
+    def attention_layers(self) -> list:
+        """The layers' self-attention modules, in layer order."""
+        return [layer.self_attn for layer in self.layers]
+
+    def attention_inputs(self, src, pos, mask, rng) -> list:
+        """Per layer, ``(queries, keys, values, key_padding_mask, attn_rng)`` as that layer's
+        attention receives them when the encoder runs on ``src``, ``pos`` (B, N, d) and
+        ``mask`` (B, N) with key ``rng`` (as ``__call__``, without dropout)."""
+        calls = []
+        for index, layer in enumerate(self.layers):
+            attn_rng = encoder_layer_keys(rng, index)[0]
+            normed = layer.norm1(src) if layer.pre_norm else src
+            calls.append((normed + pos, normed + pos, normed, mask, attn_rng))
+            src, _ = layer(src, pos, mask, attn_rng=attn_rng)
+        return calls
+
     def __call__(self, src, pos, mask, *, rng=None, train=False):
         """src, pos (B, N, d); mask (B, N). Returns memory (B, N, d) and per-layer stats.
 
