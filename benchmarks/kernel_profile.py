@@ -31,12 +31,13 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # forced_act beside this file
 
 from detr_jax.benchmark import parse_size  # noqa: E402
 from detr_jax.config_cli import config_for_parser  # noqa: E402
 from detr_jax.models.build import build_model  # noqa: E402
 from detr_jax.models.inference import Forward  # noqa: E402
-import forced_act  # noqa: E402  (benchmarks/, this file's folder)
+import forced_act  # noqa: E402
 
 
 def device_event_times(trace_dir: str) -> dict[str, float]:
