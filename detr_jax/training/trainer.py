@@ -156,10 +156,16 @@ class Trainer:
 class _StopSignals:
     """SIGTERM and Ctrl-C (SIGINT) ask the loop to save a checkpoint and stop after the
     current step; a second Ctrl-C raises KeyboardInterrupt at once. Handlers are installed
-    only in the main thread and restored by :meth:`restore`."""
+    only in the main thread and restored by :meth:`restore`.
+
+    Python may run a signal handler inside a callback whose exceptions it ignores (a garbage
+    collector callback, for one), which swallows that KeyboardInterrupt; the abort is
+    therefore also recorded, and :meth:`check_abort` raises it again at the loop's next check
+    so a second Ctrl-C never ends in a save."""
 
     def __init__(self):
         self.requested: str | None = None
+        self.aborted = False
         self.previous = {}
         import threading
         if threading.current_thread() is not threading.main_thread():
@@ -170,10 +176,16 @@ class _StopSignals:
     def _handler(self, signum, frame):
         name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         if signum == signal.SIGINT and self.requested is not None:
+            self.aborted = True
             raise KeyboardInterrupt("second Ctrl-C: aborted without saving")
         self.requested = self.requested or name
         log.warning("%s received: saving a checkpoint and stopping after this step%s", name,
                     " (press Ctrl-C again to abort at once)" if signum == signal.SIGINT else "")
+
+    def check_abort(self):
+        """Raise KeyboardInterrupt when a second Ctrl-C came (even if it was swallowed)."""
+        if self.aborted:
+            raise KeyboardInterrupt("second Ctrl-C: aborted without saving")
 
     def restore(self):
         for signum, handler in self.previous.items():
@@ -368,6 +380,7 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
             pending.append((step, image_ids, len(image_ids) * jax.process_count(), metrics))
             if len(pending) > 1:
                 record(*check(pending.pop(0)), current_epoch)
+            signals.check_abort()
             save(step + 1, image_ids, metrics)
             if bar is not None:
                 bar.update(step + 1)
@@ -388,6 +401,7 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
             else:  # every process must take part in the same all-gathers
                 stop = ((step + 1) % max(1, cfg.preemption_check_every) == 0
                         and _any_process(signals.requested is not None))
+            signals.check_abort()
             if stop:
                 while pending:  # never save past a non-finite step
                     record(*check(pending.pop(0)), current_epoch)
