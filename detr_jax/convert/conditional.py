@@ -6,6 +6,11 @@ backbone and the encoder are DETR's, and the decoder's separate projections
 (``sa_qcontent_proj``, ``ca_qpos_sine_proj``, ...), ``self_attn.out_proj``,
 ``cross_attn.out_proj``, ``query_scale.layers.i`` and ``ref_point_head.layers.i`` keep
 their official names. Only layer 0 has ``ca_qpos_proj``.
+
+The released Conditional-DETR-ENACT checkpoints (GSavathrakis/ENACT) hold the same ENACT
+encoder modules as the released DETR-ENACT (``W_q/W_k/W_v/W_o/W_prob``); they load with
+``enact:sigma=3,variant=released`` unless the caller passes another ENACT setting
+(:func:`detr_jax.convert.official.checkpoint_attention`).
 """
 
 from __future__ import annotations
@@ -14,10 +19,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from detr_jax.attention import parse_attention
 from detr_jax.convert.errors import CheckpointError, first
-from detr_jax.convert.official import (assign_official_state, expected_official_shapes,
-                                       infer_config)
+from detr_jax.convert.official import (assign_official_state, checkpoint_attention,
+                                       expected_official_shapes, infer_config)
 from detr_jax.convert.reader import read_state_dict
 from detr_jax.convert.recipe import recipe_tensor
 from detr_jax.models.build import build_model, unloaded_paths
@@ -73,7 +77,7 @@ def conditional_detr_from_state(state: Mapping[str, np.ndarray], source: str, *,
                               "transformer.decoder.ref_point_head / query_scale / "
                               f"ca_qpos_sine_proj keys; its first keys are {first(sorted(state), 6)}")
     cfg = infer_conditional_config(state, source, dilation=dilation, num_heads=num_heads)
-    spec = parse_attention(encoder_attention)
+    spec = checkpoint_attention(state, source, encoder_attention)
     cfg.encoder_attention = spec.to_string()
     cfg.dtype = dtype
     model = build_model(cfg, encoder_attention=spec, abstract=True)

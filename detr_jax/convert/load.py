@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from detr_jax.attention import parse_attention
-from detr_jax.attention.enact import ENACT
 from detr_jax.convert.anchor import anchor_detr_from_state, is_anchor_detr
 from detr_jax.convert.conditional import conditional_detr_from_state, is_conditional_detr
 from detr_jax.convert.errors import CheckpointError, first
-from detr_jax.convert.official import assign_official_state, infer_config
+from detr_jax.convert.official import (assign_official_state, checkpoint_attention,  # noqa: F401
+                                       has_enact_modules, infer_config)
 from detr_jax.convert.reader import read_state_dict
 from detr_jax.models.build import build_model, unloaded_paths
 
@@ -65,28 +64,3 @@ FAMILIES = (
     (is_anchor_detr, anchor_detr_from_state),
     (is_conditional_detr, conditional_detr_from_state),
 )
-
-
-def has_enact_modules(state) -> bool:
-    """Whether a state dict holds the released ENACT attention (an entropy layer ``W_prob``
-    in an encoder layer's ``self_attn``)."""
-    return any(k.startswith("transformer.encoder.layers.") and k.endswith(".self_attn.W_prob.weight")
-               for k in state)
-
-
-def checkpoint_attention(state, source: str, encoder_attention):
-    """The encoder-attention spec a checkpoint is loaded with: ``encoder_attention`` parsed,
-    or, for a checkpoint with the released ENACT modules, ``enact:sigma=3,variant=released``
-    (the released DETR-ENACT computation, sigma 3 as released) unless the caller passes an
-    ENACT setting. Any other setting for such a checkpoint is a CheckpointError."""
-    if not has_enact_modules(state):
-        return parse_attention(encoder_attention)
-    if encoder_attention is None:
-        return ENACT(sigma=3.0, variant="released")
-    spec = parse_attention(encoder_attention)
-    if not isinstance(spec, ENACT):
-        raise CheckpointError(
-            f"{source}: holds released ENACT attention modules (W_q/W_k/W_v/W_o/W_prob in the "
-            f"encoder layers): load it with an ENACT setting (default "
-            f"enact:sigma=3,variant=released), not {spec.to_string()!r}")
-    return spec

@@ -4,9 +4,9 @@ Every model parameter has one official key; linear weights are (out, in) there a
 (in, out) here, convolutions OIHW there and HWIO here, and the attention's q/k/v
 projections are rows [0:d], [d:2d], [2d:3d] of the packed ``in_proj_weight``/``in_proj_bias``.
 
-The released DETR-ENACT checkpoints (GSavathrakis/ENACT) replace an encoder layer's
-``self_attn`` by their own module with separate ``W_q``, ``W_k``, ``W_v``, ``W_o`` linears
-and the entropy layer ``W_prob``; a model whose encoder layer has an ENACT entropy layer
+The released DETR-ENACT and Conditional-DETR-ENACT checkpoints (GSavathrakis/ENACT)
+replace an encoder layer's ``self_attn`` by their own module with separate ``W_q``, ``W_k``,
+``W_v``, ``W_o`` linears and the entropy layer ``W_prob``; a model whose encoder layer has an ENACT entropy layer
 takes those keys instead (``ENACT_MODULES``).
 """
 
@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from detr_jax.attention import parse_attention
+from detr_jax.attention.enact import ENACT
 from detr_jax.convert.errors import CheckpointError, first
 from detr_jax.models.build import set_variables
 from detr_jax.models.config import model_config
@@ -30,6 +32,31 @@ _QKV = {"q_proj": 0, "k_proj": 1, "v_proj": 2}
 # Released ENACT attention module names of an encoder layer's projections and entropy layer.
 ENACT_MODULES = {"q_proj": "W_q", "k_proj": "W_k", "v_proj": "W_v", "out_proj": "W_o",
                  "entropy": "W_prob"}
+
+
+def has_enact_modules(state) -> bool:
+    """Whether a state dict holds the released ENACT attention (an entropy layer ``W_prob``
+    in an encoder layer's ``self_attn``)."""
+    return any(k.startswith("transformer.encoder.layers.") and k.endswith(".self_attn.W_prob.weight")
+               for k in state)
+
+
+def checkpoint_attention(state, source: str, encoder_attention):
+    """The encoder-attention spec a checkpoint is loaded with: ``encoder_attention`` parsed,
+    or, for a checkpoint with the released ENACT modules (DETR-ENACT, Conditional-DETR-ENACT),
+    ``enact:sigma=3,variant=released`` (the released computation, sigma 3 as released)
+    unless the caller passes an ENACT setting. Any other setting for such a checkpoint is a CheckpointError."""
+    if not has_enact_modules(state):
+        return parse_attention(encoder_attention)
+    if encoder_attention is None:
+        return ENACT(sigma=3.0, variant="released")
+    spec = parse_attention(encoder_attention)
+    if not isinstance(spec, ENACT):
+        raise CheckpointError(
+            f"{source}: holds released ENACT attention modules (W_q/W_k/W_v/W_o/W_prob in the "
+            f"encoder layers): load it with an ENACT setting (default "
+            f"enact:sigma=3,variant=released), not {spec.to_string()!r}")
+    return spec
 
 
 def enact_layers(paths) -> frozenset[int]:
