@@ -188,6 +188,27 @@ class AttentionSpec:
         del layer_index, num_heads, tokens, stats
         return exact_layer_flops(d_model, valid_tokens)
 
+    def build_rcda(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
+                   dropout: float = 0.0, dtype: Any = None, rngs: nnx.Rngs):
+        """The row-column decoupled self-attention (RCDA) of encoder layer ``layer_index``
+        of an Anchor DETR encoder, for the variants that have an RCDA form: a module with
+        ``self_attention(row, col, src, mask, rng) -> ((B, h*w, d), stats)`` (see
+        :mod:`detr_jax.models.rcda`). Default: none (ValueError)."""
+        del d_model, num_heads, layer_index, num_layers, dropout, dtype, rngs
+        raise ValueError(f"Anchor DETR's RCDA encoder supports exact and ENACT attention "
+                         f"only, not {self.to_string()!r}; use attention_type="
+                         f"'nn.MultiheadAttention' for the other encoder attention variants")
+
+    def rcda_layer_flops(self, layer_index: int, *, d_model: int, num_heads: int, h: int,
+                         w: int, valid_h: int, valid_w: int, stats: Any = None) -> dict:
+        """Multiply-accumulates per image of one RCDA encoder layer's attention
+        (``projections``, ``products``, ``hashing_and_clustering``), as
+        :mod:`detr_jax.models.anchor_flops` counts them. Default: plain RCDA."""
+        del layer_index, num_heads, stats
+        from detr_jax.models.anchor_flops import rcda_macs
+        return {**rcda_macs(h * w, valid_h * valid_w, h, w, valid_h, valid_w, d_model),
+                "hashing_and_clustering": 0.0}
+
     def to_string(self) -> str:
         """The command-line form of this spec, e.g. ``act:L=32,r=8``."""
         return self.name

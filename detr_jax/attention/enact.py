@@ -190,6 +190,30 @@ def released_chunks(counts: jax.Array, n: int):
     return jnp.broadcast_to(ids, (batch, n)), jnp.full((batch,), num_chunks, jnp.int32)
 
 
+def cluster_tokens(spec: "ENACT", entropy, keys: jax.Array, key_padding_mask: jax.Array | None):
+    """Steps 1-4 for (B, N, d) ``keys`` under ``spec``, with ``entropy`` the layer's
+    d -> 1 linear layer: (order (B, N) pixel order, ids (B, N), counts (B,), smoothed
+    information (B, N)), all in ``order``'s order (valid pixels first, row-major; the
+    identity for ``variant="released"``, which ignores padding). ``ids`` < 0 marks pixels
+    in no region (padding, or the cropped ends of the released chunks)."""
+    batch, n, _ = keys.shape
+    valid = valid_pixels(key_padding_mask, batch, n)
+    if spec.variant == "released":  # padding ignored, as in the released code
+        valid = jnp.ones((batch, n), bool)
+    # Valid pixels first, in row-major order (a stable sort of the padding flag).
+    order = jnp.argsort(~valid, axis=1, stable=True)
+    prefix = jnp.take_along_axis(valid, order, axis=1)
+    logits = entropy(jnp.take_along_axis(keys, order[..., None], axis=1))[..., 0]
+    if spec.variant == "released":
+        info = released_information(logits)
+        _, runs, smoothed = regions(info, prefix, spec.sigma, released_taps(spec.sigma))
+        ids, counts = released_chunks(runs, n)
+        return order, ids, counts, smoothed
+    info = self_information(logits, prefix)
+    ids, counts, smoothed = regions(info, prefix, spec.sigma)
+    return order, ids, counts, smoothed
+
+
 @dataclasses.dataclass(frozen=True)
 class ENACT(AttentionSpec):
     """Spec of ENACT encoder attention (``enact:sigma=3``).
@@ -231,16 +255,59 @@ class ENACT(AttentionSpec):
     def build(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
               dtype: Any = None, backend: AttentionBackend | None = None,
               rngs: nnx.Rngs) -> EncoderAttention:
+        self._check_layers(num_layers)
         if self.layers is not None:
-            beyond = [i for i in self.layers if i >= num_layers]
-            if beyond:
-                raise ValueError(f"ENACT: layers {beyond} do not exist in a "
-                                 f"{num_layers}-layer encoder")
             if layer_index not in self.layers:
                 return AllKeysAttention(d_model, num_heads, layer_index=layer_index,
                                         dtype=dtype, backend=backend, rngs=rngs)
         return ENACTAttention(d_model, num_heads, spec=self, layer_index=layer_index,
                               dtype=dtype, backend=backend, rngs=rngs)
+
+    def build_rcda(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
+                   dropout: float = 0.0, dtype: Any = None, rngs: nnx.Rngs):
+        """ENACT RCDA of an Anchor DETR encoder layer
+        (:class:`detr_jax.models.rcda_enact.RowColumnENACT`: the released
+        Anchor-DETR-ENACT computation with ``variant="released"``, the padding-correct
+        regions with ``"paper"``); layers left out by ``layers=`` get plain RCDA."""
+        from detr_jax.models.rcda import RowColumnAttention
+        from detr_jax.models.rcda_enact import RowColumnENACT
+        self._check_layers(num_layers)
+        if self.layers is not None and layer_index not in self.layers:
+            return RowColumnAttention(d_model, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
+        return RowColumnENACT(d_model, num_heads, spec=self, layer_index=layer_index,
+                              dropout=dropout, dtype=dtype, rngs=rngs)
+
+    def rcda_layer_flops(self, layer_index: int, *, d_model: int, num_heads: int, h: int,
+                         w: int, valid_h: int, valid_w: int, stats: Any = None) -> dict:
+        """MACs per image of one ENACT RCDA layer with M pooled tokens per image (the
+        model's ``num_clusters``): the entropy layer (d -> 1) on every pixel, smoothing
+        and second derivative, pooling of row keys, column keys and values (``3 N d``);
+        projections of the M pooled row keys, column keys and values, of the w + h
+        averaged queries and the output on every pixel; logits ``(h + w) M d`` and the
+        weighted sum ``h w M d`` (valid rows and columns). Layers left out by ``layers=``
+        count as plain RCDA."""
+        if self.layers is not None and layer_index not in self.layers:
+            return super().rcda_layer_flops(layer_index, d_model=d_model, num_heads=num_heads,
+                                            h=h, w=w, valid_h=valid_h, valid_w=valid_w)
+        d, n, valid = d_model, h * w, valid_h * valid_w
+        regions, _ = layer_clusters(stats, num_heads, valid)
+        m = np.mean(regions, axis=1)  # (B,) pooled tokens per image
+        taps = len(released_taps(self.sigma) if self.variant == "released"
+                   else gaussian_taps(self.sigma))
+        seen = n if self.variant == "released" else valid  # the release ignores padding
+        clustering = linear_macs(n, d, 1) + seen * (taps + 3) + 3 * seen * d
+        projections = (3 * m * d * (d + 1) + linear_macs(h + w, d, d) + linear_macs(n, d, d))
+        products = m * d * (valid_h + valid_w + valid_h * valid_w)
+        return {"projections": float(np.mean(projections)), "products": float(np.mean(products)),
+                "hashing_and_clustering": float(clustering), "mean_clusters": float(np.mean(m)),
+                "cluster_ratio": float(np.mean(m / valid))}
+
+    def _check_layers(self, num_layers: int) -> None:
+        if self.layers is not None:
+            beyond = [i for i in self.layers if i >= num_layers]
+            if beyond:
+                raise ValueError(f"ENACT: layers {beyond} do not exist in a "
+                                 f"{num_layers}-layer encoder")
 
     def layer_flops(self, layer_index: int, *, d_model: int, num_heads: int, tokens: int,
                     valid_tokens: int, stats: Any = None) -> dict:
@@ -319,25 +386,8 @@ class ENACTAttention(EncoderAttention):
                                   rngs=rngs)
 
     def cluster(self, keys: jax.Array, key_padding_mask: jax.Array | None):
-        """Regions of one call: (order (B, N) pixel order, ids (B, N), counts (B,),
-        smoothed information (B, N)), all in ``order``'s order."""
-        batch, n, _ = keys.shape
-        valid = valid_pixels(key_padding_mask, batch, n)
-        if self.spec.variant == "released":  # padding ignored, as in the released code
-            valid = jnp.ones((batch, n), bool)
-        # Valid pixels first, in row-major order (a stable sort of the padding flag).
-        order = jnp.argsort(~valid, axis=1, stable=True)
-        prefix = jnp.take_along_axis(valid, order, axis=1)
-        logits = self.entropy(jnp.take_along_axis(keys, order[..., None], axis=1))[..., 0]
-        if self.spec.variant == "released":
-            info = released_information(logits)
-            _, runs, smoothed = regions(info, prefix, self.spec.sigma,
-                                        released_taps(self.spec.sigma))
-            ids, counts = released_chunks(runs, n)
-            return order, ids, counts, smoothed
-        info = self_information(logits, prefix)
-        ids, counts, smoothed = regions(info, prefix, self.spec.sigma)
-        return order, ids, counts, smoothed
+        """Regions of one call (:func:`cluster_tokens` with this layer's entropy layer)."""
+        return cluster_tokens(self.spec, self.entropy, keys, key_padding_mask)
 
     def project(self, queries, keys, values):
         """Per-head queries (B, N, H, Dh), scaled by ``Dh ** -0.5`` except for

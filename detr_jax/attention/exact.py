@@ -27,3 +27,10 @@ class Exact(AttentionSpec):
         del num_layers
         return ExactAttention(d_model, num_heads, layer_index=layer_index, dtype=dtype,
                               backend=backend, rngs=rngs)
+
+    def build_rcda(self, d_model: int, num_heads: int, *, layer_index: int, num_layers: int,
+                   dropout: float = 0.0, dtype: Any = None, rngs: nnx.Rngs):
+        """Plain RCDA (the official Anchor DETR encoder)."""
+        del layer_index, num_layers
+        from detr_jax.models.rcda import RowColumnAttention
+        return RowColumnAttention(d_model, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)

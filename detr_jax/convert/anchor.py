@@ -53,6 +53,37 @@ def is_anchor_detr(state_dict_keys: Iterable[str]) -> bool:
     return "transformer.pattern.weight" in keys and "transformer.adapt_pos1d.0.weight" in keys
 
 
+_ENACT_KEY = re.compile(r"transformer\.encoder_layers\.\d+\.ENACT\.W_prob\.weight$")
+
+
+def anchor_enact_key(state_dict_keys: Iterable[str]) -> str | None:
+    """The first key of a released Anchor-DETR-ENACT entropy layer
+    (``transformer.encoder_layers.<i>.ENACT.W_prob.weight``), or None."""
+    return next((k for k in state_dict_keys if _ENACT_KEY.match(k)), None)
+
+
+def anchor_checkpoint_attention(state: Mapping[str, Any], source: str, encoder_attention):
+    """The encoder-attention spec an Anchor DETR state dict is loaded with:
+    ``encoder_attention`` parsed, or, for a checkpoint holding the released ENACT entropy
+    layers, ``enact:sigma=5,variant=released`` (the released Anchor-DETR-ENACT computation,
+    sigma 5 as released) unless the caller passes an ENACT setting. Any other setting for
+    such a checkpoint is a CheckpointError naming the key."""
+    from detr_jax.attention import parse_attention
+    from detr_jax.attention.enact import ENACT
+    key = anchor_enact_key(state)
+    if key is None:
+        return parse_attention(encoder_attention)
+    if encoder_attention is None:
+        return ENACT(sigma=5.0, variant="released")
+    spec = parse_attention(encoder_attention)
+    if not isinstance(spec, ENACT):
+        raise CheckpointError(
+            f"{source}: holds released Anchor-DETR-ENACT entropy layers ({key}): load it "
+            f"with an ENACT setting (default enact:sigma=5,variant=released), not "
+            f"{spec.to_string()!r}")
+    return spec
+
+
 def anchor_recipe_state_dict(seed: int | None = None) -> dict[str, np.ndarray]:
     """The recipe weights (:mod:`detr_jax.convert.recipe`) in the official Anchor DETR-DC5
     R50 layout: keys, order, shapes and seed of ``assets/anchor_detr_r50_dc5_spec.json``."""
@@ -83,6 +114,9 @@ def anchor_target(path: tuple, dec_layers: int, rcda: bool = True
         leaf = "in_proj_weight" if parts[-1] == "kernel" else "in_proj_bias"
         return [".".join(parts[:-2] + [leaf])], names.index(parts[-2]), len(names)
     parts[-1] = _RENAME.get(parts[-1], parts[-1])
+    if len(parts) >= 3 and parts[-2] == "entropy" and parts[-3] == "self_attn":
+        # ENACT's entropy layer sits beside the attention in the released checkpoints
+        return [".".join(parts[:-3] + ["ENACT", "W_prob", parts[-1]])], None, 1
     if parts[0] == "input_proj":
         parts = ["input_proj", "0", {"conv": "0", "norm": "1"}[parts[1]]] + parts[2:]
     if len(parts) > 2 and parts[1] in ("adapt_pos1d", "adapt_pos2d"):
@@ -220,12 +254,14 @@ def anchor_detr_from_state(state: Mapping[str, np.ndarray], source: str, *,
                            num_heads: int = 8, dtype: str = "float32"):
     """An already-read official state dict (numpy arrays) -> a ready AnchorDETR.
 
-    encoder_attention: spec or string for the encoder of the "nn.MultiheadAttention" type
-    (exact when None); RCDA models take only exact attention.
+    encoder_attention: spec or string for the encoder attention (exact when None). RCDA
+    encoders take exact or ENACT attention (ENACT RCDA); the "nn.MultiheadAttention" type
+    takes any. A checkpoint with the released Anchor-DETR-ENACT entropy layers
+    (``transformer.encoder_layers.<i>.ENACT.W_prob``) loads with
+    ``enact:sigma=5,variant=released`` when None (see :func:`anchor_checkpoint_attention`).
     """
-    from detr_jax.attention import parse_attention
     cfg = infer_anchor_config(state, source, dilation=dilation, num_heads=num_heads)
-    spec = parse_attention(encoder_attention)
+    spec = anchor_checkpoint_attention(state, source, encoder_attention)
     cfg.encoder_attention = spec.to_string()
     cfg.dtype = dtype
     model = build_anchor_detr(cfg, encoder_attention=spec, abstract=True)

@@ -57,8 +57,10 @@ def anchor_detr_config(**overrides) -> ml_collections.ConfigDict:
       attention_type: "RCDA" (the default) or "nn.MultiheadAttention" (the official
         option: standard attention with 2-D position embeddings in the encoder and the
         decoder's cross-attention).
-      encoder_attention: the encoder attention of the "nn.MultiheadAttention" type
-        (``exact``, ``act:L=32``, ``kmeans:...``); RCDA supports "exact" only.
+      encoder_attention: the encoder attention: for the "nn.MultiheadAttention" type any
+        (``exact``, ``act:L=32``, ``kmeans:...``); for RCDA "exact" (plain RCDA) or ENACT
+        (``enact:sigma=5,variant=released``, the released Anchor-DETR-ENACT; see
+        :mod:`detr_jax.models.rcda_enact`).
       attention_backend, attention_key_splits: the attention kernel of the standard
         attentions (``detr_jax.attention.backend.resolve_backend``), "auto" by default.
       dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
@@ -135,7 +137,7 @@ class AnchorDETR(nnx.Module):
     Returns a dict with ``pred_logits`` (B, Q, num_classes) (sigmoid logits),
     ``pred_boxes`` (B, Q, 4) (cx, cy, w, h relative to the unpadded image),
     ``aux_outputs`` (the same for every decoder layer but the last) and ``encoder_stats``
-    (one entry per encoder layer: None for RCDA and exact attention).
+    (one entry per encoder layer: None for plain RCDA and exact attention).
 
     The detector stages (``backbone_features``, ``encode``, ``decode``) follow
     :class:`detr_jax.models.detector.Detector`; this detector's position embedding ``pos``
@@ -155,11 +157,6 @@ class AnchorDETR(nnx.Module):
         self.config = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
         spec = parse_attention(encoder_attention if encoder_attention is not None
                                else cfg.get("encoder_attention", "exact"))
-        attention_type = cfg.get("attention_type", "RCDA")
-        if attention_type == "RCDA" and spec.to_string() != "exact":
-            raise ValueError(f"Anchor DETR's RCDA encoder supports only exact attention, "
-                             f"not {spec.to_string()!r}; use attention_type="
-                             f"'nn.MultiheadAttention' for the encoder attention variants")
         self.attention_spec = spec
         dtype = resolve_dtype(cfg.dtype)
         self.dtype = dtype
@@ -184,7 +181,7 @@ class AnchorDETR(nnx.Module):
 
     def encode(self, features, mask, pos, *, rng=None, train=False):
         """Input projection and the encoder -> memory (B, h*w, d) and the per-layer
-        attention statistics (None for RCDA and exact attention)."""
+        attention statistics (None for plain RCDA and exact attention)."""
         memory, stats = self.transformer.encode(self.input_proj(features), mask, pos, rng=rng,
                                                 train=train)
         batch, h, w, d = memory.shape
@@ -232,7 +229,7 @@ class AnchorDETR(nnx.Module):
     def flops(self, image_hw, valid_hw=None, encoder_stats=None):
         """Multiply-accumulates of one image (:func:`anchor_detr_flops`) under this model's
         encoder attention; ``encoder_stats``: one image's per-layer statistics, needed only
-        by data-dependent variants of the standard-attention type (RCDA's cost is fixed)."""
+        by data-dependent variants (ENACT; plain RCDA's cost is fixed)."""
         from detr_jax.models.anchor_flops import anchor_detr_flops
         return anchor_detr_flops(self.config, image_hw, valid_hw, attention=self.attention_spec,
                                  encoder_stats=encoder_stats)

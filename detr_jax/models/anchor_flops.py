@@ -11,6 +11,9 @@ the values; logits ``Q (w + h) d``; the weighted sum ``Q h w d`` for the longer 
 and the attention products count valid queries (in the encoder) and valid rows/columns.
 Position MLPs run once per image (rows and columns) and once per query set.
 
+An RCDA encoder with ENACT (:mod:`detr_jax.models.rcda_enact`) is counted by the spec's
+``rcda_layer_flops`` from the pooled-token counts in the model's statistics.
+
 With ``attention_type="nn.MultiheadAttention"`` the encoder and the cross-attention are
 standard attention, counted as :func:`detr_jax.flops.count_flops` counts DETR's (the
 encoder attention by its spec's ``layer_flops``, so ACT or K-means are counted with their
@@ -40,13 +43,34 @@ def rcda_macs(queries: int, valid_queries: int, h: int, w: int, valid_h: int, va
     return {"projections": float(projections), "products": float(products)}
 
 
+def rcda_encoder_layers(spec, encoder_stats, *, layers: int, d_model: int, heads: int, h: int,
+                        w: int, valid_h: int, valid_w: int) -> list[dict]:
+    """Per RCDA encoder layer, the attention MACs per image that ``spec.rcda_layer_flops``
+    reports (plain RCDA for exact attention); ``encoder_stats``: one entry per layer,
+    required when ``spec.needs_stats`` (ENACT's pooled-token counts)."""
+    if spec.needs_stats:
+        if encoder_stats is None:
+            raise ValueError(f"{spec.to_string()}: pooled-token counts depend on the data: pass "
+                             "encoder_stats (the model's outputs['encoder_stats'], or "
+                             "{'cluster_ratio': r} per layer)")
+        if len(encoder_stats) != layers:
+            raise ValueError(f"encoder_stats has {len(encoder_stats)} entries, the encoder "
+                             f"{layers} layers")
+    return [dict(spec.rcda_layer_flops(index, d_model=d_model, num_heads=heads, h=h, w=w,
+                                       valid_h=valid_h, valid_w=valid_w,
+                                       stats=None if encoder_stats is None
+                                       else encoder_stats[index]))
+            for index in range(layers)]
+
+
 def anchor_detr_flops(config, image_hw: Sequence[int], valid_hw: Sequence[int] | None = None,
                       *, attention=None, encoder_stats: Sequence | None = None) -> dict:
     """MACs of one image of padded size ``image_hw`` (unpadded ``valid_hw``) through Anchor
     DETR; config: an ``anchor_detr_config`` or a model's ``config`` dict. For the
     standard-attention type, ``attention`` is the encoder attention (spec or string; the
     config's when None) and ``encoder_stats`` one image's per-layer statistics where the
-    variant needs them (as :func:`detr_jax.flops.count_flops`). Keys as
+    variant needs them (as :func:`detr_jax.flops.count_flops`; for the RCDA type, ENACT's
+    pooled-token counts). Keys as
     :func:`detr_jax.flops.count_flops` where they apply (``backbone``, ``transformer``,
     ``total``, ``input_proj``, ``encoder_attention``, ``encoder_ffn``, ``decoder``,
     ``heads``, ``gflops_*``, geometry)."""
@@ -65,14 +89,18 @@ def anchor_detr_flops(config, image_hw: Sequence[int], valid_hw: Sequence[int] |
     input_proj = conv_macs((h, w), 1, bb["channels"], d, bias=True)
     enc_ffn = enc_layers * (linear_macs(tokens, d, ffn) + linear_macs(tokens, ffn, d))
     rcda = config.get("attention_type", "RCDA") == "RCDA"
+    from detr_jax.attention import parse_attention
+    spec = parse_attention(get("encoder_attention") if attention is None else attention)
     if rcda:
         positions = 2 * linear_macs(h + w, d, d)                    # adapt_pos1d, rows + cols
-        enc = rcda_macs(tokens, valid_tokens, h, w, vh, vw, d)
+        layers = rcda_encoder_layers(spec, encoder_stats, layers=enc_layers, d_model=d,
+                                     heads=int(get("num_heads")), h=h, w=w, valid_h=vh,
+                                     valid_w=vw)
+        enc = {key: sum(layer[key] for layer in layers) / enc_layers
+               for key in ("projections", "products", "hashing_and_clustering")}
         query_positions = 2 * linear_macs(queries, d, d) + 2 * 2 * linear_macs(queries, d, d)
         cross = rcda_macs(queries, queries, h, w, vh, vw, d)
     else:
-        from detr_jax.attention import parse_attention
-        spec = parse_attention(get("encoder_attention") if attention is None else attention)
         layers = encoder_attention_layers(spec, encoder_stats, layers=enc_layers, d_model=d,
                                           heads=int(get("num_heads")), tokens=tokens,
                                           valid_tokens=valid_tokens)
@@ -96,7 +124,8 @@ def anchor_detr_flops(config, image_hw: Sequence[int], valid_hw: Sequence[int] |
     transformer = input_proj + positions + encoder_attention + hashing + enc_ffn + decoder + heads
     backbone = float(bb["total"])
     return {
-        "attention": "rcda" if rcda else spec.to_string(), "image_hw": image_hw, "valid_hw": valid_hw,
+        "attention": (("rcda" if spec.to_string() == "exact" else "rcda+" + spec.to_string())
+                      if rcda else spec.to_string()), "image_hw": image_hw, "valid_hw": valid_hw,
         "feature_hw": (h, w),
         "tokens": tokens, "valid_tokens": valid_tokens,
         "backbone": backbone, "transformer": float(transformer),

@@ -67,8 +67,9 @@ def _flat(x):
 class AnchorEncoderLayer(nnx.Module):
     """Self-attention over the feature map, then the FFN. src (B, h, w, d).
 
-    With ``attention_type="RCDA"`` (the default) the attention is RCDA with row queries/keys
-    ``src + posemb_row`` and column queries/keys ``src + posemb_col``; with
+    With ``attention_type="RCDA"`` (the default) the attention is the RCDA form the spec
+    builds (``spec.build_rcda``: plain RCDA for exact attention, ENACT RCDA for ENACT) with
+    row queries/keys ``src + posemb_row`` and column queries/keys ``src + posemb_col``; with
     ``"nn.MultiheadAttention"`` it is the encoder attention the spec builds (exact, ACT,
     K-means, ...) over the h*w tokens with ``q = k = src + posemb_2d``, ``v = src``.
     """
@@ -77,8 +78,9 @@ class AnchorEncoderLayer(nnx.Module):
         d = cfg.hidden_dim
         self.rcda = cfg.attention_type == RCDA
         if self.rcda:
-            self.self_attn = RowColumnAttention(d, cfg.num_heads, dropout=cfg.dropout,
-                                                dtype=dtype, rngs=rngs)
+            self.self_attn = spec.build_rcda(d, cfg.num_heads, layer_index=layer_index,
+                                             num_layers=cfg.enc_layers, dropout=cfg.dropout,
+                                             dtype=dtype, rngs=rngs)
         else:
             self.self_attn = spec.build(d, cfg.num_heads, layer_index=layer_index,
                                         num_layers=cfg.enc_layers, dtype=dtype,
@@ -101,8 +103,7 @@ class AnchorEncoderLayer(nnx.Module):
         if self.rcda:
             row = src + pos[0][:, None, :, :]
             col = src + pos[1][:, :, None, :]
-            attended = self.self_attn(_flat(row), _flat(col), row, col, src, mask, rcda_rng)
-            stats = None
+            attended, stats = self.self_attn.self_attention(row, col, src, mask, rcda_rng)
         else:
             attended, stats = self.self_attn(*self.attention_inputs(src, mask, pos), attn_rng)
         src = self.norm1(src + dropout(attended.reshape(batch, h, w, d), self.rate, d1))

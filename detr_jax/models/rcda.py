@@ -101,3 +101,10 @@ class RowColumnAttention(nnx.Module):
             out = jnp.einsum("bnqw,bnqwd->bqnd", w_row, per_col)
         out = out.reshape(*out.shape[:-2], self.d_model)
         return self.out_proj(out)
+
+    def self_attention(self, row, col, src, mask=None, rng=None):
+        """Encoder self-attention: row = src + posemb_row, col = src + posemb_col, src
+        (B, h, w, d); mask (B, h, w) or None -> ((B, h*w, d), None): every pixel queries
+        with its row and column features (the encoder-side call of the official code)."""
+        flat = lambda x: x.reshape(x.shape[0], -1, x.shape[-1])
+        return self(flat(row), flat(col), row, col, src, mask, rng), None

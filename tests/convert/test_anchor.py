@@ -131,7 +131,7 @@ def test_unsupported_variants_are_refused(tiny_state):
     odd["transformer.decoder_layers.0.cross_attn.in_proj_weight"] = np.zeros((64, 32), np.float32)
     with pytest.raises(CheckpointError, match="cannot tell the attention type"):
         anchor_detr_from_state(odd, "odd")
-    with pytest.raises(ValueError, match="RCDA encoder supports only exact attention"):
+    with pytest.raises(ValueError, match="RCDA encoder supports exact and ENACT attention only"):
         anchor_detr_from_state(tiny_state, "rcda", encoder_attention="act:L=8")
     wrong = dict(tiny_state)
     wrong["transformer.decoder_layers.0.ffn.linear1.weight"] = np.zeros((3, 3), np.float32)
