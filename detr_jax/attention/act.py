@@ -102,7 +102,7 @@ class ACT(ArraySpecMixin, AttentionSpec):
         probability below 1e-9 per layer, see ``clustering.table_cluster_ids``; on GPUs
         one fused kernel, ``table_kernel``) or ``"auto"`` (the default: the module's
         backend decides, ``AttentionBackend.numbering``: the table kernel on ``flash``
-        (GPUs), the sort elsewhere).
+        (GPUs), the table in XLA ops on ``xla_map`` (CPUs), the sort elsewhere).
       offsets: the draw of the offsets ``b``: ``"released"`` (the default) ``U[0, 1)`` as
         the released ACT code (which produced the paper's tables) draws them, or
         ``"paper"`` ``U(0, r)`` as the paper's text writes. With offsets in [0, 1) a bucket
@@ -312,7 +312,7 @@ class ACTAttention(EncoderAttention):
         out, used = run_at_capacity(
             needed, capacities,
             lambda capacity: clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity,
-                                                 **self.backend.dropout_args()),
+                                                 backend=self.backend),
             remat=not self.backend.fused)
         return out, LayerStats(num_valid=num_valid, capacity=used, **clusters)
 
@@ -360,7 +360,8 @@ def fused_prototype_attention(q, k, v, key_padding_mask, q_ids, q_count, q_sizes
     return out, work
 
 
-def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int, **dropout) -> jax.Array:
+def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int, *,
+                        backend: AttentionBackend | None = None) -> jax.Array:
     """Attention with clustered queries and/or keys at a static cluster capacity.
 
     Args:
@@ -369,7 +370,8 @@ def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int, 
       q_ids: (B*H, N) query cluster ids (negative: none) or None (queries not clustered).
       k_ids: (B*H, N) key cluster ids or None (keys not clustered).
       capacity: static number of cluster slots, at least every row's cluster count.
-      dropout: attention dropout (``dropout_rate``, ``dropout_rng``) of a training call.
+      backend: computes the softmax attention (``AttentionBackend.softmax``: its XLA form
+        and a training call's dropout); None: ``masked_softmax_attention``.
     Returns:
       (B, N, H, Dh): each query's output is its prototype's attention output; with key
       clusters, the softmax over key centroids is weighted by cluster size (logit +
@@ -387,7 +389,10 @@ def clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity: int, 
         log_sizes = jnp.where(sizes > 0, jnp.log(jnp.maximum(sizes, 1).astype(jnp.float32)),
                               EMPTY_SLOT_BIAS)
         bias = log_sizes.reshape(batch, -1, 1, capacity)
-    out = masked_softmax_attention(queries, keys, values, mask, key_bias=bias, **dropout)
+    if backend is None:
+        out = masked_softmax_attention(queries, keys, values, mask, key_bias=bias)
+    else:
+        out = backend.softmax(queries, keys, values, mask, key_bias=bias)
     if q_ids is None:
         return out
     return from_rows(broadcast_to_members(to_rows(out), q_ids), batch)

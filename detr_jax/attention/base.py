@@ -30,8 +30,8 @@ Attention dropout (training, the official ``nn.MultiheadAttention`` dropout): a 
 with ``attention_dropout > 0`` called with a ``dropout_rng`` runs ``attend`` with
 ``self.backend`` replaced by ``backend.with_dropout(rate, key)`` (XLA kernel; see
 ``detr_jax.attention.backend``), so every ``self.backend.attention`` call of a variant
-drops its softmax probabilities; a variant computing its softmax elsewhere passes
-``**self.backend.dropout_args()`` to :func:`~detr_jax.attention.softmax.masked_softmax_attention`.
+drops its softmax probabilities; a variant that needs a logit bias calls
+``self.backend.softmax`` (XLA ops), which drops them as well.
 """
 
 from __future__ import annotations

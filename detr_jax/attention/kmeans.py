@@ -75,18 +75,41 @@ def majority_centroids(codes, ids, previous, clusters: int) -> jax.Array:
     return jnp.where(counts[..., None] > 0, majority, previous)
 
 
+def pack_codes(codes: jax.Array) -> jax.Array:
+    """+-1 codes (..., bits) -> (..., ceil(bits / 32)) uint32 words, bit j of word j // 32
+    set where code j is +1 (bits past ``bits`` in the last word are 0)."""
+    bits = codes.shape[-1]
+    words = -(-bits // 32)
+    padded = jnp.pad(codes > 0, [(0, 0)] * (codes.ndim - 1) + [(0, words * 32 - bits)])
+    shifts = jnp.arange(32, dtype=jnp.uint32)
+    planes = padded.reshape(codes.shape[:-1] + (words, 32)).astype(jnp.uint32) << shifts
+    return planes.sum(axis=-1, dtype=jnp.uint32)  # disjoint bits: the sum is the OR
+
+
+def assign_packed(words: jax.Array, centroid_words: jax.Array, valid: jax.Array) -> jax.Array:
+    """:func:`assign` on packed codes (:func:`pack_codes`): nearest centroid by the
+    population count of XOR (lowest index on ties), -1 on padding. words (R, N, W),
+    centroid_words (R, C, W) uint32 -> ids (R, N) int32. The same ids as ``assign`` on the
+    unpacked codes, with integer ops instead of a (R, N, C, bits) product."""
+    distance = jax.lax.population_count(words[:, :, None, :] ^ centroid_words[:, None, :, :])
+    distance = distance.astype(jnp.int32).sum(axis=-1)
+    return jnp.where(valid, jnp.argmin(distance, axis=-1).astype(jnp.int32), -1)
+
+
 def kmeans_ids(codes: jax.Array, valid: jax.Array, clusters: int, iterations: int
                ) -> jax.Array:
     """Lloyd's algorithm in Hamming space: ``iterations`` assignment steps with a centroid
-    update between consecutive ones. -> ids (R, N) int32 in [0, clusters), -1 on padding."""
+    update between consecutive ones. -> ids (R, N) int32 in [0, clusters), -1 on padding.
+    Assignments run on packed codes (:func:`assign_packed`, equal to :func:`assign`)."""
+    words = pack_codes(codes)
     centroids = initial_centroids(codes, valid, clusters)
 
     def step(_, centroids):
-        ids = assign(codes, centroids, valid)
+        ids = assign_packed(words, pack_codes(centroids), valid)
         return majority_centroids(codes, ids, centroids, clusters)
 
     centroids = jax.lax.fori_loop(0, max(iterations - 1, 0), step, centroids)
-    return assign(codes, centroids, valid)
+    return assign_packed(words, pack_codes(centroids), valid)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -54,6 +54,45 @@ def masked_softmax_attention(
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
+def mapped_softmax_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, key_padding_mask: jax.Array | None,
+    key_bias: jax.Array | None = None,
+) -> jax.Array:
+    """:func:`masked_softmax_attention` (same arguments and result, no dropout) computed one
+    (image, head) at a time with ``jax.lax.map``.
+
+    The batched einsum materializes (B, H, Nq, Nk) logits, far larger than a CPU's caches
+    (150 MB at batch 8 and 768 tokens); one (Nq, Nk) block at a time stays in cache, which
+    on CPUs makes exact attention several times faster (``benchmarks/cpu_attention.py``).
+    On GPUs and TPUs the sequential map is slower: the backend uses it on CPUs only.
+    """
+    batch, nq, heads, _ = q.shape
+    nk = k.shape[1]
+
+    def rows(x):  # (B, N, H, D) -> (B * H, N, D)
+        return x.transpose(0, 2, 1, 3).reshape(batch * heads, x.shape[1], x.shape[3])
+
+    masks = (jnp.zeros((batch, nk), bool) if key_padding_mask is None
+             else key_padding_mask.astype(bool))
+    masks = jnp.broadcast_to(masks[:, None, :], (batch, heads, nk)).reshape(batch * heads, nk)
+    xs = [rows(q), rows(k), rows(v), masks]
+    if key_bias is not None:
+        bias = jnp.broadcast_to(key_bias, (batch, heads) + key_bias.shape[2:])
+        xs.append(bias.reshape((batch * heads,) + key_bias.shape[2:]))
+
+    def one(args):
+        qq, kk, vv, mask = args[:4]
+        logits = qq @ kk.T
+        if key_bias is not None:
+            logits = logits + args[4]
+        logits = jnp.where(mask[None, :], jnp.finfo(logits.dtype).min, logits)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(vv.dtype)
+        return weights @ vv
+
+    out = jax.lax.map(one, tuple(xs))
+    return out.reshape(batch, heads, nq, -1).transpose(0, 2, 1, 3)
+
+
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                     key_padding_mask: jax.Array | None) -> jax.Array:
     """The same attention through cuDNN's fused kernel (``jax.nn.dot_product_attention``).

@@ -31,7 +31,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
         head has ``num_classes + 1`` outputs, the last being no-object.
       encoder_attention: encoder-attention setting string (``exact``, ``act:L=32``, ...).
       attention_backend: softmax-attention kernel, resolved when the model is built
-        (``auto``, ``xla``, ``flash``, ``cudnn``, ``flash_interpret``; see
+        (``auto``, ``xla``, ``xla_map``, ``flash``, ``cudnn``, ``flash_interpret``; see
         ``detr_jax.attention.backend``).
       attention_key_splits: key ranges per row of the fused kernel: ``auto`` or a
         positive integer, kept as a string (``"2"``; an int given here is converted).

@@ -55,8 +55,6 @@ def test_backend_with_dropout_runs_xla_and_only_with_a_key():
     assert backend.with_dropout(0.0, jax.random.key(0)) is backend
     dropping = backend.with_dropout(0.1, jax.random.key(0))
     assert dropping.kernel == "xla" and dropping.dropping and not dropping.fused
-    assert set(dropping.dropout_args()) == {"dropout_rate", "dropout_rng"}
-    assert backend.dropout_args() == {}
 
 
 def test_module_drops_only_with_a_dropout_key():

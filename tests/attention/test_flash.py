@@ -146,7 +146,7 @@ def test_backend_is_checked_and_resolved_for_the_platform():
     with pytest.raises(ValueError, match="choose one of"):
         resolve_backend("cuda")
     assert resolve_backend("flash_interpret").kernel == "flash_interpret"
-    assert resolve_backend().kernel == "xla"  # CPU: "auto" resolves to XLA
+    assert resolve_backend().kernel == "xla_map"  # CPU: "auto" resolves to the mapped XLA form
     for name in ("flash", "cudnn"):  # GPU-only kernels are refused when chosen on a CPU
         with pytest.raises(ValueError, match="needs a CUDA GPU"):
             resolve_backend(name)

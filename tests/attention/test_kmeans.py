@@ -9,8 +9,8 @@ from flax import nnx
 import detr_jax
 from detr_jax.attention import KMeansAttention, parse_attention
 from detr_jax.attention.clustering import to_rows
-from detr_jax.attention.kmeans import (assign, hamming_codes, initial_centroids, kmeans_ids,
-                                      majority_centroids)
+from detr_jax.attention.kmeans import (assign, assign_packed, hamming_codes, initial_centroids,
+                                      kmeans_ids, majority_centroids, pack_codes)
 from tests.attention.clustered_cases import build_attention, exact_attention, relative_error
 
 
@@ -37,6 +37,23 @@ def test_lloyd_steps_on_a_hand_example():
     kept = majority_centroids(codes, jnp.zeros((1, 6), jnp.int32), init, 2)
     np.testing.assert_array_equal(kept[0, 1], init[0, 1])
     np.testing.assert_array_equal(assign(codes, centroids, valid), ids)
+
+
+@pytest.mark.parametrize("bits", [4, 32, 45])
+def test_packed_assignment_equals_the_float_product(bits):
+    rng = np.random.default_rng(bits)
+    codes = jnp.asarray(rng.choice([-1.0, 1.0], (3, 40, bits)).astype(np.float32))
+    # centroids copied from tokens and duplicated: exact ties must go to the lowest index
+    centroids = jnp.concatenate([codes[:, :5], codes[:, :5]], axis=1)
+    valid = jnp.asarray(rng.random((3, 40)) > 0.2)
+    words = pack_codes(codes)
+    assert words.shape == (3, 40, -(-bits // 32)) and words.dtype == jnp.uint32
+    expected = assign(codes, centroids, valid)
+    np.testing.assert_array_equal(assign_packed(words, pack_codes(centroids), valid), expected)
+    assert int(expected.max()) < 5 and int(expected.min()) == -1
+    # bit j of word j // 32 is code j
+    bit = (np.asarray(words)[..., 0] >> 3) & 1
+    np.testing.assert_array_equal(bit, np.asarray(codes[..., 3] > 0))
 
 
 def test_limits_one_cluster_and_one_per_token_are_exact():
