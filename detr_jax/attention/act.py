@@ -308,12 +308,13 @@ class ACTAttention(EncoderAttention):
         needed = jnp.max(jnp.stack(counts))
         capacities = ladder_capacities(n, self.spec.ladder)
         # On the XLA path every branch would keep its (rows, capacity, N) probabilities for
-        # the backward pass; remat keeps training memory at exact attention's level.
+        # the backward pass; remat keeps training memory at exact attention's level. A
+        # tiled kernel (the TPU kernel, query clusters: no logit bias) stores none.
         out, used = run_at_capacity(
             needed, capacities,
             lambda capacity: clustered_attention(q, k, v, key_padding_mask, q_ids, k_ids, capacity,
                                                  backend=self.backend),
-            remat=not self.backend.fused)
+            remat=not (self.backend.fused or (self.backend.tiled and k_ids is None)))
         return out, LayerStats(num_valid=num_valid, capacity=used, **clusters)
 
     def assignments(self, queries, keys, values, key_padding_mask, rng) -> jax.Array:

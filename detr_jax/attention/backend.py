@@ -14,10 +14,23 @@ Kernels:
   compute like ``"xla"``.
 - ``"flash_interpret"``: the Pallas kernel run by the interpreter (slow; CPU tests of the
   kernel path).
+- ``"tpu_flash"``: ``tpu_flash.tpu_flash_attention``, JAX's Pallas TPU flash-attention
+  kernel (forward and backward; key padding as segment ids, lengths padded to multiples
+  of 128). Time quadratic, memory linear in N: the (Nq, Nk) logits are never stored.
+  :meth:`AttentionBackend.attention` and :meth:`AttentionBackend.softmax` without a logit
+  bias run on it; a logit bias (ACT's key clusters) and dropout take the XLA ops. ACT's
+  query clustering (group Q) keeps the XLA path's capacity ladder: the prototypes at the
+  ladder capacity attend through this kernel (no remat around the switch, the kernel
+  stores no probabilities); groups K and QK carry a log-size bias and compute on XLA.
+  ENACT keeps its XLA key-block path (``key_block_attention``); the model's other
+  attentions (decoder, exact encoder layers) use the kernel. ACT numbers clusters with
+  the sort.
+- ``"tpu_flash_interpret"``: the same kernels under Pallas's TPU interpreter, on any
+  backend (slow; CPU tests of the TPU path).
 - ``"auto"``: ``"flash"`` where the kernel compiles on the default backend (a CUDA GPU),
-  ``"xla_map"`` on CPUs, ``"xla"`` elsewhere (TPUs).
+  ``"tpu_flash"`` on TPUs, ``"xla_map"`` on CPUs, ``"xla"`` elsewhere.
 
-Attention dropout (training): neither fused kernel drops probabilities, so a training
+Attention dropout (training): no fused kernel drops probabilities, so a training
 call with attention dropout runs on ``"xla"``. ``MultiHeadAttention.__call__`` (given a
 dropout key and a rate above 0) hands its ``attend`` the backend
 :meth:`AttentionBackend.with_dropout` returns: kernel ``"xla"`` carrying the rate and the
@@ -39,12 +52,14 @@ from typing import Any
 
 import jax
 
-from detr_jax.attention import flash
+from detr_jax.attention import flash, tpu_flash
 from detr_jax.attention.softmax import (cudnn_attention, mapped_softmax_attention,
                                         masked_softmax_attention)
 
-BACKENDS = ("auto", "xla", "xla_map", "flash", "cudnn", "flash_interpret")
+BACKENDS = ("auto", "xla", "xla_map", "flash", "cudnn", "flash_interpret", "tpu_flash",
+            "tpu_flash_interpret")
 FUSED = ("flash", "flash_interpret")
+TPU_KERNELS = ("tpu_flash", "tpu_flash_interpret")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +67,7 @@ class AttentionBackend:
     """A resolved attention backend.
 
     Attributes:
-      kernel: ``"xla"``, ``"flash"``, ``"cudnn"`` or ``"flash_interpret"`` (never "auto").
+      kernel: one of ``BACKENDS`` other than ``"auto"``.
       key_splits: key ranges per row of the fused kernel (split-K, a positive integer),
         or None for ``flash.auto_key_splits``.
       dropout_rate, dropout_rng: attention dropout applied by :meth:`attention` (set by
@@ -95,6 +110,12 @@ class AttentionBackend:
         return self.kernel in FUSED
 
     @property
+    def tiled(self) -> bool:
+        """Whether exact attention (no logit bias, no dropout) runs through a kernel that
+        never stores the (Nq, Nk) probabilities: the fused GPU kernel or the TPU kernel."""
+        return not self.dropping and (self.fused or self.kernel in TPU_KERNELS)
+
+    @property
     def numbering(self) -> str:
         """ACT's ``ids=auto`` on this backend: the table numbering with the fused kernel
         (GPUs, one fused kernel) and on CPUs (XLA ops, about 10x faster there than the
@@ -121,19 +142,30 @@ class AttentionBackend:
             return cudnn_attention(q, k, v, key_padding_mask)
         return self.softmax(q, k, v, key_padding_mask)
 
+    def tpu(self, q: jax.Array, k: jax.Array, v: jax.Array,
+            key_padding_mask: jax.Array | None) -> jax.Array:
+        """``tpu_flash.tpu_flash_attention`` with this backend's interpreter flag (shapes
+        as :meth:`attention`)."""
+        return tpu_flash.tpu_flash_attention(q, k, v, key_padding_mask,
+                                             interpret=self.kernel == "tpu_flash_interpret")
+
     def softmax(self, q: jax.Array, k: jax.Array, v: jax.Array,
                 key_padding_mask: jax.Array | None, key_bias: jax.Array | None = None
                 ) -> jax.Array:
-        """Softmax attention through XLA ops (the path for inputs the fused kernels do not
-        take, such as a logit bias): :func:`softmax.masked_softmax_attention`, or its
-        per-(image, head) form on ``"xla_map"``; with this backend's dropout when dropping.
-        Shapes as :meth:`attention`; ``key_bias`` (B, H, 1 or Nq, Nk) or None."""
+        """Softmax attention without ragged query counts (the path for inputs the fused GPU
+        kernel does not take, such as a logit bias): :func:`softmax.masked_softmax_attention`,
+        or its per-(image, head) form on ``"xla_map"``; with this backend's dropout when
+        dropping. On the TPU kernels, calls without ``key_bias`` (and without dropout) run
+        on the TPU kernel (:meth:`tpu`). Shapes as :meth:`attention`; ``key_bias``
+        (B, H, 1 or Nq, Nk) or None."""
         if self.dropping:
             return masked_softmax_attention(q, k, v, key_padding_mask, key_bias=key_bias,
                                             dropout_rate=self.dropout_rate,
                                             dropout_rng=self.dropout_rng)
         if self.kernel == "xla_map":
             return mapped_softmax_attention(q, k, v, key_padding_mask, key_bias=key_bias)
+        if self.kernel in TPU_KERNELS and key_bias is None:
+            return self.tpu(q, k, v, key_padding_mask)
         return masked_softmax_attention(q, k, v, key_padding_mask, key_bias=key_bias)
 
     def flash(self, q, k, v, key_valid=None, query_counts=None, query_divisors=None, **options):
@@ -157,17 +189,24 @@ def resolve_backend(name: str = "auto", key_splits: int | str | None = "auto") -
     """The backend ``name`` (one of ``BACKENDS``) for the platform this is called on.
 
     ``"auto"`` becomes ``"flash"`` where the fused kernel compiles (CUDA GPUs),
-    ``"xla_map"`` on CPUs and ``"xla"`` elsewhere. ``"flash"`` and ``"cudnn"`` need a GPU and raise ValueError on
-    other platforms. ``key_splits``: ``"auto"`` (or None) or a positive integer.
+    ``"tpu_flash"`` on TPUs, ``"xla_map"`` on CPUs and ``"xla"`` elsewhere. ``"flash"`` and
+    ``"cudnn"`` need a GPU and ``"tpu_flash"`` a TPU: they raise ValueError on other
+    platforms. ``key_splits``: ``"auto"`` (or None) or a positive integer.
     """
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r}: choose one of {BACKENDS}")
     if name == "auto":
         if flash.available():
             name = "flash"
+        elif jax.default_backend() == "tpu" and tpu_flash.available():
+            name = "tpu_flash"
         else:
             name = "xla_map" if jax.default_backend() == "cpu" else "xla"
     elif name in ("flash", "cudnn") and jax.default_backend() != "gpu":
         raise ValueError(f"attention backend {name!r} needs a CUDA GPU; the default JAX "
                          f"backend is {jax.default_backend()!r} (use 'xla' or 'auto')")
+    elif name == "tpu_flash" and jax.default_backend() != "tpu":
+        raise ValueError(f"attention backend 'tpu_flash' needs a TPU; the default JAX backend "
+                         f"is {jax.default_backend()!r} (use 'tpu_flash_interpret' to run "
+                         "its kernels in the interpreter, or 'auto')")
     return AttentionBackend(name, parse_key_splits(key_splits))
