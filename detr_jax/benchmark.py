@@ -216,10 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["default"],
                         help="default (TF32 matmuls on GPU), highest (fp32), bf16 (bf16 compute)")
     parser.add_argument("--attention-kernel", default="auto",
-                        choices=("auto", "xla", "xla_map", "flash", "cudnn"),
+                        choices=("auto", "xla", "xla_map", "flash", "cudnn", "tpu_flash"),
                         help="softmax attention implementation, the model config's "
-                             "attention_backend (auto: the fused kernel on GPUs, xla_map "
-                             "on CPUs)")
+                             "attention_backend (auto: the fused kernel on GPUs, tpu_flash "
+                             "(the Pallas TPU flash-attention kernel) on TPUs, xla_map on "
+                             "CPUs)")
     parser.add_argument("--key-splits", default="auto",
                         help="key ranges per row of the fused kernel: auto or a positive "
                              "integer (the model config's attention_key_splits)")

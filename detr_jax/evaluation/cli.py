@@ -47,11 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "report gives the mean and standard deviation over the draws "
                              "(default: config eval.hash_seeds, 1)")
     parser.add_argument("--attention-kernel", default=None,
-                        choices=("auto", "xla", "xla_map", "flash", "cudnn", "flash_interpret"),
+                        choices=("auto", "xla", "xla_map", "flash", "cudnn", "flash_interpret",
+                                 "tpu_flash", "tpu_flash_interpret"),
                         help="softmax attention implementation, set as the model config's "
                              "attention_backend (default: the checkpoint's; auto: the fused "
-                             "Pallas kernel on GPUs, xla_map (one image and head at a time) "
-                             "on CPUs, XLA elsewhere)")
+                             "Pallas kernel on GPUs, tpu_flash (the Pallas TPU flash-attention "
+                             "kernel) on TPUs, xla_map (one image and head at a time) on "
+                             "CPUs, XLA elsewhere; *_interpret: a Pallas kernel run by the "
+                             "interpreter, for tests)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="compute dtype (default fp32; bf16: computations in bfloat16 "
                              "with fp32 parameters and softmax, as the benchmark's bf16)")

@@ -31,8 +31,9 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
         head has ``num_classes + 1`` outputs, the last being no-object.
       encoder_attention: encoder-attention setting string (``exact``, ``act:L=32``, ...).
       attention_backend: softmax-attention kernel, resolved when the model is built
-        (``auto``, ``xla``, ``xla_map``, ``flash``, ``cudnn``, ``flash_interpret``; see
-        ``detr_jax.attention.backend``).
+        (``auto``, ``xla``, ``xla_map``, ``flash``, ``cudnn``, ``flash_interpret``,
+        ``tpu_flash``, ``tpu_flash_interpret``; ``auto``: ``flash`` on CUDA GPUs,
+        ``tpu_flash`` on TPUs, ``xla_map`` on CPUs; see ``detr_jax.attention.backend``).
       attention_key_splits: key ranges per row of the fused kernel: ``auto`` or a
         positive integer, kept as a string (``"2"``; an int given here is converted).
       dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
