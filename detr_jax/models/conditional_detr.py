@@ -97,6 +97,13 @@ class ConditionalDETR(nnx.Module):
     """
 
     @staticmethod
+    def default_criterion(loss_cfg):
+        """The official recipe's focal set criterion (``detr_jax.training.losses.Criterion``)
+        for a ``loss`` config section: what MTKD distils with."""
+        from detr_jax.training.focal import FocalWeights, focal_criterion
+        return focal_criterion(FocalWeights.from_config(loss_cfg))
+
+    @staticmethod
     def default_loss(loss_cfg):
         """The training loss of the official recipe for a ``loss`` config section (the
         training CLI's default): the focal criterion of :mod:`detr_jax.training.focal`."""

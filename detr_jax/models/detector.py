@@ -13,7 +13,10 @@ several encoder-attention settings:
 
 ``model(pixel_values, padding_mask, rng=key)`` runs the same stages, the encoder with
 ``jax.random.split(key)[0]`` (:func:`encoder_key`). The training loss is not a method:
-the trainer takes it as an injected function (``detr_jax.training.losses.detr_loss``).
+the trainer takes it as an injected function (``detr_jax.training.losses.LossFn``); a
+detector names its recipe's with the static methods ``default_loss(loss_cfg)`` (a
+``LossFn``) and ``default_criterion(loss_cfg)`` (the set criterion of its outputs, a
+``detr_jax.training.losses.Criterion``, which MTKD builds on).
 """
 
 from __future__ import annotations

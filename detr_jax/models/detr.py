@@ -52,6 +52,13 @@ class DETR(nnx.Module):
     """
 
     @staticmethod
+    def default_criterion(loss_cfg):
+        """DETR's set criterion (``detr_jax.training.losses.Criterion``) for a ``loss``
+        config section: what MTKD distils with."""
+        from detr_jax.training.losses import LossWeights, detr_criterion
+        return detr_criterion(LossWeights(**loss_cfg.to_dict()))
+
+    @staticmethod
     def default_loss(loss_cfg):
         """The training loss of DETR's recipe for a ``loss`` config section (the training
         CLI's default): cross-entropy with no-object weight, L1 and GIoU."""

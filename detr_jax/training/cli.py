@@ -107,7 +107,6 @@ def main(argv=None) -> int:
     from detr_jax.data.augment import AugmentConfig
     from detr_jax.data.coco import CocoSource
     from detr_jax.training.data import TrainLoader
-    from detr_jax.training.losses import LossWeights
     from detr_jax.training.mtkd import MTKDConfig, mtkd_loss_fn
     from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
     from detr_jax.compile_cache import enable_compilation_cache
@@ -134,7 +133,7 @@ def main(argv=None) -> int:
     mtkd = MTKDConfig.from_config(cfg.get("mtkd"))
     # the detector's own recipe (DETR: cross-entropy; Conditional/Anchor DETR: focal)
     loss_fn = (model.default_loss(cfg.loss) if mtkd is None
-               else mtkd_loss_fn(model, mtkd, LossWeights(**cfg.loss.to_dict())))
+               else mtkd_loss_fn(model, mtkd, model.default_criterion(cfg.loss)))
     trainer = Trainer(model, cfg.train, steps_per_epoch=steps_per_epoch, loss_fn=loss_fn)
     if mtkd is not None:
         print(f"MTKD: exact branch + {mtkd.act} branch, box distillation weight {mtkd.kd_weight}")

@@ -28,7 +28,7 @@ import ml_collections
 import optax
 
 from detr_jax.boxes import cxcywh_to_xyxy, generalized_iou
-from detr_jax.training.losses import LossFn, decoder_layers
+from detr_jax.training.losses import Criterion, LossFn, decoder_layers
 from detr_jax.training.matcher import hungarian_match, matching_cost
 
 
@@ -128,10 +128,12 @@ def focal_match_layers(logits, boxes, targets, weights: FocalWeights,
 
 
 def focal_set_criterion(outputs: dict, targets: dict, weights: FocalWeights = FocalWeights(),
-                        assign: Callable | None = None):
+                        assign: Callable | None = None, *, return_matches: bool = False):
     """Total weighted focal-recipe loss over the final and auxiliary decoder outputs.
 
-    Returns (loss, metrics): the final layer's unweighted terms and ``loss`` (the total).
+    Returns (loss, metrics): the final layer's unweighted terms and ``loss`` (the total);
+    with ``return_matches`` also the (D, B, T) query matched to each target, final layer
+    first.
     """
     logits, boxes = decoder_layers(outputs, weights.aux)
     query = focal_match_layers(logits, boxes, targets, weights, assign)
@@ -141,7 +143,17 @@ def focal_set_criterion(outputs: dict, targets: dict, weights: FocalWeights = Fo
                 + weights.giou * terms["loss_giou"])
     metrics = {k: v[0] for k, v in terms.items()}
     metrics["loss"] = weighted.sum()
+    if return_matches:
+        return metrics["loss"], metrics, query
     return metrics["loss"], metrics
+
+
+def focal_criterion(weights: FocalWeights = FocalWeights()) -> Criterion:
+    """The focal recipe's set criterion as a :data:`detr_jax.training.losses.Criterion`."""
+    def criterion(outputs, targets, assign=None, *, return_matches=False):
+        return focal_set_criterion(outputs, targets, weights, assign,
+                                   return_matches=return_matches)
+    return criterion
 
 
 def focal_detr_loss(weights: FocalWeights = FocalWeights()) -> LossFn:

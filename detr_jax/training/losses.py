@@ -7,7 +7,7 @@ mean over all queries, and every decoder layer (final and auxiliary) adds its ow
 
 The trainer takes its loss as a function (``Trainer(..., loss_fn=...)``) with the signature
 of :data:`LossFn`; :func:`detr_loss` is DETR's, ``detr_jax.training.mtkd.mtkd_loss_fn``
-the multi-task distillation one.
+the multi-task distillation one (built on a detector's :data:`Criterion`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ normalized; padding_mask (B, H, W) bool; targets: ``labels`` (B, T) int, ``boxes
 cxcywh relative, ``valid`` (B, T) bool; rng: the step's PRNG key (train mode, dropout on);
 assign: the Hungarian assignment of (D, B, Q, T) costs -> (D, B, T) query per target.
 Returns the scalar loss to differentiate and a dict of scalar metrics (with ``loss``).
+"""
+
+Criterion = Callable[..., tuple]
+"""``criterion(outputs, targets, assign=None, *, return_matches=False) -> (loss, metrics)``
+(and the (D, B, T) matched queries, final layer first, with ``return_matches``): a
+detector's set loss of its prediction dict, as ``Detector.default_criterion`` returns it
+(DETR: :func:`detr_criterion`; Conditional and Anchor DETR: the focal recipe's). MTKD
+(``detr_jax.training.mtkd``) builds on it, so distillation works for every detector.
 """
 
 
@@ -105,6 +113,13 @@ def set_criterion(outputs: dict, targets: dict, weights: LossWeights = LossWeigh
     if return_matches:
         return metrics["loss"], metrics, query
     return metrics["loss"], metrics
+
+
+def detr_criterion(weights: LossWeights = LossWeights()) -> Criterion:
+    """DETR's set criterion as a :data:`Criterion` (``set_criterion`` with ``weights``)."""
+    def criterion(outputs, targets, assign=None, *, return_matches=False):
+        return set_criterion(outputs, targets, weights, assign, return_matches=return_matches)
+    return criterion
 
 
 def detr_loss(weights: LossWeights = LossWeights()) -> LossFn:

@@ -2,7 +2,8 @@
 
 The exact transformer and ACT run on the same backbone features with the same
 parameters. The loss is ``L = L_pred(Y, Y2) + kd_weight * L_KD(B1, stop_gradient(B2))``:
-DETR's set loss of the exact branch's predictions Y2 against the ground truth Y, plus an
+the detector's set loss (DETR's; the focal recipe's for Conditional and Anchor DETR) of the
+exact branch's predictions Y2 against the ground truth Y, plus an
 L2 distillation of ACT's predicted boxes B1 toward the exact branch's boxes B2. Only boxes
 are distilled (the paper found the regression branch the sensitive one). The exact branch
 gets no gradient from the KD term; ACT's gradient reaches every shared parameter, so one
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from detr_jax.training.losses import LossFn, LossWeights, set_criterion
+from detr_jax.training.losses import Criterion, LossFn, detr_criterion
 
 
 KD_DISTANCES = ("squared", "l2")
@@ -107,11 +108,13 @@ def matched_query_mask(query: jax.Array, valid: jax.Array, num_queries: int) -> 
     return mask.at[batch, query].max(valid.astype(jnp.float32))
 
 
-def mtkd_loss(exact_out: dict, act_out: dict, targets: dict, weights: LossWeights,
+def mtkd_loss(exact_out: dict, act_out: dict, targets: dict, criterion: Criterion,
               config: MTKDConfig, assign: Callable | None = None):
-    """(total, metrics) of one MTKD step from both branches' prediction dicts."""
-    loss_exact, metrics, matches = set_criterion(exact_out, targets, weights, assign,
-                                                 return_matches=True)
+    """(total, metrics) of one MTKD step from both branches' prediction dicts.
+    ``criterion``: the detector's set criterion (``Detector.default_criterion``; DETR's
+    :func:`~detr_jax.training.losses.detr_criterion`, the focal recipe's for Conditional
+    and Anchor DETR): the exact branch's prediction loss and its matches."""
+    loss_exact, metrics, matches = criterion(exact_out, targets, assign, return_matches=True)
     pairs = [(act_out, exact_out)]
     if config.kd_aux:
         pairs += list(zip(act_out.get("aux_outputs", []), exact_out.get("aux_outputs", [])))
@@ -132,7 +135,7 @@ def mtkd_loss(exact_out: dict, act_out: dict, targets: dict, weights: LossWeight
     total = loss_exact + config.kd_weight * kd
     metrics = dict(metrics, loss_exact=loss_exact, loss_kd=kd)
     if config.act_loss:
-        loss_act, _ = set_criterion(act_out, targets, weights, assign)
+        loss_act, _ = criterion(act_out, targets, assign)
         total = total + loss_act
         metrics["loss_act"] = loss_act
     metrics["loss"] = total
@@ -160,8 +163,12 @@ def mtkd_forward(exact_model, act_model, pixel_values, padding_mask, *, rng, tra
     return outputs[0], outputs[1]
 
 
-def mtkd_loss_fn(model, config: MTKDConfig, weights: LossWeights = LossWeights()) -> LossFn:
+def mtkd_loss_fn(model, config: MTKDConfig, criterion: Criterion | None = None) -> LossFn:
     """The MTKD training loss as a :data:`detr_jax.training.losses.LossFn`.
+
+    ``criterion``: the prediction loss of the exact branch (and of the ACT branch with
+    ``act_loss``), the detector's ``default_criterion`` (the training CLI passes it for the
+    config's ``loss`` section); None: DETR's with default weights.
 
     ``model`` is the exact model the trainer trains; the ACT branch is the same model
     behind ``config.act`` (its graph is built here once; inside the loss it is merged with
@@ -170,10 +177,11 @@ def mtkd_loss_fn(model, config: MTKDConfig, weights: LossWeights = LossWeights()
     from detr_jax.attention import parse_attention
     from detr_jax.models.build import with_encoder_attention
     student_graphdef = nnx.graphdef(with_encoder_attention(model, parse_attention(config.act)))
+    criterion = detr_criterion() if criterion is None else criterion
 
     def loss_fn(exact_model, pixel_values, padding_mask, targets, *, rng, assign):
         student = nnx.merge(student_graphdef, nnx.state(exact_model))
         exact_out, act_out = mtkd_forward(exact_model, student, pixel_values, padding_mask,
                                           rng=rng, train=True)
-        return mtkd_loss(exact_out, act_out, targets, weights, config, assign)
+        return mtkd_loss(exact_out, act_out, targets, criterion, config, assign)
     return loss_fn

@@ -130,3 +130,33 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch(make_config):
     losses = [float(jax.device_get(trainer.step(batch))["loss"]) for _ in range(8)]
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_mtkd_distils_a_focal_loss_detector_with_its_own_criterion():
+    # Conditional DETR keeps DETR's encoder, so ACT applies; MTKD uses the focal criterion
+    from detr_jax.training.mtkd import MTKDConfig, mtkd_loss_fn
+    cfg = tiny_conditional_detr_config()
+    model = build_model(cfg, seed=0)
+    criterion = model.default_criterion(focal_loss_config())
+    batch = fixed_batch(cfg.num_classes)
+    train_cfg = train_config(global_batch=4, lr=1e-3, lr_backbone=1e-4, lr_drop_epochs=(),
+                             max_targets=2, frozen=())
+    # a wide bucket merges tokens, so the ACT branch's boxes differ from the exact branch's
+    mtkd = MTKDConfig(act="act:L=2,r=1000", kd_weight=1.0, kd_queries="matched")
+    trainer = Trainer(model, train_cfg, loss_fn=mtkd_loss_fn(model, mtkd, criterion))
+    # Conditional DETR's box head starts at zero (boxes = reference points, whatever the
+    # memory): the ACT branch's boxes differ once a step has trained it
+    first = jax.device_get(trainer.step(batch))
+    metrics = jax.device_get(trainer.step(batch))
+    assert float(first["loss_kd"]) == 0.0
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["loss_kd"]) > 0, metrics
+    # the exact branch's loss is the focal recipe's on the same outputs
+    outputs = model(jnp.asarray(batch["pixel_values"], jnp.float32) / 255.0,
+                    jnp.asarray(batch["padding_mask"]), rng=jax.random.key(0))
+    targets = {k: jnp.asarray(batch[k]) for k in ("labels", "boxes", "valid")}
+    loss, terms, matches = criterion(outputs, targets, return_matches=True)
+    focal, _ = focal_set_criterion(outputs, targets, FocalWeights.from_config(focal_loss_config()))
+    assert float(loss) == pytest.approx(float(focal))
+    assert matches.shape[1:] == (4, 2)
+    with pytest.raises(ValueError, match="eos_coef"):  # DETR's loss section is refused
+        model.default_criterion(loss_config())

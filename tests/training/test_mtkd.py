@@ -13,7 +13,7 @@ from detr_jax.data.augment import AugmentConfig
 from detr_jax.data.coco import CocoSource
 from detr_jax.models.build import build_model
 from detr_jax.training.data import TrainLoader
-from detr_jax.training.losses import LossWeights, set_criterion
+from detr_jax.training.losses import LossWeights, detr_criterion, set_criterion
 from detr_jax.training.mtkd import MTKDConfig, box_distillation, mtkd_loss, mtkd_loss_fn
 from detr_jax.training.trainer import Trainer
 
@@ -42,7 +42,7 @@ def test_kd_gradient_reaches_the_act_boxes_only():
     def total(exact_boxes, act_boxes):
         e = dict(exact, pred_boxes=exact_boxes)
         a = dict(act, pred_boxes=act_boxes)
-        return mtkd_loss(e, a, targets, weights, config)[0]
+        return mtkd_loss(e, a, targets, detr_criterion(weights), config)[0]
 
     d_exact, d_act = jax.grad(total, argnums=(0, 1))(exact["pred_boxes"], act["pred_boxes"])
     # The exact branch's boxes get exactly the gradient of the DETR loss: nothing from KD.
@@ -79,7 +79,7 @@ def test_kd_boxes_normalization_divides_by_the_target_count():
     exact, act = outputs(rng), outputs(rng)
     targets = two_targets(rng)
     config = MTKDConfig(kd_normalize="boxes", kd_distance="l2")
-    _, metrics = mtkd_loss(exact, act, targets, LossWeights(), config)
+    _, metrics = mtkd_loss(exact, act, targets, detr_criterion(), config)
     distances = np.linalg.norm(np.asarray(act["pred_boxes"] - exact["pred_boxes"]), axis=-1)
     np.testing.assert_allclose(float(metrics["loss_kd"]), distances.sum() / 3, rtol=1e-5)
 
@@ -108,7 +108,7 @@ def test_one_mtkd_step_updates_the_shared_weights_through_both_branches(tiny_bat
         model = build_model(cfg.model, seed=0)
         mtkd = MTKDConfig(act="act:L=8,r=1", kd_weight=kd_weight)
         trainer = Trainer(model, cfg.train, LossWeights(),
-                          loss_fn=mtkd_loss_fn(model, mtkd, LossWeights()))
+                          loss_fn=mtkd_loss_fn(model, mtkd, detr_criterion()))
         before = encoder_params(trainer)
         metrics = jax.device_get(trainer.step(batch))
         assert np.isfinite(metrics["loss"]) and float(metrics["loss_kd"]) > 0
@@ -140,22 +140,23 @@ def test_kd_on_matched_queries_ignores_the_others():
                 mask[b, int(matches[0, b, t])] = True
     assert mask.sum() == 3
     squared = np.sum(np.asarray(act["pred_boxes"] - exact["pred_boxes"]) ** 2, axis=-1)
-    _, metrics = mtkd_loss(exact, act, targets, LossWeights(), config)
+    _, metrics = mtkd_loss(exact, act, targets, detr_criterion(), config)
     np.testing.assert_allclose(float(metrics["loss_kd"]), squared[mask].mean(), rtol=1e-5)
     # moving an unmatched query's ACT box changes nothing; a matched one's does
     b, q = np.argwhere(~mask)[0]
     moved = dict(act, pred_boxes=act["pred_boxes"].at[b, q].add(0.1))
-    assert float(mtkd_loss(exact, moved, targets, LossWeights(), config)[1]["loss_kd"]) == \
+    assert float(mtkd_loss(exact, moved, targets, detr_criterion(), config)[1]["loss_kd"]) == \
         pytest.approx(float(metrics["loss_kd"]), rel=1e-6)
     b, q = np.argwhere(mask)[0]
     moved = dict(act, pred_boxes=act["pred_boxes"].at[b, q].add(0.1))
-    assert float(mtkd_loss(exact, moved, targets, LossWeights(), config)[1]["loss_kd"]) != \
+    assert float(mtkd_loss(exact, moved, targets, detr_criterion(), config)[1]["loss_kd"]) != \
         pytest.approx(float(metrics["loss_kd"]), rel=1e-3)
     with pytest.raises(ValueError, match="kd_queries"):
         MTKDConfig(kd_queries="confident")
     with pytest.raises(ValueError, match="loss.aux"):
         mtkd_loss(dict(exact, aux_outputs=[outputs(rng)]), dict(act, aux_outputs=[outputs(rng)]),
-                  targets, LossWeights(aux=False), MTKDConfig(kd_queries="matched", kd_aux=True))
+                  targets, detr_criterion(LossWeights(aux=False)),
+                  MTKDConfig(kd_queries="matched", kd_aux=True))
 
 
 def test_kd_share_counts_the_weighted_kd_term_against_every_loss_term():
@@ -163,7 +164,7 @@ def test_kd_share_counts_the_weighted_kd_term_against_every_loss_term():
     exact, act = outputs(rng), outputs(rng)
     targets = two_targets(rng)
     config = MTKDConfig(kd_weight=2.0, act_loss=True, kd_distance="l2")
-    total, metrics = mtkd_loss(exact, act, targets, LossWeights(), config)
+    total, metrics = mtkd_loss(exact, act, targets, detr_criterion(), config)
     expected = 2.0 * metrics["loss_kd"] / (metrics["loss_exact"] + 2.0 * metrics["loss_kd"]
                                            + metrics["loss_act"])
     np.testing.assert_allclose(metrics["kd_share"], expected, rtol=1e-6)
