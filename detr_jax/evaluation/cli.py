@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="JAX persistent compilation cache directory, or 'none' "
                            "(default: config eval.compilation_cache)")
     data.add_argument("--no-progress", action="store_true", help="no progress bar")
-    data.add_argument("--distributed", action="store_true",
-                      help="call jax.distributed.initialize() first (multi-host runs)")
+    from detr_jax.distributed import add_flags
+    add_flags(parser)
     return parser
 
 
@@ -121,10 +121,11 @@ _OUTPUT_LOCK = []
 
 
 def main(argv=None) -> int:
+    from detr_jax.distributed import DistributedSetupError
     from detr_jax.locks import DirectoryLocked
     try:
         return _main(argv)
-    except DirectoryLocked as err:
+    except (DirectoryLocked, DistributedSetupError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. an unwritable or full output disk
@@ -195,9 +196,8 @@ def _main(argv=None) -> int:
 
 
 def _setup_jax(args, cfg):
-    import jax
-    if args.distributed:
-        jax.distributed.initialize()
+    from detr_jax.distributed import initialize_from_args
+    initialize_from_args(args)
     _lock_output(args)
     from detr_jax.compile_cache import enable_compilation_cache
     return enable_compilation_cache(cfg.eval.compilation_cache)

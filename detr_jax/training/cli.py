@@ -15,16 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
                "(e.g. --config.train.global_batch=16).")
     parser.add_argument("--config", required=True, help="config file, e.g. configs/synthetic_demo.py")
     parser.add_argument("--workdir", required=True, help="checkpoints, logs, TensorBoard, final model")
-    parser.add_argument("--coordinator", default=None,
-                        help="host:port of process 0 for a multi-process run (GPU or CPU); "
-                             "default: $DETR_JAX_COORDINATOR")
-    parser.add_argument("--num-processes", type=int, default=None,
-                        help="number of processes (hosts) in a multi-process run, with "
-                             "--coordinator; default: $DETR_JAX_NUM_PROCESSES, else one")
-    parser.add_argument("--process-id", type=int, default=None,
-                        help="this process's index, 0 .. num-processes - 1 (process 0 writes "
-                             "checkpoints and logs); default: $DETR_JAX_PROCESS_ID")
     parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
+    from detr_jax.distributed import add_flags
+    add_flags(parser)
     return parser
 
 
@@ -99,8 +92,13 @@ def main(argv=None) -> int:
     args, rest = parser.parse_known_args(argv)
     from detr_jax.config_cli import config_for_parser
     cfg = config_for_parser(parser, args.config, rest)
-    from detr_jax.training.distributed import initialize
-    initialize(args.coordinator, args.num_processes, args.process_id)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from detr_jax.distributed import DistributedSetupError, initialize_from_args
+    try:
+        initialize_from_args(args)
+    except DistributedSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     import jax
     from detr_jax.checkpoint import save_model
@@ -114,7 +112,6 @@ def main(argv=None) -> int:
     from detr_jax.locks import DirectoryLocked
     from detr_jax.training.checkpoints import NoUsableCheckpoint
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     enable_compilation_cache(cfg.train.get("compilation_cache"))
     try:
         source = CocoSource(cfg.data.train_annotations, cfg.data.train_images)
