@@ -18,6 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     from detr_jax.distributed import add_flags
     add_flags(parser)
+    parser.add_argument("--matmul-precision", default=None, choices=("default", "high", "highest"),
+                        help="precision of float32 matrix products and convolutions (sets "
+                             "model.matmul_precision; default: the config's, 'default'): default "
+                             "= TF32 on GPUs, one bf16 pass on TPUs; high = TF32 / three bf16 "
+                             "passes; highest = fp32 / six passes")
     return parser
 
 
@@ -34,12 +39,12 @@ def build_model_from_config(cfg):
         path = cfg.train.init_checkpoint
         wanted = cfg.model.get("encoder_attention", "exact")
         if wanted == read_config(path).get("encoder_attention", "exact"):
-            return load_model(path)
+            return _with_matmul_precision(load_model(path), cfg)
         # e.g. ENACT fine-tuned from an exact model: its entropy layers start fresh
         model, new = load_model_for_finetuning(path, wanted, seed=cfg.train.seed)
         logging.info("%s with encoder attention %s: %d new variables (%s)", path, wanted,
                      len(new), ", ".join("/".join(map(str, p)) for p in new[:4]))
-        return model
+        return _with_matmul_precision(model, cfg)
     model = build_model(cfg.model, seed=cfg.train.seed)
     if cfg.train.get("init_backbone"):
         path = cfg.train.init_backbone
@@ -54,6 +59,16 @@ def build_model_from_config(cfg):
 
 def make_eval_fn(cfg, settings=("exact",)):
     """``eval_fn(model, step) -> metrics`` for periodic evaluation on the config's
+def _with_matmul_precision(model, cfg):
+    """A loaded model under the config's ``model.matmul_precision`` (the checkpoint's own
+    value is replaced: it is a run setting, not a property of the parameters)."""
+    from detr_jax.models.build import with_config
+    wanted = cfg.model.get("matmul_precision", "default")
+    if model.config.get("matmul_precision", "default") == wanted:
+        return model
+    return with_config(model, matmul_precision=wanted)
+
+
     validation split under the attention ``settings`` (exact; with MTKD also the student),
     or None when ``train.eval_every`` is 0 or there is no validation split.
     ``train.eval_images`` > 0 limits it to the first N images (metric names then end in
@@ -95,6 +110,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from detr_jax.distributed import DistributedSetupError, initialize_from_args
     try:
+    from detr_jax.precision import check_matmul_precision
+    if args.matmul_precision:
+        cfg.model.matmul_precision = args.matmul_precision
+    try:
+        check_matmul_precision(cfg.model.get("matmul_precision", "default"),
+                               f"{args.config}: model.matmul_precision")
+    except ValueError as err:
+        parser.error(str(err))
         initialize_from_args(args)
     except DistributedSetupError as err:
         print(f"error: {err}", file=sys.stderr)

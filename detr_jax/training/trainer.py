@@ -28,6 +28,7 @@ from detr_jax.data.collate import extend_padding
 from detr_jax.sharding import replicate
 from detr_jax.data.normalize import normalize
 from detr_jax.training.checkpoints import TrainCheckpoints, abstract_like, all_finite
+from detr_jax.precision import config_matmul_precision, matmul_precision
 from detr_jax.training.losses import LossFn, LossWeights, detr_loss
 from detr_jax.training.optimizer import is_trainable, make_optimizer
 
@@ -99,6 +100,12 @@ class Trainer:
     # -- the step ---------------------------------------------------------------------
     def _train_step(self, state, rest, batch):
         self.compiles += 1  # trace time only
+        # the model config's matmul_precision for the products of the loss too (the
+        # model's own methods apply it themselves); the config is fixed per Trainer
+        with matmul_precision(config_matmul_precision(self.model_config)):
+            return self._train_step_body(state, rest, batch)
+
+    def _train_step_body(self, state, rest, batch):
         step_rng = jax.random.fold_in(state["rng"], state["step"])
         targets = {"labels": batch["labels"], "boxes": batch["boxes"], "valid": batch["valid"]}
 
