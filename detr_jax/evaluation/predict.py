@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from detr_jax import paths as storage
 from detr_jax.data.coco_names import category_name
 from detr_jax.data.transforms import preprocess
 from detr_jax.evaluation.draw import draw_detections
@@ -60,7 +62,7 @@ def predict_images(model, paths, output_dir: str, *, setting: str, threshold: fl
     and ``<stem>.<setting>.png`` (boxes drawn) to ``output_dir`` (stems made distinct by
     :func:`output_stems`); return a summary. With ``skip_bad_images`` undecodable images
     are listed in ``summary["skipped"]`` instead of raising ValueError."""
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir = storage.makedirs(output_dir)  # a local path or a URL (gs://...)
     forward = Forward(model)
     num_classes = model.config["num_classes"]
     tag = setting.replace(":", "_").replace(",", "_").replace("=", "")
@@ -91,12 +93,11 @@ def predict_images(model, paths, output_dir: str, *, setting: str, threshold: fl
         layers = [read_layer_stats(s) for s in out.get("encoder_stats") or []]
         if layers and all(layer is not None for layer in layers):
             record["clusters_per_layer"] = [np.asarray(layer[0]).mean().item() for layer in layers]
-        json_path = os.path.join(output_dir, f"{stem}.{tag}.json")
-        tmp = json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(tmp, json_path)
-        draw_detections(image, detections).save(os.path.join(output_dir, f"{stem}.{tag}.png"))
+        json_path = storage.join(output_dir, f"{stem}.{tag}.json")
+        storage.write_text(json_path, json.dumps(record, indent=2))
+        png = io.BytesIO()
+        draw_detections(image, detections).save(png, format="PNG")
+        storage.write_bytes(storage.join(output_dir, f"{stem}.{tag}.png"), png.getvalue())
         summary["images"].append({"image": path, "detections": len(detections),
                                   "seconds": elapsed, "json": json_path})
     summary["compiles"] = forward.compiles

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 
@@ -14,15 +13,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Any config field can be overridden as --config.path.to.field=value "
                "(e.g. --config.train.global_batch=16).")
     parser.add_argument("--config", required=True, help="config file, e.g. configs/synthetic_demo.py")
-    parser.add_argument("--workdir", required=True, help="checkpoints, logs, TensorBoard, final model")
+    parser.add_argument("--workdir", required=True,
+                        help="checkpoints, logs, TensorBoard, final model: a path or a URL "
+                             "(gs://bucket/run, file:///abs/run)")
     parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
-    from detr_jax.distributed import add_flags
-    add_flags(parser)
     parser.add_argument("--matmul-precision", default=None, choices=("default", "high", "highest"),
                         help="precision of float32 matrix products and convolutions (sets "
                              "model.matmul_precision; default: the config's, 'default'): default "
                              "= TF32 on GPUs, one bf16 pass on TPUs; high = TF32 / three bf16 "
                              "passes; highest = fp32 / six passes")
+    from detr_jax.distributed import add_flags
+    add_flags(parser)
     return parser
 
 
@@ -57,8 +58,6 @@ def build_model_from_config(cfg):
     return model
 
 
-def make_eval_fn(cfg, settings=("exact",)):
-    """``eval_fn(model, step) -> metrics`` for periodic evaluation on the config's
 def _with_matmul_precision(model, cfg):
     """A loaded model under the config's ``model.matmul_precision`` (the checkpoint's own
     value is replaced: it is a run setting, not a property of the parameters)."""
@@ -69,6 +68,8 @@ def _with_matmul_precision(model, cfg):
     return with_config(model, matmul_precision=wanted)
 
 
+def make_eval_fn(cfg, settings=("exact",)):
+    """``eval_fn(model, step) -> metrics`` for periodic evaluation on the config's
     validation split under the attention ``settings`` (exact; with MTKD also the student),
     or None when ``train.eval_every`` is 0 or there is no validation split.
     ``train.eval_images`` > 0 limits it to the first N images (metric names then end in
@@ -76,7 +77,8 @@ def _with_matmul_precision(model, cfg):
     if not cfg.train.get("eval_every", 0):
         return None
     annotations, images = cfg.data.get("val_annotations", ""), cfg.data.get("val_images", "")
-    if not annotations or not os.path.exists(annotations):
+    from detr_jax import paths
+    if not annotations or not paths.exists(annotations):
         logging.warning("train.eval_every is set but data.val_annotations (%r) does not exist: "
                         "no periodic evaluation", annotations)
         return None
@@ -107,9 +109,6 @@ def main(argv=None) -> int:
     args, rest = parser.parse_known_args(argv)
     from detr_jax.config_cli import config_for_parser
     cfg = config_for_parser(parser, args.config, rest)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from detr_jax.distributed import DistributedSetupError, initialize_from_args
-    try:
     from detr_jax.precision import check_matmul_precision
     if args.matmul_precision:
         cfg.model.matmul_precision = args.matmul_precision
@@ -118,12 +117,16 @@ def main(argv=None) -> int:
                                f"{args.config}: model.matmul_precision")
     except ValueError as err:
         parser.error(str(err))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from detr_jax.distributed import DistributedSetupError, initialize_from_args
+    try:
         initialize_from_args(args)
     except DistributedSetupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     import jax
+    from detr_jax import paths
     from detr_jax.checkpoint import save_model
     from detr_jax.data.augment import AugmentConfig
     from detr_jax.data.coco import CocoSource
@@ -178,7 +181,7 @@ def main(argv=None) -> int:
         return 2
     if jax.process_index() == 0:
         try:
-            path = save_model(trainer.model(), os.path.join(args.workdir, "model"), overwrite=True,
+            path = save_model(trainer.model(), paths.join(args.workdir, "model"), overwrite=True,
                               metadata={"step": summary["final_step"], "config": args.config})
         except OSError as err:
             print(f"error: cannot write the model to {args.workdir}: {err}", file=sys.stderr)
