@@ -124,3 +124,16 @@ def test_coco_data_and_report_files_on_a_fake_bucket(fake_gcs):
     assert (fake_gcs / "bucket/out/report.md").read_text() == "# report\n"
     assert json.loads((fake_gcs / "bucket/out/sub/results.json").read_text()) == {"ok": True}
     assert not os.path.exists(staging.directory)
+
+
+def test_images_by_url(fake_gcs, tmp_path):
+    from PIL import Image
+
+    from detr_jax.evaluation.predict import open_image
+    (fake_gcs / "bucket").mkdir()
+    Image.new("L", (5, 3)).save(fake_gcs / "bucket" / "a.png")
+    assert open_image("gs://bucket/a.png").size == (5, 3)
+    Image.new("RGB", (4, 2)).save(tmp_path / "b.png")
+    assert open_image(f"file://{tmp_path}/b.png").mode == "RGB"
+    with pytest.raises(FileNotFoundError, match="gs://bucket/missing.png"):
+        open_image("gs://bucket/missing.png")

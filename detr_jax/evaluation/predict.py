@@ -23,13 +23,19 @@ from detr_jax.models.inference import Forward
 
 
 def open_image(path: str) -> Image.Image:
-    """Open an image as RGB (grayscale, palette, CMYK converted); errors name the file."""
-    if not os.path.exists(path):
+    """Open an image as RGB (grayscale, palette, CMYK converted); errors name the file.
+    ``path`` may be a URL (``gs://...``, ``file://...``)."""
+    if not storage.exists(path):
         raise FileNotFoundError(f"image {path} does not exist")
     try:
         with warnings.catch_warnings():  # a decompression bomb is an undecodable image
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            if storage.is_url(path):
+                with storage.open_file(path, "rb") as f:
+                    source = io.BytesIO(f.read())
+            else:
+                source = path
+            with Image.open(source) as im:
                 im.load()
                 return im.convert("RGB")
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError,
@@ -87,7 +93,7 @@ def predict_images(model, paths, output_dir: str, *, setting: str, threshold: fl
                        "name": category_name(int(result["labels"][i]), num_classes),
                        "score": float(result["scores"][i]),
                        "box": [round(float(v), 2) for v in result["boxes"][i]]} for i in keep]
-        record = {"image": os.path.abspath(path), "width": image.width, "height": image.height,
+        record = {"image": storage.resolve(path), "width": image.width, "height": image.height,
                   "attention": setting, "threshold": threshold, "seconds": round(elapsed, 4),
                   "detections": detections}
         layers = [read_layer_stats(s) for s in out.get("encoder_stats") or []]
