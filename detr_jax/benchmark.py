@@ -29,6 +29,15 @@ import time
 PRECISIONS = ("default", "highest", "bf16")
 
 
+def _dtype_and_matmul(precision: str, matmul: str) -> tuple[str, str]:
+    """The model ``dtype`` and ``matmul_precision`` of a ``--precision`` value: ``default``
+    float32, ``bf16`` bfloat16 (both with ``matmul``, from ``--matmul-precision``);
+    ``highest`` float32 with full-precision products (``matmul_precision="highest"``)."""
+    if precision == "highest":
+        return "float32", "highest"
+    return ("bfloat16" if precision == "bf16" else "float32"), matmul
+
+
 def parse_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -69,12 +78,13 @@ def _timed(fn, warmup: int, repeats: int) -> list[float]:
 
 
 def _model_config(cfg, attention: str, precision: str, backend: str = "auto",
-                  key_splits: str = "auto"):
+                  key_splits: str = "auto", matmul: str | None = None):
     model_cfg = cfg.model.copy_and_resolve_references()
     model_cfg.encoder_attention = attention
     model_cfg.attention_backend = backend
     model_cfg.attention_key_splits = key_splits
-    model_cfg.dtype = "bfloat16" if precision == "bf16" else "float32"
+    model_cfg.dtype, model_cfg.matmul_precision = _dtype_and_matmul(
+        precision, matmul or model_cfg.get("matmul_precision", "default"))
     return model_cfg
 
 
@@ -93,12 +103,14 @@ def bench_infer(cfg, args, attention: str, batch: int, precision: str) -> dict:
     from detr_jax.models.inference import Forward
     if args.checkpoint:
         loaded = load_model(args.checkpoint)
+        _, matmul = _dtype_and_matmul(precision, args.matmul_precision
+                                      or loaded.config.get("matmul_precision", "default"))
         loaded.config.update(attention_backend=args.attention_kernel,
-                             attention_key_splits=args.key_splits)
+                             attention_key_splits=args.key_splits, matmul_precision=matmul)
         model = with_encoder_attention(loaded, parse_attention(attention))
     else:
         model = build_model(_model_config(cfg, attention, precision, args.attention_kernel,
-                                      args.key_splits), seed=args.seed)
+                                          args.key_splits, args.matmul_precision), seed=args.seed)
     forward = Forward(model, return_intermediates=False)
     pixels, mask = (jax.device_put(a) for a in _inputs(batch, args.size, args.seed))
     rng = jax.random.PRNGKey(args.seed)
@@ -136,7 +148,7 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
     train_cfg.max_targets = max(args.boxes, 1)
     loss_cfg = loss_config(**(cfg.loss.to_dict() if "loss" in cfg else {}))
     model = build_model(_model_config(cfg, attention, precision, args.attention_kernel,
-                                      args.key_splits), seed=args.seed)
+                                      args.key_splits, args.matmul_precision), seed=args.seed)
     trainer = Trainer(model, train_cfg, LossWeights(**loss_cfg.to_dict()))
     rng = np.random.default_rng(args.seed)
     pixels, mask = _inputs(batch, args.size, args.seed)
@@ -160,24 +172,31 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
 
 
 def run_one(cfg, args, mode: str, attention: str, batch: int, precision: str) -> dict:
-    import contextlib
     import jax
     from detr_jax.attention.backend import resolve_backend
-    context = (jax.default_matmul_precision("highest") if precision == "highest"
-               else contextlib.nullcontext())
-    with context:
-        result = (bench_infer if mode == "infer" else bench_train)(cfg, args, attention, batch, precision)
+    # the products' precision is the model config's matmul_precision, set by _model_config
+    result = (bench_infer if mode == "infer" else bench_train)(cfg, args, attention, batch, precision)
+    _, matmul = _dtype_and_matmul(precision, args.matmul_precision
+                                  or cfg.model.get("matmul_precision", "default"))
     times = sorted(result.pop("times_s"))
     median = statistics.median(times)
     pct = lambda q: times[min(len(times) - 1, int(q * len(times)))]
     return dict(mode=mode, attention=attention, batch=batch, precision=precision,
-                kernel=resolve_backend(args.attention_kernel).kernel, size=f"{args.size[0]}x{args.size[1]}", device=jax.devices()[0].device_kind,
+                matmul_precision=matmul, kernel=resolve_backend(args.attention_kernel).kernel, size=f"{args.size[0]}x{args.size[1]}", device=jax.devices()[0].device_kind,
                 devices=jax.device_count(), median_ms=median * 1e3,
                 p10_ms=pct(0.1) * 1e3, p90_ms=pct(0.9) * 1e3, ms_per_image=median * 1e3 / batch,
                 images_per_s=batch / median, peak_memory_mib=_peak_memory_mib(),
                 xla_memory_mib=result.get("xla_memory_mib"),
                 compile_s=result["compile_s"], repeats=len(times),
                 **({"cluster_ratio": result["cluster_ratio"]} if "cluster_ratio" in result else {}))
+
+
+def _precision_cell(row: dict) -> str:
+    """``--precision``, with the matmul precision when it is not the one it implies."""
+    matmul = row.get("matmul_precision", "default")
+    if row["precision"] == "highest" or matmul == "default":
+        return row["precision"]
+    return f"{row['precision']}, matmul {matmul}"
 
 
 def format_table(rows: list[dict]) -> str:
@@ -191,7 +210,7 @@ def format_table(rows: list[dict]) -> str:
             continue
         peak = "n/a" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
         xla = "n/a" if r.get("xla_memory_mib") is None else f"{r['xla_memory_mib']:.0f}"
-        lines.append(f"| {r['mode']} | {r['attention']} | {r['batch']} | {r['precision']} | "
+        lines.append(f"| {r['mode']} | {r['attention']} | {r['batch']} | {_precision_cell(r)} | "
                      f"{r['median_ms']:.2f} | {r['ms_per_image']:.2f} | {r['images_per_s']:.1f} | "
                      f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f} | {peak} | {xla} | {r['compile_s']:.1f} |"
                      + (f" clusters/tokens per layer: {' '.join(f'{v:.2f}' for v in r['cluster_ratio'])}"
@@ -214,7 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="batch sizes to time (default 1)")
     parser.add_argument("--size", type=parse_size, default=(800, 1216), help="input HxW (default 800x1216)")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["default"],
-                        help="default (TF32 matmuls on GPU), highest (fp32), bf16 (bf16 compute)")
+                        help="default: float32 compute; bf16: bfloat16 compute; highest: "
+                             "float32 compute with --matmul-precision highest")
+    parser.add_argument("--matmul-precision", default=None, choices=("default", "high", "highest"),
+                        help="precision of float32 matrix products and convolutions, the model "
+                             "config's matmul_precision (default: the config's, 'default'): "
+                             "default = TF32 on GPUs, one bf16 pass on TPUs; high = TF32 / "
+                             "three bf16 passes; highest = fp32 / six passes")
     parser.add_argument("--attention-kernel", default="auto",
                         choices=("auto", "xla", "xla_map", "flash", "cudnn", "tpu_flash"),
                         help="softmax attention implementation, the model config's "

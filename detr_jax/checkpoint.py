@@ -1,8 +1,11 @@
 """Model checkpoints on disk: an Orbax checkpoint of the parameters plus ``config.json``.
 
 A checkpoint directory holds ``config.json`` (the model config) and ``state/`` (Orbax).
-Writes go to a temporary sibling directory that is renamed into place only when
-complete, so an interrupted save never leaves a half-written checkpoint.
+Local writes go to a temporary sibling directory that is renamed into place only when
+complete, so an interrupted save never leaves a half-written checkpoint. On object stores
+(``gs://...``, ``detr_jax.paths``), which cannot rename a directory atomically, the
+directory is written in place with ``config.json`` last (Orbax commits ``state/`` itself):
+a directory without ``config.json`` is no checkpoint, and a later save may replace it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from detr_jax import paths
 from detr_jax.convert.errors import CheckpointError
 from detr_jax.models.build import build_model, set_variables, unloaded_paths, variable_paths
 from detr_jax.models.config import config_from_dict
@@ -51,13 +55,23 @@ def _flat_arrays(model) -> dict[str, np.ndarray]:
 def is_model_directory(directory: str) -> bool:
     """Whether ``directory`` holds a detr_jax model (``config.json`` with a ``model``
     section and a ``state/`` folder), i.e. something :func:`save_model` may replace."""
-    if not os.path.isdir(directory) or not os.path.isdir(os.path.join(directory, STATE_DIR)):
+    if not paths.isdir(directory) or not paths.isdir(paths.join(directory, STATE_DIR)):
         return False
     try:
-        with open(os.path.join(directory, CONFIG_FILE)) as f:
-            return isinstance(json.load(f).get("model"), dict)
+        return isinstance(json.loads(paths.read_text(paths.join(directory, CONFIG_FILE)))
+                          .get("model"), dict)
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _is_interrupted_remote_save(directory: str) -> bool:
+    """An object-store directory a killed :func:`save_model` left: ``state/`` (or
+    nothing) and no ``config.json``."""
+    try:
+        entries = set(paths.listdir(directory))
+    except OSError:
+        return False
+    return entries <= {STATE_DIR}
 
 
 def _remove_leftovers(parent: str, name: str):
@@ -80,8 +94,11 @@ def save_model(model, directory: str, *, overwrite: bool = False, metadata: dict
     With ``overwrite`` only a directory that is a detr_jax model (see
     :func:`is_model_directory`) is replaced; anything else at the path raises
     ``FileExistsError`` naming it. Temporary folders left by a killed save are removed.
+    ``directory`` may be a URL (``gs://bucket/model``, ``file:///abs/model``).
     """
-    directory = os.path.abspath(directory)
+    directory = paths.resolve(directory)
+    if paths.is_remote(directory):
+        return _save_model_remote(model, directory, overwrite=overwrite, metadata=metadata)
     if os.path.lexists(directory):
         if not overwrite:
             raise FileExistsError(f"{directory} exists; pass overwrite=True (--overwrite) to replace it")
@@ -116,13 +133,33 @@ def save_model(model, directory: str, *, overwrite: bool = False, metadata: dict
     return directory
 
 
+def _save_model_remote(model, directory: str, *, overwrite: bool, metadata: dict | None):
+    """:func:`save_model` on an object store: ``config.json`` written last (see the module
+    docstring); an existing model loses its ``config.json`` first."""
+    if paths.exists(directory):
+        interrupted = _is_interrupted_remote_save(directory)
+        if not overwrite and not interrupted:
+            raise FileExistsError(f"{directory} exists; pass overwrite=True (--overwrite) to replace it")
+        if not interrupted and not is_model_directory(directory):
+            raise FileExistsError(f"{directory} exists and is not a detr_jax model: refusing "
+                                  "to replace it; choose another output path")
+        paths.remove(paths.join(directory, CONFIG_FILE))  # from here on: no checkpoint
+        paths.rmtree(paths.join(directory, STATE_DIR))
+    paths.makedirs(directory)
+    with _local_checkpointer() as checkpointer:
+        checkpointer.save(paths.as_path(paths.join(directory, STATE_DIR)), _flat_arrays(model))
+    payload = {"model": _jsonable(dict(model.config)), "metadata": metadata or {}}
+    paths.write_text(paths.join(directory, CONFIG_FILE),
+                     json.dumps(payload, indent=2, sort_keys=True))
+    return directory
+
+
 def read_config(directory: str) -> ml_collections.ConfigDict:
-    path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = paths.join(directory, CONFIG_FILE)
+    if not paths.exists(path):
         raise CheckpointError(f"{directory}: not a detr_jax checkpoint (no {CONFIG_FILE})")
     try:
-        with open(path) as f:
-            payload = json.load(f)
+        payload = json.loads(paths.read_text(path))
         model = payload["model"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: unreadable config: {err}") from None
@@ -154,8 +191,9 @@ def _check_stored_shapes(directory: str, metadata, target: dict):
 
 
 def load_model(directory: str, *, encoder_attention=None, dtype: str | None = None):
-    """Load a checkpoint written by :func:`save_model` (or ``convert_torch_weights.py``)."""
-    directory = os.path.abspath(directory)
+    """Load a checkpoint written by :func:`save_model` (or ``convert_torch_weights.py``);
+    ``directory`` may be a URL."""
+    directory = paths.resolve(directory)
     cfg = read_config(directory)
     if dtype is not None:
         cfg.dtype = dtype
@@ -164,7 +202,9 @@ def load_model(directory: str, *, encoder_attention=None, dtype: str | None = No
     except ValueError as err:
         raise CheckpointError(f"{directory}: {err}") from None
     model = build_model(cfg, encoder_attention=encoder_attention, abstract=True)
-    state_dir = os.path.join(directory, STATE_DIR)
+    state_dir = paths.join(directory, STATE_DIR)
+    if paths.is_remote(state_dir):
+        state_dir = paths.as_path(state_dir)
     target = {"/".join(map(str, path)): jax.ShapeDtypeStruct(var.get_value().shape, var.get_value().dtype)
               for path, var in nnx.to_flat_state(nnx.state(model))}
     try:
@@ -192,7 +232,7 @@ def load_model_for_finetuning(directory: str, encoder_attention: str, *, seed: i
     from ``seed``; their paths are returned. A shape that differs, or a checkpoint
     variable the new model has no place for, raises :class:`CheckpointError`.
     """
-    directory = os.path.abspath(directory)
+    directory = paths.resolve(directory)
     saved = load_model(directory)
     cfg = read_config(directory)
     cfg.encoder_attention = encoder_attention

@@ -18,6 +18,8 @@ import os
 import socket
 import time
 
+from detr_jax import paths
+
 LOCK_NAME = ".detr_jax.lock"
 
 
@@ -52,8 +54,12 @@ class DirectoryLock:
     """
 
     def __init__(self, directory: str, purpose: str = "a run"):
-        self.directory = os.path.abspath(directory)
-        self.path = os.path.join(self.directory, LOCK_NAME)
+        self.directory = paths.resolve(directory)  # a local path or a URL
+        self.path = paths.join(self.directory, LOCK_NAME)
+        # object stores have no exclusive create: there the lock is written, then read
+        # back (a run starting in the same instant may still pass; the usual case, a
+        # second run started later, is caught)
+        self.remote = paths.is_remote(self.directory)
         self.purpose = purpose
         self.held = False
         self.record = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -61,8 +67,7 @@ class DirectoryLock:
 
     def _read(self) -> dict | None:
         try:
-            with open(self.path) as f:
-                value = json.load(f)
+            value = json.loads(paths.read_text(self.path))
             return value if isinstance(value, dict) else {}
         except FileNotFoundError:
             return None
@@ -76,6 +81,11 @@ class DirectoryLock:
         return isinstance(pid, int) and not _process_alive(pid)
 
     def _try_create(self) -> bool:
+        if self.remote:
+            if paths.exists(self.path):
+                return False
+            paths.write_text(self.path, json.dumps(self.record))
+            return self._read() == self.record
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -85,6 +95,10 @@ class DirectoryLock:
         return True
 
     def _take_over(self) -> bool:
+        if self.remote:
+            paths.write_text(self.path, json.dumps(self.record))
+            time.sleep(0.05)
+            return self._read() == self.record
         tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(self.record, f)
@@ -93,7 +107,7 @@ class DirectoryLock:
         return self._read() == self.record
 
     def acquire(self) -> "DirectoryLock":
-        os.makedirs(self.directory, exist_ok=True)
+        paths.makedirs(self.directory)
         for _ in range(20):
             if self._try_create():
                 self.held = True
@@ -122,7 +136,7 @@ class DirectoryLock:
     def release(self):
         if self.held and self._read() == self.record:
             try:
-                os.remove(self.path)
+                paths.remove(self.path)
             except FileNotFoundError:
                 pass
         self.held = False

@@ -44,11 +44,9 @@ NEG_INF = -1e30  # finite: a block of only masked keys stays finite
 
 def _matmul_precision():
     """The DotAlgorithmPreset for the kernel's fp32 products under the current setting."""
-    try:
-        from jax._src import config
-        setting = config.default_matmul_precision.value
-    except (ImportError, AttributeError):
-        setting = jax.config.jax_default_matmul_precision
+    # the public flag reads the value in force, a ``with jax.default_matmul_precision``
+    # block included (and the model's ``matmul_precision``, detr_jax.precision)
+    setting = jax.config.jax_default_matmul_precision
     if setting in ("highest", "float32", "fp32", "HIGHEST"):
         return jax.lax.DotAlgorithmPreset.F32_F32_F32
     if setting in ("high", "tensorfloat32", "bfloat16_3x"):

@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from detr_jax import paths
 from detr_jax.data.transforms import resize
 from detr_jax.data.validate import validate_coco
 
@@ -107,7 +108,13 @@ def open_rgb(data: bytes | str, *, path: str, image_id: int) -> Image.Image:
     try:
         with warnings.catch_warnings():  # a decompression bomb is an undecodable image
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if isinstance(data, str):
+            if isinstance(data, str) and paths.is_remote(data):
+                if not paths.isfile(data):
+                    raise BadImageError(path, image_id, "file does not exist")
+                with paths.open_file(data, "rb") as f:
+                    opened = Image.open(io.BytesIO(f.read()))
+            elif isinstance(data, str):
+                data = paths.resolve(data) if paths.is_url(data) else data
                 if not os.path.isfile(data):
                     raise BadImageError(path, image_id, "file does not exist")
                 opened = Image.open(data)
@@ -152,12 +159,17 @@ def annotations_to_arrays(annotations: list[dict]):
     return boxes, labels, iscrowd, area, ids
 
 
+def _join(base: str, *parts: str) -> str:
+    """``os.path.join`` for local paths (kept as given), ``detr_jax.paths.join`` for URLs."""
+    return paths.join(base, *parts) if paths.is_url(base) else os.path.join(base, *parts)
+
+
 def load_coco(annotation_file: str):
     """pycocotools ``COCO`` of a file, quietly; errors name the file."""
-    if not os.path.isfile(annotation_file):
+    if not paths.isfile(annotation_file):
         raise FileNotFoundError(f"annotation file {annotation_file} does not exist")
     try:
-        with open(annotation_file) as f:
+        with paths.open_file(annotation_file) as f:
             dataset = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"annotation file {annotation_file} is not valid JSON: {err}") from None
@@ -189,16 +201,16 @@ def resolve_paths(coco_dir: str | None = None, annotations: str | None = None,
     Raises FileNotFoundError naming the first missing path.
     """
     if coco_dir:
-        if not os.path.isdir(coco_dir):
+        if not paths.isdir(coco_dir):
             raise FileNotFoundError(f"COCO directory {coco_dir} does not exist")
-        annotations = annotations or os.path.join(coco_dir, "annotations", f"instances_{split}.json")
-        image_root = image_root or os.path.join(coco_dir, split)
+        annotations = annotations or _join(coco_dir, "annotations", f"instances_{split}.json")
+        image_root = image_root or _join(coco_dir, split)
     if not annotations or not image_root:
         raise ValueError("a COCO-format dataset needs --coco-dir, or both --annotations and "
                          "--image-root")
-    if not os.path.isfile(annotations):
+    if not paths.isfile(annotations):
         raise FileNotFoundError(f"annotation file {annotations} does not exist")
-    if not os.path.isdir(image_root):
+    if not paths.isdir(image_root):
         raise FileNotFoundError(f"image root {image_root} does not exist")
     return annotations, image_root
 
@@ -214,9 +226,9 @@ class CocoSource:
     kind = "coco"
 
     def __init__(self, annotations: str, image_root: str):
-        if not os.path.isfile(annotations):
+        if not paths.isfile(annotations):
             raise FileNotFoundError(f"annotation file {annotations} does not exist")
-        if not os.path.isdir(image_root):
+        if not paths.isdir(image_root):
             raise FileNotFoundError(f"image root {image_root} does not exist")
         self.annotation_file = annotations
         self.image_root = image_root
@@ -225,7 +237,7 @@ class CocoSource:
         for index, image_id in enumerate(sorted(self.coco.imgs)):
             info = self.coco.imgs[image_id]
             records.append(ImageRecord(index, int(image_id), info["file_name"],
-                                       os.path.join(image_root, info["file_name"]),
+                                       _join(image_root, info["file_name"]),
                                        int(info.get("height", 0)), int(info.get("width", 0))))
         self.records = records
         self.category_ids = sorted(int(c) for c in self.coco.cats)
@@ -252,6 +264,11 @@ class CocoSource:
                 sizes.append((r.height, r.width))
                 continue
             try:
+                if paths.is_url(r.path):
+                    with paths.open_file(r.path, "rb") as f:
+                        data = f.read()
+                    sizes.append(image_size_from_bytes(data))
+                    continue
                 with Image.open(r.path) as image:
                     sizes.append((image.height, image.width))
             except UNDECODABLE:

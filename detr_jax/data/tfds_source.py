@@ -24,6 +24,7 @@ import re
 
 import numpy as np
 
+from detr_jax import paths
 from detr_jax.data.coco import (BadImageError, Example, ImageRecord, coco_from_dict,
                                 decode_resized, image_size_from_bytes, load_coco)
 from detr_jax.data.transforms import resize, to_pil_rgb
@@ -56,17 +57,17 @@ def find_prepared_dir(data_dir: str, name: str) -> str | None:
     """The prepared directory ``data_dir/<dataset>/<config>/<version>`` of ``name``
     (``coco/2017`` or ``coco/2017:1.1.0``; the highest version when none is given)."""
     base, _, version = name.partition(":")
-    directory = os.path.join(data_dir, *base.split("/"))
+    directory = paths.join(data_dir, *base.split("/"))  # data_dir may be a URL (gs://...)
     if version:
-        candidate = os.path.join(directory, version)
-        return candidate if os.path.isfile(os.path.join(candidate, "dataset_info.json")) else None
-    if not os.path.isdir(directory):
+        candidate = paths.join(directory, version)
+        return candidate if paths.isfile(paths.join(candidate, "dataset_info.json")) else None
+    if not paths.isdir(directory):
         return None
-    versions = [v for v in os.listdir(directory) if re.fullmatch(r"\d+\.\d+\.\d+", v)
-                and os.path.isfile(os.path.join(directory, v, "dataset_info.json"))]
+    versions = [v for v in paths.listdir(directory) if re.fullmatch(r"\d+\.\d+\.\d+", v)
+                and paths.isfile(paths.join(directory, v, "dataset_info.json"))]
     if not versions:
         return None
-    return os.path.join(directory, max(versions, key=_version_key))
+    return paths.join(directory, max(versions, key=_version_key))
 
 
 def open_data_source(data_dir: str, name: str = "coco/2017", split: str = "validation"):
@@ -77,7 +78,7 @@ def open_data_source(data_dir: str, name: str = "coco/2017", split: str = "valid
     otherwise ``tfds.data_source(..., download=False)``.
     """
     tfds = import_tfds()
-    if not os.path.isdir(data_dir):
+    if not paths.isdir(data_dir):
         raise FileNotFoundError(f"TFDS data directory {data_dir} does not exist")
     decoders = {"image": tfds.decode.SkipDecoding()}
     directory = find_prepared_dir(data_dir, name)

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="compute dtype (default fp32; bf16: computations in bfloat16 "
                              "with fp32 parameters and softmax, as the benchmark's bf16)")
+    parser.add_argument("--matmul-precision", default=None, choices=("default", "high", "highest"),
+                        help="precision of float32 matrix products and convolutions, set as "
+                             "the model config's matmul_precision (default: config "
+                             "eval.matmul_precision, 'default'): default = TF32 on GPUs, one "
+                             "bf16 pass on TPUs; high = TF32 / three bf16 passes; highest = "
+                             "fp32 / six passes")
     data = parser.add_argument_group("COCO evaluation")
     data.add_argument("--coco-dir", help="COCO directory: annotations/instances_<split>.json "
                                          "and <split>/")
@@ -77,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="JAX persistent compilation cache directory, or 'none' "
                            "(default: config eval.compilation_cache)")
     data.add_argument("--no-progress", action="store_true", help="no progress bar")
-    data.add_argument("--distributed", action="store_true",
-                      help="call jax.distributed.initialize() first (multi-host runs)")
+    from detr_jax.distributed import add_flags
+    add_flags(parser)
     return parser
 
 
@@ -124,10 +130,11 @@ _OUTPUT_LOCK = []
 
 
 def main(argv=None) -> int:
+    from detr_jax.distributed import DistributedSetupError
     from detr_jax.locks import DirectoryLocked
     try:
         return _main(argv)
-    except DirectoryLocked as err:
+    except (DirectoryLocked, DistributedSetupError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. an unwritable or full output disk
@@ -165,6 +172,7 @@ def _main(argv=None) -> int:
     args, rest = parser.parse_known_args(argv)
     from detr_jax.attention import parse_attention
     from detr_jax.config_cli import apply_overrides, load_config_file
+    from detr_jax.precision import check_matmul_precision
 
     try:
         cfg = load_config_file(args.config) if args.config else default_config()
@@ -180,10 +188,14 @@ def _main(argv=None) -> int:
     for flag, field in (("max_images", "max_images"), ("batch_size", "batch_size"),
                         ("num_workers", "num_workers"), ("skip_bad_images", "skip_bad_images"),
                         ("compilation_cache", "compilation_cache"),
-                        ("hash_seeds", "hash_seeds")):
+                        ("hash_seeds", "hash_seeds"), ("matmul_precision", "matmul_precision")):
         value = getattr(args, flag)
         if value is not None:
             cfg.eval[field] = value
+    try:
+        check_matmul_precision(cfg.eval.matmul_precision, "eval.matmul_precision")
+    except ValueError as err:
+        parser.error(str(err))
     if args.images:
         return _predict(args, cfg, settings, specs)
     try:
@@ -198,35 +210,31 @@ def _main(argv=None) -> int:
 
 
 def _setup_jax(args, cfg):
-    import jax
-    if args.distributed:
-        jax.distributed.initialize()
+    from detr_jax.distributed import initialize_from_args
+    initialize_from_args(args)
     _lock_output(args)
     from detr_jax.compile_cache import enable_compilation_cache
     return enable_compilation_cache(cfg.eval.compilation_cache)
 
 
-def _load_model(args):
-    """The checkpoint's model with ``--precision`` and ``--attention-kernel`` applied to its
-    config before it is built (the kernel as the config field ``attention_backend``)."""
+def _load_model(args, cfg):
+    """The checkpoint's model with ``--precision``, ``--attention-kernel`` and the matmul
+    precision (``--matmul-precision`` / ``eval.matmul_precision``) applied to its config
+    before it is built (the kernel as the config field ``attention_backend``)."""
     from detr_jax.checkpoint import load_model
     model = load_model(args.checkpoint, dtype=_dtype(args))
+    fields = {"matmul_precision": cfg.eval.matmul_precision}
     if args.attention_kernel:
-        model = with_config(model, attention_backend=args.attention_kernel)
+        fields["attention_backend"] = args.attention_kernel
+    if any(model.config.get(k) != v for k, v in fields.items()):
+        model = with_config(model, **fields)
     return model
 
 
 def with_config(model, **fields):
-    """The same parameters (no copy) behind a detector built from ``model.config`` with
-    ``fields`` changed; for fields that change no variable (``attention_backend``)."""
-    from flax import nnx
-
-    from detr_jax.models.build import build_model, set_variables
-    from detr_jax.models.config import config_from_dict
-    cfg = config_from_dict(dict(model.config, **fields))
-    new = build_model(cfg, abstract=True)
-    set_variables(new, {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model))})
-    return new
+    """``detr_jax.models.build.with_config`` (imported when called: the parser stays light)."""
+    from detr_jax.models.build import with_config as build_with_config
+    return build_with_config(model, **fields)
 
 
 def _dtype(args):
@@ -241,7 +249,7 @@ def _predict(args, cfg, settings, specs) -> int:
 
     _setup_jax(args, cfg)
     try:
-        base = _load_model(args)
+        base = _load_model(args, cfg)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -281,7 +289,7 @@ def _evaluate(args, cfg, settings, source) -> int:
 
     cache = _setup_jax(args, cfg)
     try:
-        model = _load_model(args)
+        model = _load_model(args, cfg)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -311,6 +319,7 @@ def _evaluate(args, cfg, settings, source) -> int:
                "hash draws": int(e.get("hash_seeds", 1)),
                "input": f"shortest side {cfg.data.size}, longest at most {cfg.data.max_size}",
                "precision": args.precision,
+               "matmul precision": cfg.eval.matmul_precision,
                "compilation cache": cache or "off", "jax": jax.__version__,
                "backend": jax.default_backend()}
     out = write_report(args.output_dir, result, source.coco, model=model, source=source,

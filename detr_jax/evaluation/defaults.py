@@ -16,6 +16,7 @@ EVAL_DEFAULTS = dict(
     flops_images=100,        # GFLOPs averaged over the first N images (the paper's protocol)
     warmup_batches=1,        # batches left out of the time per image (besides compiles)
     skip_bad_images=False,   # skip (and report) undecodable images instead of stopping
+    matmul_precision="default",  # float32 products: default, high or highest (detr_jax.precision)
     compilation_cache="~/.cache/detr_jax/jax_compilation_cache",  # "none" turns it off
     plots=True,
     cluster_map_images=2,    # Figure 6 maps for the first N images (clustered settings)

@@ -33,6 +33,7 @@ from flax import nnx
 from detr_jax.data.pipeline import Layout, host_rows, to_device
 from detr_jax.evaluation.layer_stats import read_layer_stats
 from detr_jax.models.detector import encoder_key
+from detr_jax.precision import config_matmul_precision, effective_matmul_precision
 from detr_jax.sharding import replicate
 
 
@@ -115,6 +116,7 @@ class SettingsRunner:
         self.run_names = [name for s in self.settings for name, _ in self.runs[s]]
         self.layout = layout
         base_graphdef, state = nnx.split(model)
+        self.matmul_precision = config_matmul_precision(model.config)
         self.graphdefs = {}
         for setting in self.settings:
             spec = parse_attention(setting)
@@ -162,7 +164,10 @@ class SettingsRunner:
 
     def _executable(self, name, function, args):
         state_sharding = getattr(jax.tree.leaves(args[0])[0], "sharding", None)
-        key = (name, state_sharding, _tree_signature(args[1:]))
+        # the matmul precision is in the graph definitions' model config; it is in the key
+        # too, so a config changed in place never reuses a program compiled for another
+        precision = effective_matmul_precision({"matmul_precision": self.matmul_precision})
+        key = (name, precision, state_sharding, _tree_signature(args[1:]))
         fresh = key not in self._executables
         if fresh:
             start = time.perf_counter()

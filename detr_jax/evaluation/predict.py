@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from detr_jax import paths as storage
 from detr_jax.data.coco_names import category_name
 from detr_jax.data.transforms import preprocess
 from detr_jax.evaluation.draw import draw_detections
@@ -21,13 +23,19 @@ from detr_jax.models.inference import Forward
 
 
 def open_image(path: str) -> Image.Image:
-    """Open an image as RGB (grayscale, palette, CMYK converted); errors name the file."""
-    if not os.path.exists(path):
+    """Open an image as RGB (grayscale, palette, CMYK converted); errors name the file.
+    ``path`` may be a URL (``gs://...``, ``file://...``)."""
+    if not storage.exists(path):
         raise FileNotFoundError(f"image {path} does not exist")
     try:
         with warnings.catch_warnings():  # a decompression bomb is an undecodable image
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            if storage.is_url(path):
+                with storage.open_file(path, "rb") as f:
+                    source = io.BytesIO(f.read())
+            else:
+                source = path
+            with Image.open(source) as im:
                 im.load()
                 return im.convert("RGB")
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError,
@@ -60,7 +68,7 @@ def predict_images(model, paths, output_dir: str, *, setting: str, threshold: fl
     and ``<stem>.<setting>.png`` (boxes drawn) to ``output_dir`` (stems made distinct by
     :func:`output_stems`); return a summary. With ``skip_bad_images`` undecodable images
     are listed in ``summary["skipped"]`` instead of raising ValueError."""
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir = storage.makedirs(output_dir)  # a local path or a URL (gs://...)
     forward = Forward(model)
     num_classes = model.config["num_classes"]
     tag = setting.replace(":", "_").replace(",", "_").replace("=", "")
@@ -85,18 +93,17 @@ def predict_images(model, paths, output_dir: str, *, setting: str, threshold: fl
                        "name": category_name(int(result["labels"][i]), num_classes),
                        "score": float(result["scores"][i]),
                        "box": [round(float(v), 2) for v in result["boxes"][i]]} for i in keep]
-        record = {"image": os.path.abspath(path), "width": image.width, "height": image.height,
+        record = {"image": storage.resolve(path), "width": image.width, "height": image.height,
                   "attention": setting, "threshold": threshold, "seconds": round(elapsed, 4),
                   "detections": detections}
         layers = [read_layer_stats(s) for s in out.get("encoder_stats") or []]
         if layers and all(layer is not None for layer in layers):
             record["clusters_per_layer"] = [np.asarray(layer[0]).mean().item() for layer in layers]
-        json_path = os.path.join(output_dir, f"{stem}.{tag}.json")
-        tmp = json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(tmp, json_path)
-        draw_detections(image, detections).save(os.path.join(output_dir, f"{stem}.{tag}.png"))
+        json_path = storage.join(output_dir, f"{stem}.{tag}.json")
+        storage.write_text(json_path, json.dumps(record, indent=2))
+        png = io.BytesIO()
+        draw_detections(image, detections).save(png, format="PNG")
+        storage.write_bytes(storage.join(output_dir, f"{stem}.{tag}.png"), png.getvalue())
         summary["images"].append({"image": path, "detections": len(detections),
                                   "seconds": elapsed, "json": json_path})
     summary["compiles"] = forward.compiles

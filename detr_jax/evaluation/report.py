@@ -32,6 +32,7 @@ import tempfile
 
 import numpy as np
 
+from detr_jax import paths
 from detr_jax.evaluation.coco_eval import METRIC_NAMES, EvalResult, coco_metrics
 
 
@@ -240,12 +241,15 @@ def render_csv(rows: list[dict]) -> str:
 
 class Staging:
     """Files written into a hidden temporary directory of ``output_dir`` and moved into
-    place by :meth:`commit` in the order they were added (put the report last)."""
+    place by :meth:`commit` in the order they were added (put the report last). For an
+    ``output_dir`` URL (``gs://...``) they are staged in a local temporary directory and
+    uploaded by :meth:`commit`, each file whole."""
 
     def __init__(self, output_dir: str):
-        os.makedirs(output_dir, exist_ok=True)
-        self.output_dir = output_dir
-        self.directory = tempfile.mkdtemp(prefix=".incomplete-", dir=output_dir)
+        self.output_dir = paths.makedirs(output_dir)
+        self.remote = paths.is_remote(self.output_dir)
+        self.directory = (tempfile.mkdtemp(prefix="detr_jax-report-") if self.remote else
+                          tempfile.mkdtemp(prefix=".incomplete-", dir=self.output_dir))
         self.names: list[str] = []
 
     def path(self, name: str) -> str:
@@ -269,9 +273,13 @@ class Staging:
             source = os.path.join(self.directory, name)
             if not os.path.exists(source):
                 continue
-            target = os.path.join(self.output_dir, name)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(source, target)
+            target = paths.join(self.output_dir, name)
+            if self.remote:
+                with open(source, "rb") as f:
+                    paths.write_bytes(target, f.read())
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(source, target)
             written.append(target)
         shutil.rmtree(self.directory, ignore_errors=True)
         return written

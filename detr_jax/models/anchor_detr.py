@@ -37,6 +37,7 @@ from detr_jax.models.config import backbone_channels
 from detr_jax.models.detr import resolve_dtype
 from detr_jax.models.position import downsample_mask
 from detr_jax.models.transformer import encoder_layer_keys
+from detr_jax.precision import uses_matmul_precision
 
 DETECTOR_NAME = "anchor_detr"
 
@@ -64,6 +65,7 @@ def anchor_detr_config(**overrides) -> ml_collections.ConfigDict:
       attention_backend, attention_key_splits: the attention kernel of the standard
         attentions (``detr_jax.attention.backend.resolve_backend``), "auto" by default.
       dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
+      matmul_precision: ``default``, ``high`` or ``highest`` (``detr_jax.precision``).
     """
     cfg = ml_collections.ConfigDict()
     cfg.detector = DETECTOR_NAME
@@ -87,6 +89,7 @@ def anchor_detr_config(**overrides) -> ml_collections.ConfigDict:
     cfg.attention_backend = "auto"
     cfg.attention_key_splits = "auto"
     cfg.dtype = "float32"
+    cfg.matmul_precision = "default"
     for key, value in overrides.items():
         if key == "attention_key_splits":
             value = str(value)
@@ -178,6 +181,7 @@ class AnchorDETR(nnx.Module):
         self.num_queries = cfg.num_query_position * cfg.num_query_pattern
         self.num_select = cfg.num_select
 
+    @uses_matmul_precision
     def backbone_features(self, pixel_values, padding_mask):
         """-> features (B, h, w, C), feature mask (B, h, w), and ``pos`` =
         (posemb_row (B, w, d), posemb_col (B, h, d), posemb_2d (B, h, w, d)), the ones the
@@ -186,6 +190,7 @@ class AnchorDETR(nnx.Module):
         mask = downsample_mask(padding_mask, features.shape[1:3])
         return features, mask, self.transformer.position_embeddings(mask)
 
+    @uses_matmul_precision
     def encode(self, features, mask, pos, *, rng=None, train=False):
         """Input projection and the encoder -> memory (B, h*w, d) and the per-layer
         attention statistics (None for plain RCDA and exact attention)."""
@@ -194,6 +199,7 @@ class AnchorDETR(nnx.Module):
         batch, h, w, d = memory.shape
         return memory.reshape(batch, h * w, d), stats
 
+    @uses_matmul_precision
     def decode(self, memory, mask, pos, *, rng=None, train=False):
         """Decoder and shared heads -> dict of predictions (final and auxiliary)."""
         batch, h, w = mask.shape
@@ -206,6 +212,7 @@ class AnchorDETR(nnx.Module):
                             for i in range(logits.shape[0] - 1)],
         }
 
+    @uses_matmul_precision
     def postprocess(self, outputs, original_sizes):
         """The official PostProcess: sigmoid scores, top ``num_select`` over queries x
         classes. outputs, (B, 2) (height, width) -> scores (B, K) float32, labels (B, K)
@@ -220,6 +227,7 @@ class AnchorDETR(nnx.Module):
             return []
         return [layer.self_attn for layer in self.transformer.encoder_layers]
 
+    @uses_matmul_precision
     def encoder_attention_inputs(self, pixel_values, padding_mask, rng):
         """Per encoder layer ``(queries, keys, values (B, N, d), key_padding_mask (B, N),
         attn_rng)`` as its attention receives them (none for RCDA), and (h, w)."""
@@ -241,6 +249,7 @@ class AnchorDETR(nnx.Module):
         return anchor_detr_flops(self.config, image_hw, valid_hw, attention=self.attention_spec,
                                  encoder_stats=encoder_stats)
 
+    @uses_matmul_precision
     def __call__(self, pixel_values, padding_mask, *, rng=None, train=False,
                  return_intermediates=False):
         if pixel_values.ndim != 4 or pixel_values.shape[-1] != 3:

@@ -9,6 +9,7 @@ from flax import nnx
 
 from detr_jax.models.detector import Detector
 from detr_jax.models.registry import detector_class, detector_name
+from detr_jax.precision import config_matmul_precision
 
 
 def build_model(cfg, *, encoder_attention=None, seed: int = 0, abstract: bool = False) -> Detector:
@@ -16,6 +17,7 @@ def build_model(cfg, *, encoder_attention=None, seed: int = 0, abstract: bool = 
     (values are shapes only); use it when every variable is about to be loaded from a
     checkpoint."""
     cls = detector_class(detector_name(cfg))
+    config_matmul_precision(cfg)  # a clear error for a bad value, before building
     make = lambda: cls(cfg, encoder_attention=encoder_attention, rngs=nnx.Rngs(seed))
     return nnx.eval_shape(make) if abstract else make()
 
@@ -38,6 +40,17 @@ def set_variables(model: nnx.Module, values: dict) -> None:
         for part in path[:-1]:
             target = target[part] if isinstance(part, int) else getattr(target, part)
         getattr(target, str(path[-1])).set_value(value)
+
+
+def with_config(model: Detector, **fields) -> Detector:
+    """The same parameters (no copy) behind a detector built from ``model.config`` with
+    ``fields`` changed (and the model's encoder attention); for fields that change no
+    variable (``attention_backend``, ``matmul_precision``)."""
+    from detr_jax.models.config import config_from_dict
+    new = build_model(config_from_dict(dict(model.config, **fields)),
+                      encoder_attention=getattr(model, "attention_spec", None), abstract=True)
+    set_variables(new, {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model))})
+    return new
 
 
 def with_encoder_attention(model: Detector, encoder_attention) -> Detector:

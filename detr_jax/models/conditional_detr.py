@@ -24,6 +24,7 @@ from detr_jax.models.config import backbone_channels, model_config
 from detr_jax.models.detr import MLP, resolve_dtype
 from detr_jax.models.position import downsample_mask, sine_position_embedding
 from detr_jax.models.transformer import Encoder
+from detr_jax.precision import uses_matmul_precision
 
 DETECTOR_NAME = "conditional_detr"
 
@@ -142,6 +143,7 @@ class ConditionalDETR(nnx.Module):
         self.position_temperature = cfg.position_temperature
         self.num_detections = int(cfg.get("num_detections", 100))
 
+    @uses_matmul_precision
     def backbone_features(self, pixel_values, padding_mask):
         """-> (features (B, h, w, C), feature mask (B, h, w), position embedding (B, h, w, d))."""
         features = self.backbone(pixel_values.astype(self.dtype))
@@ -150,6 +152,7 @@ class ConditionalDETR(nnx.Module):
                                       self.position_temperature)
         return features, mask, pos
 
+    @uses_matmul_precision
     def encode(self, features, mask, pos, *, rng=None, train=False):
         """Project backbone features and run DETR's encoder -> (memory (B, N, d), stats)."""
         src = self.input_proj(features)
@@ -159,10 +162,12 @@ class ConditionalDETR(nnx.Module):
         return self.transformer.encoder(src, pos, mask.reshape(batch, h * w), rng=rng,
                                         train=train)
 
+    @uses_matmul_precision
     def decode(self, memory, mask, pos, *, rng=None, train=False):
         """Conditional decoder and heads -> dict of predictions (final and auxiliary)."""
         return self.decode_with_reference(memory, mask, pos, rng=rng, train=train)[0]
 
+    @uses_matmul_precision
     def decode_with_reference(self, memory, mask, pos, *, rng=None, train=False):
         """As :meth:`decode`, also returning the reference points (B, Q, 2) (x, y)."""
         batch = memory.shape[0]
@@ -182,6 +187,7 @@ class ConditionalDETR(nnx.Module):
                             for i in range(logits.shape[0] - 1)],
         }, reference
 
+    @uses_matmul_precision
     def postprocess(self, outputs, original_sizes):
         """The official PostProcess (top ``num_detections`` over queries x classes of the
         sigmoid scores): outputs, (B, 2) (height, width) -> scores (B, K), labels (B, K)
@@ -193,6 +199,7 @@ class ConditionalDETR(nnx.Module):
         """The encoder's self-attention modules, in layer order."""
         return self.transformer.encoder.attention_layers()
 
+    @uses_matmul_precision
     def encoder_attention_inputs(self, pixel_values, padding_mask, rng):
         """Per encoder layer, ``(queries, keys, values, key_padding_mask, attn_rng)`` as
         that layer's attention receives them ((B, N, d), (B, N) bool), and (h, w).
@@ -216,6 +223,7 @@ class ConditionalDETR(nnx.Module):
                                        attention=self.attention_spec,
                                        encoder_stats=encoder_stats)
 
+    @uses_matmul_precision
     def __call__(self, pixel_values, padding_mask, *, rng=None, train=False,
                  return_intermediates=False):
         if pixel_values.ndim != 4 or pixel_values.shape[-1] != 3:

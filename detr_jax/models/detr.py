@@ -13,6 +13,7 @@ from detr_jax.models.backbone import ResNet
 from detr_jax.models.config import backbone_channels
 from detr_jax.models.position import downsample_mask, sine_position_embedding
 from detr_jax.models.transformer import Transformer
+from detr_jax.precision import uses_matmul_precision
 
 
 class MLP(nnx.Module):
@@ -94,6 +95,7 @@ class DETR(nnx.Module):
 
     # The stages below are public so that evaluation can share the backbone between
     # several encoder-attention settings and tests can check each against the reference.
+    @uses_matmul_precision
     def backbone_features(self, pixel_values, padding_mask):
         """-> (features (B, h, w, C), feature mask (B, h, w), position embedding (B, h, w, d))."""
         features = self.backbone(pixel_values.astype(self.dtype))
@@ -102,6 +104,7 @@ class DETR(nnx.Module):
                                       self.position_temperature)
         return features, mask, pos
 
+    @uses_matmul_precision
     def encode(self, features, mask, pos, *, rng=None, train=False):
         """Project backbone features and run the encoder -> (src, memory, stats), (B, N, d)."""
         src = self.input_proj(features)
@@ -112,6 +115,7 @@ class DETR(nnx.Module):
         memory, stats = self.transformer.encoder(src, pos, flat_mask, rng=rng, train=train)
         return memory, stats
 
+    @uses_matmul_precision
     def decode(self, memory, mask, pos, *, rng=None, train=False):
         """Decoder and heads -> dict of predictions (final and auxiliary)."""
         batch = memory.shape[0]
@@ -128,6 +132,7 @@ class DETR(nnx.Module):
                             for i in range(logits.shape[0] - 1)],
         }
 
+    @uses_matmul_precision
     def postprocess(self, outputs, original_sizes):
         """The official PostProcess (softmax, no NMS): outputs, (B, 2) (height, width) ->
         scores (B, Q), labels (B, Q) int32, boxes (B, Q, 4) xyxy in original pixels."""
@@ -140,6 +145,7 @@ class DETR(nnx.Module):
         """The encoder's self-attention modules, in layer order."""
         return self.transformer.encoder.attention_layers()
 
+    @uses_matmul_precision
     def encoder_attention_inputs(self, pixel_values, padding_mask, rng):
         """Per encoder layer, ``(queries, keys, values, key_padding_mask, attn_rng)`` as
         that layer's attention receives them ((B, N, d), (B, N) bool), and (h, w).
@@ -162,6 +168,7 @@ class DETR(nnx.Module):
                            valid_hw=None if valid_hw is None else tuple(valid_hw),
                            attention=self.attention_spec, encoder_stats=encoder_stats)
 
+    @uses_matmul_precision
     def __call__(self, pixel_values, padding_mask, *, rng=None, train=False,
                  return_intermediates=False):
         if pixel_values.ndim != 4 or pixel_values.shape[-1] != 3:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from detr_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,9 @@ def _first_line(err: Exception, limit: int = 160) -> str:
 
 class TrainCheckpoints:
     def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.resolve(directory)  # a local path or a URL (gs://...)
         self.manager = ocp.CheckpointManager(
-            self.directory,
+            paths.as_path(self.directory) if paths.is_remote(self.directory) else self.directory,
             options=ocp.CheckpointManagerOptions(save_interval_steps=max(1, save_every),
                                                  max_to_keep=keep,
                                                  enable_async_checkpointing=async_save))
@@ -74,10 +75,10 @@ class TrainCheckpoints:
 
     def incomplete_reason(self, step: int) -> str | None:
         """Why the folder of ``step`` is not a complete checkpoint, or None if it looks complete."""
-        folder = os.path.join(self.directory, str(step))
-        if not os.path.isdir(os.path.join(folder, ITEM)):
+        folder = paths.join(self.directory, str(step))
+        if not paths.isdir(paths.join(folder, ITEM)):
             return f"no '{ITEM}' item"
-        if not os.path.exists(os.path.join(folder, METADATA_FILE)):
+        if not paths.exists(paths.join(folder, METADATA_FILE)):
             return f"no {METADATA_FILE}"
         return None
 
@@ -86,13 +87,13 @@ class TrainCheckpoints:
         process 0; returns the new path (None on other processes or when renaming fails)."""
         if jax.process_index() != 0:
             return None
-        folder = os.path.join(self.directory, str(step))
+        folder = paths.join(self.directory, str(step))
         target, n = f"{folder}.{why}", 1
-        while os.path.exists(target):
+        while paths.exists(target):
             n += 1
             target = f"{folder}.{why}-{n}"
         try:
-            os.rename(folder, target)
+            paths.rename(folder, target)
         except OSError as err:
             log.warning("could not set aside %s: %s", folder, err)
             return None
@@ -110,7 +111,7 @@ class TrainCheckpoints:
             if reason is not None:
                 moved = self.set_aside(step, "incomplete")
                 log.warning("checkpoint at step %d is incomplete (%s): skipped%s", step, reason,
-                            f", moved to {os.path.basename(moved)}" if moved else "")
+                            f", moved to {paths.basename(moved)}" if moved else "")
                 bad.append(step)
                 continue
             try:
@@ -120,7 +121,7 @@ class TrainCheckpoints:
                 moved = self.set_aside(step, "unreadable")
                 log.warning("checkpoint at step %d cannot be restored (%s); falling back to the "
                             "previous one%s", step, _first_line(err),
-                            f" (moved to {os.path.basename(moved)})" if moved else "")
+                            f" (moved to {paths.basename(moved)})" if moved else "")
                 bad.append(step)
                 continue
             if bad:

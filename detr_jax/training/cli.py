@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 
@@ -14,17 +13,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Any config field can be overridden as --config.path.to.field=value "
                "(e.g. --config.train.global_batch=16).")
     parser.add_argument("--config", required=True, help="config file, e.g. configs/synthetic_demo.py")
-    parser.add_argument("--workdir", required=True, help="checkpoints, logs, TensorBoard, final model")
-    parser.add_argument("--coordinator", default=None,
-                        help="host:port of process 0 for a multi-process run (GPU or CPU); "
-                             "default: $DETR_JAX_COORDINATOR")
-    parser.add_argument("--num-processes", type=int, default=None,
-                        help="number of processes (hosts) in a multi-process run, with "
-                             "--coordinator; default: $DETR_JAX_NUM_PROCESSES, else one")
-    parser.add_argument("--process-id", type=int, default=None,
-                        help="this process's index, 0 .. num-processes - 1 (process 0 writes "
-                             "checkpoints and logs); default: $DETR_JAX_PROCESS_ID")
+    parser.add_argument("--workdir", required=True,
+                        help="checkpoints, logs, TensorBoard, final model: a path or a URL "
+                             "(gs://bucket/run, file:///abs/run)")
     parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
+    parser.add_argument("--matmul-precision", default=None, choices=("default", "high", "highest"),
+                        help="precision of float32 matrix products and convolutions (sets "
+                             "model.matmul_precision; default: the config's, 'default'): default "
+                             "= TF32 on GPUs, one bf16 pass on TPUs; high = TF32 / three bf16 "
+                             "passes; highest = fp32 / six passes")
+    from detr_jax.distributed import add_flags
+    add_flags(parser)
     return parser
 
 
@@ -41,12 +40,12 @@ def build_model_from_config(cfg):
         path = cfg.train.init_checkpoint
         wanted = cfg.model.get("encoder_attention", "exact")
         if wanted == read_config(path).get("encoder_attention", "exact"):
-            return load_model(path)
+            return _with_matmul_precision(load_model(path), cfg)
         # e.g. ENACT fine-tuned from an exact model: its entropy layers start fresh
         model, new = load_model_for_finetuning(path, wanted, seed=cfg.train.seed)
         logging.info("%s with encoder attention %s: %d new variables (%s)", path, wanted,
                      len(new), ", ".join("/".join(map(str, p)) for p in new[:4]))
-        return model
+        return _with_matmul_precision(model, cfg)
     model = build_model(cfg.model, seed=cfg.train.seed)
     if cfg.train.get("init_backbone"):
         path = cfg.train.init_backbone
@@ -59,6 +58,16 @@ def build_model_from_config(cfg):
     return model
 
 
+def _with_matmul_precision(model, cfg):
+    """A loaded model under the config's ``model.matmul_precision`` (the checkpoint's own
+    value is replaced: it is a run setting, not a property of the parameters)."""
+    from detr_jax.models.build import with_config
+    wanted = cfg.model.get("matmul_precision", "default")
+    if model.config.get("matmul_precision", "default") == wanted:
+        return model
+    return with_config(model, matmul_precision=wanted)
+
+
 def make_eval_fn(cfg, settings=("exact",)):
     """``eval_fn(model, step) -> metrics`` for periodic evaluation on the config's
     validation split under the attention ``settings`` (exact; with MTKD also the student),
@@ -68,7 +77,8 @@ def make_eval_fn(cfg, settings=("exact",)):
     if not cfg.train.get("eval_every", 0):
         return None
     annotations, images = cfg.data.get("val_annotations", ""), cfg.data.get("val_images", "")
-    if not annotations or not os.path.exists(annotations):
+    from detr_jax import paths
+    if not annotations or not paths.exists(annotations):
         logging.warning("train.eval_every is set but data.val_annotations (%r) does not exist: "
                         "no periodic evaluation", annotations)
         return None
@@ -99,10 +109,24 @@ def main(argv=None) -> int:
     args, rest = parser.parse_known_args(argv)
     from detr_jax.config_cli import config_for_parser
     cfg = config_for_parser(parser, args.config, rest)
-    from detr_jax.training.distributed import initialize
-    initialize(args.coordinator, args.num_processes, args.process_id)
+    from detr_jax.precision import check_matmul_precision
+    if args.matmul_precision:
+        cfg.model.matmul_precision = args.matmul_precision
+    try:
+        check_matmul_precision(cfg.model.get("matmul_precision", "default"),
+                               f"{args.config}: model.matmul_precision")
+    except ValueError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from detr_jax.distributed import DistributedSetupError, initialize_from_args
+    try:
+        initialize_from_args(args)
+    except DistributedSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     import jax
+    from detr_jax import paths
     from detr_jax.checkpoint import save_model
     from detr_jax.data.augment import AugmentConfig
     from detr_jax.data.coco import CocoSource
@@ -113,7 +137,6 @@ def main(argv=None) -> int:
     from detr_jax.locks import DirectoryLocked
     from detr_jax.training.checkpoints import NoUsableCheckpoint
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     enable_compilation_cache(cfg.train.get("compilation_cache"))
     try:
         source = CocoSource(cfg.data.train_annotations, cfg.data.train_images)
@@ -157,7 +180,7 @@ def main(argv=None) -> int:
         return 2
     if jax.process_index() == 0:
         try:
-            path = save_model(trainer.model(), os.path.join(args.workdir, "model"), overwrite=True,
+            path = save_model(trainer.model(), paths.join(args.workdir, "model"), overwrite=True,
                               metadata={"step": summary["final_step"], "config": args.config})
         except OSError as err:
             print(f"error: cannot write the model to {args.workdir}: {err}", file=sys.stderr)

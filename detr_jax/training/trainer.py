@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import time
 from typing import Callable
@@ -26,7 +25,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from detr_jax.data.collate import extend_padding
 from detr_jax.sharding import replicate
+from detr_jax import paths
 from detr_jax.data.normalize import normalize
+from detr_jax.precision import config_matmul_precision, matmul_precision
 from detr_jax.training.checkpoints import TrainCheckpoints, abstract_like, all_finite
 from detr_jax.training.losses import LossFn, LossWeights, detr_loss
 from detr_jax.training.optimizer import is_trainable, make_optimizer
@@ -98,6 +99,12 @@ class Trainer:
 
     # -- the step ---------------------------------------------------------------------
     def _train_step(self, state, rest, batch):
+        # the model config's matmul_precision for the products of the loss too (the
+        # model's own methods apply it themselves); the config is fixed per Trainer
+        with matmul_precision(config_matmul_precision(self.model_config)):
+            return self._train_step_body(state, rest, batch)
+
+    def _train_step_body(self, state, rest, batch):
         self.compiles += 1  # trace time only
         step_rng = jax.random.fold_in(state["rng"], state["step"])
         targets = {"labels": batch["labels"], "boxes": batch["boxes"], "valid": batch["valid"]}
@@ -203,10 +210,10 @@ def _any_process(flag: bool) -> bool:
 def truncate_metrics(path: str, step: int) -> int:
     """Keep only the lines of ``path`` (metrics.jsonl) whose ``step`` is at most ``step``,
     so a resumed run does not repeat the steps after its checkpoint; returns lines dropped."""
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return 0
     kept, dropped = [], 0
-    with open(path) as f:
+    with paths.open_file(path) as f:
         for line in f:
             try:
                 entry_step = int(json.loads(line).get("step", 0))
@@ -218,10 +225,7 @@ def truncate_metrics(path: str, step: int) -> int:
             else:
                 dropped += 1
     if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        paths.write_text(path, "".join(kept))
     return dropped
 
 
@@ -273,7 +277,8 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
     """
     from detr_jax.locks import DirectoryLock
     cfg = trainer.cfg
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.resolve(workdir)  # a local path or a URL (gs://bucket/run, file:///...)
+    paths.makedirs(workdir)
     is_main = jax.process_index() == 0
     lock = DirectoryLock(workdir, "training").acquire() if is_main else None
     try:
@@ -284,7 +289,7 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
 
 
 def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, is_main):
-    checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"),
+    checkpoints = TrainCheckpoints(paths.join(workdir, "checkpoints"),
                                    save_every=cfg.checkpoint_every, keep=cfg.keep,
                                    async_save=cfg.async_checkpoints)
     try:
@@ -298,19 +303,20 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
         if is_main:
             print(f"resumed from step {start} ({checkpoints.directory})", flush=True)
     start = start or 0
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    metrics_path = paths.join(workdir, "metrics.jsonl")
     if is_main:
         truncate_metrics(metrics_path, start)
-        with open(os.path.join(workdir, "model_config.json"), "w") as f:
-            json.dump(trainer.model_config, f, indent=2, default=list)
+        paths.write_text(paths.join(workdir, "model_config.json"),
+                         json.dumps(trainer.model_config, indent=2, default=list))
     writer = None
     if is_main:
         try:
             from tensorboardX import SummaryWriter
-            writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            writer = SummaryWriter(paths.join(workdir, "tensorboard"))
         except ImportError:
             log.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
-    metrics_file = open(metrics_path, "a") if is_main else None
+    # appended locally; on object stores re-uploaded whole at most every 30 s and at the end
+    metrics_file = paths.AppendLog(metrics_path) if is_main else None
     signals = _StopSignals()
     bar = _Progress(num_steps, start) if progress and is_main else None
     pending = []  # (step, image ids, images, metrics on device): checked one step behind

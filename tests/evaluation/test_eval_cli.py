@@ -77,6 +77,24 @@ def test_eval_coco_dir_writes_the_report(setup):
     assert "TFDS coco/2017" in (out_tfds / "report.md").read_text()
 
 
+def test_eval_with_file_urls_matmul_precision_and_distributed_off(setup):
+    """file:// URLs for the checkpoint, the data and the output; --matmul-precision and
+    --distributed off are taken and recorded."""
+    tmp, ckpt, coco = setup
+    out = tmp / "url_report"
+    result = run("--checkpoint", f"file://{ckpt}", "--coco-dir", f"file://{coco}",
+                 "--attention", "exact", "--config", "configs/tiny.py",
+                 "--output-dir", f"file://{out}", "--matmul-precision", "highest",
+                 "--distributed", "off", "--compilation-cache", "none", "--no-progress",
+                 "--config.eval.batch_size=8", "--config.data.size=96",
+                 "--config.data.max_size=160", "--config.eval.plots=False")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["status"] == "complete" and summary["image_count"] == 5
+    assert summary["details"]["matmul precision"] == "highest"
+    assert not os.path.exists(os.path.join(ROOT, "file:"))
+
+
 def test_eval_bf16_precision_is_recorded_and_close_to_fp32(setup):
     tmp, ckpt, coco = setup
     predictions = {}
