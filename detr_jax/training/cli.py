@@ -172,8 +172,9 @@ def main(argv=None) -> int:
     except (DirectoryLocked, NoUsableCheckpoint) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("aborted by a second Ctrl-C (the last saved checkpoint is kept)", file=sys.stderr)
+    except KeyboardInterrupt:  # before the loop's handlers are installed (a second Ctrl-C
+        # inside the loop ends the process from its handler)
+        print("interrupted (the last saved checkpoint is kept)", file=sys.stderr)
         return 130
     except OSError as err:
         print(f"error: cannot write to {args.workdir}: {err}", file=sys.stderr)

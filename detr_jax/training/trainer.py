@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
+import sys
 import time
 from typing import Callable
 
@@ -162,18 +164,22 @@ class Trainer:
 
 class _StopSignals:
     """SIGTERM and Ctrl-C (SIGINT) ask the loop to save a checkpoint and stop after the
-    current step; a second Ctrl-C raises KeyboardInterrupt at once. Handlers are installed
+    current step; a second Ctrl-C aborts at once without saving. Handlers are installed
     only in the main thread and restored by :meth:`restore`.
 
-    Python may run a signal handler inside a callback whose exceptions it ignores (a garbage
-    collector callback, for one), which swallows that KeyboardInterrupt; the abort is
-    therefore also recorded, and :meth:`check_abort` raises it again at the loop's next check
-    so a second Ctrl-C never ends in a save."""
+    The abort does not raise KeyboardInterrupt: Python runs a signal handler wherever the
+    main thread happens to be, and an exception raised there can be swallowed (a garbage
+    collector callback ignores it) or caught and logged by library code mid-save. Instead
+    the handler prints why, calls ``on_abort`` (which releases the work directory's lock)
+    and ends the process with exit status 130. Checkpoints are written atomically, so the
+    last complete one is kept and an interrupted one is never taken for complete."""
 
-    def __init__(self):
+    ABORT_MESSAGE = "aborted by a second Ctrl-C (the last saved checkpoint is kept)"
+
+    def __init__(self, on_abort=None):
         self.requested: str | None = None
-        self.aborted = False
         self.previous = {}
+        self.on_abort = on_abort
         import threading
         if threading.current_thread() is not threading.main_thread():
             return
@@ -183,16 +189,19 @@ class _StopSignals:
     def _handler(self, signum, frame):
         name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         if signum == signal.SIGINT and self.requested is not None:
-            self.aborted = True
-            raise KeyboardInterrupt("second Ctrl-C: aborted without saving")
+            self._abort()
         self.requested = self.requested or name
         log.warning("%s received: saving a checkpoint and stopping after this step%s", name,
                     " (press Ctrl-C again to abort at once)" if signum == signal.SIGINT else "")
 
-    def check_abort(self):
-        """Raise KeyboardInterrupt when a second Ctrl-C came (even if it was swallowed)."""
-        if self.aborted:
-            raise KeyboardInterrupt("second Ctrl-C: aborted without saving")
+    def _abort(self):
+        print(self.ABORT_MESSAGE, file=sys.stderr, flush=True)
+        try:
+            if self.on_abort is not None:
+                self.on_abort()
+        finally:
+            sys.stdout.flush()
+            os._exit(130)
 
     def restore(self):
         for signum, handler in self.previous.items():
@@ -282,13 +291,15 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
     is_main = jax.process_index() == 0
     lock = DirectoryLock(workdir, "training").acquire() if is_main else None
     try:
-        return _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, is_main)
+        return _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, is_main,
+                             on_abort=None if lock is None else lock.release)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, is_main):
+def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, is_main, *,
+                  on_abort=None):
     checkpoints = TrainCheckpoints(paths.join(workdir, "checkpoints"),
                                    save_every=cfg.checkpoint_every, keep=cfg.keep,
                                    async_save=cfg.async_checkpoints)
@@ -317,7 +328,7 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
             log.warning("tensorboardX is not installed: metrics go to metrics.jsonl only")
     # appended locally; on object stores re-uploaded whole at most every 30 s and at the end
     metrics_file = paths.AppendLog(metrics_path) if is_main else None
-    signals = _StopSignals()
+    signals = _StopSignals(on_abort)
     bar = _Progress(num_steps, start) if progress and is_main else None
     pending = []  # (step, image ids, images, metrics on device): checked one step behind
     last = {}
@@ -386,7 +397,6 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
             pending.append((step, image_ids, len(image_ids) * jax.process_count(), metrics))
             if len(pending) > 1:
                 record(*check(pending.pop(0)), current_epoch)
-            signals.check_abort()
             save(step + 1, image_ids, metrics)
             if bar is not None:
                 bar.update(step + 1)
@@ -407,7 +417,6 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
             else:  # every process must take part in the same all-gathers
                 stop = ((step + 1) % max(1, cfg.preemption_check_every) == 0
                         and _any_process(signals.requested is not None))
-            signals.check_abort()
             if stop:
                 while pending:  # never save past a non-finite step
                     record(*check(pending.pop(0)), current_epoch)
