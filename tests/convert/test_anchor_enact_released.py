@@ -2,9 +2,6 @@
 the recipe weights, loading checkpoints that hold its entropy layers, and the
 padding-correct ENACT RCDA (``variant=paper``)."""
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,28 +13,18 @@ from detr_jax.attention.enact import ENACT
 from detr_jax.convert import CheckpointError
 from detr_jax.convert.anchor import (anchor_detr_from_state, build_anchor_detr,
                                      expected_anchor_shapes)
-from detr_jax.convert.recipe import recipe_state_dict, recipe_tensor
+from detr_jax.convert.recipe import recipe_tensor
 from detr_jax.models.anchor_detr import tiny_anchor_detr_config
 from detr_jax.models.anchor_flops import anchor_detr_flops
 from detr_jax.models.rcda_enact import RowColumnENACT
+from tests.fixture_vectors import load_fixture, rel
 
-FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
-                       "anchor_detr_enact_r50_dc5_released")
 ENACT_KEY = "transformer.encoder_layers.0.ENACT.W_prob.weight"
-
-
-def rel(a, b):
-    return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")
 def released():
-    with open(os.path.join(FIXTURE, "spec.json")) as f:
-        spec = json.load(f)
-    with np.load(os.path.join(FIXTURE, "reference.npz")) as data:
-        expected = {k: data[k] for k in data.files}
-    keys = [(name, tuple(shape)) for name, shape in spec["state_dict_spec"]]
-    return recipe_state_dict(keys, seed=spec["seed"]), expected
+    return load_fixture("anchor_detr_enact_r50_dc5_released")
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 300 queries, sigma 3) on the recipe weights, and loading/converting checkpoints that hold
 its ENACT encoder modules."""
 
-import json
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -14,27 +11,16 @@ import detr_jax
 from detr_jax.attention.enact import ENACT, ENACTAttention
 from detr_jax.convert import CheckpointError
 from detr_jax.convert.conditional import conditional_recipe_state
-from detr_jax.convert.recipe import recipe_state_dict
 from detr_jax.models.conditional_detr import ConditionalDETR, tiny_conditional_detr_config
 from tests.models.test_conditional_detr import check_postprocess, official_inputs
+from tests.fixture_vectors import load_fixture, rel
 
-FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
-                       "conditional_detr_enact_r101_released")
 R101 = (3, 4, 23, 3)
-
-
-def rel(a, b):
-    return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")
 def released():
-    with open(os.path.join(FIXTURE, "spec.json")) as f:
-        spec = json.load(f)
-    with np.load(os.path.join(FIXTURE, "reference.npz")) as data:
-        reference = {k: data[k] for k in data.files}
-    keys = [(name, tuple(shape)) for name, shape in spec["state_dict_spec"]]
-    return recipe_state_dict(keys, seed=int(spec["seed"])), reference
+    return load_fixture("conditional_detr_enact_r101_released")
 
 
 @pytest.fixture(scope="module")

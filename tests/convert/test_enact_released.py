@@ -1,9 +1,6 @@
 """Parity with the released DETR-ENACT code (GSavathrakis/ENACT, R50-C5, sigma 3) on the
 recipe weights, and loading/converting checkpoints that hold its ENACT modules."""
 
-import json
-import os
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,27 +8,17 @@ import pytest
 import detr_jax
 from detr_jax.attention.enact import ENACT, ENACTAttention
 from detr_jax.convert import CheckpointError
-from detr_jax.convert.recipe import recipe_state_dict, recipe_state_for_config
+from detr_jax.convert.recipe import recipe_state_for_config
 from detr_jax.evaluation.postprocess import postprocess_arrays
 from detr_jax.models.config import tiny_model_config
 from detr_jax.models.inference import Forward
+from tests.fixture_vectors import load_fixture, rel
 
-FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
-                       "detr_enact_r50_released")
-
-
-def rel(a, b):
-    return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")
 def released():
-    with open(os.path.join(FIXTURE, "spec.json")) as f:
-        spec = json.load(f)
-    with np.load(os.path.join(FIXTURE, "reference.npz")) as data:
-        reference = {k: data[k] for k in data.files}
-    keys = [(name, tuple(shape)) for name, shape in spec["state_dict_spec"]]
-    return recipe_state_dict(keys, seed=spec["seed"]), reference
+    return load_fixture("detr_enact_r50_released")
 
 
 @pytest.fixture(scope="module")
