@@ -115,21 +115,13 @@ def read_text(path) -> str:
 
 
 def write_text(path, text: str) -> None:
-    """Write ``text`` whole: locally through a temporary file and ``os.replace`` (readers
-    see the old or the new content), on object stores in one upload (equally whole)."""
-    path = resolve(path)
-    if is_remote(path):
-        as_path(path).parent.mkdir(parents=True, exist_ok=True)  # a no-op on most stores
-        as_path(path).write_text(text)
-        return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write ``text`` (UTF-8) whole, as :func:`write_bytes`."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_bytes(path, data: bytes) -> None:
-    """:func:`write_text` for bytes (whole, as there)."""
+    """Write ``data`` whole: locally through a temporary file and ``os.replace`` (readers
+    see the old or the new content), on object stores in one upload (equally whole)."""
     path = resolve(path)
     if is_remote(path):
         as_path(path).parent.mkdir(parents=True, exist_ok=True)  # a no-op on most stores
