@@ -141,15 +141,15 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
     import jax
     import numpy as np
     from detr_jax.training.defaults import loss_config, train_config
-    from detr_jax.training.losses import LossWeights
     from detr_jax.training.trainer import Trainer
     from detr_jax.models.build import build_model
     train_cfg = train_config(**(cfg.train.to_dict() if "train" in cfg else {}))
     train_cfg.max_targets = max(args.boxes, 1)
-    loss_cfg = loss_config(**(cfg.loss.to_dict() if "loss" in cfg else {}))
+    loss_cfg = cfg.loss if "loss" in cfg else loss_config()
     model = build_model(_model_config(cfg, attention, precision, args.attention_kernel,
                                       args.key_splits, args.matmul_precision), seed=args.seed)
-    trainer = Trainer(model, train_cfg, LossWeights(**loss_cfg.to_dict()))
+    # the detector's own recipe (DETR: cross-entropy; Conditional/Anchor DETR: focal)
+    trainer = Trainer(model, train_cfg, loss_fn=model.default_loss(loss_cfg))
     rng = np.random.default_rng(args.seed)
     pixels, mask = _inputs(batch, args.size, args.seed)
     centres = rng.uniform(0.2, 0.8, (batch, train_cfg.max_targets, 2))

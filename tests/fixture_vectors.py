@@ -27,3 +27,14 @@ def load_fixture(name: str) -> tuple[dict, dict]:
         reference = {k: data[k] for k in data.files}
     keys = [(key, tuple(shape)) for key, shape in spec["state_dict_spec"]]
     return recipe_state_dict(keys, seed=int(spec["seed"])), reference
+
+
+def record_errors(record_property, out: dict, reference: dict, case: str, memory, memory_ref):
+    """Record the parity errors a fixture test checks (max abs of logits and boxes, relative
+    norm of the encoder memory) as test properties: ``pytest --junitxml`` then lists them,
+    so a run on another device or at another matmul precision gives its figures."""
+    record_property("pred_logits_max_abs", float(np.abs(
+        np.asarray(out["pred_logits"], np.float64) - reference[f"{case}/pred_logits"]).max()))
+    record_property("pred_boxes_max_abs", float(np.abs(
+        np.asarray(out["pred_boxes"], np.float64) - reference[f"{case}/pred_boxes"]).max()))
+    record_property("memory_rel", rel(memory, memory_ref))

@@ -70,7 +70,7 @@ def _with_matmul_precision(model, cfg):
 
 def make_eval_fn(cfg, settings=("exact",)):
     """``eval_fn(model, step) -> metrics`` for periodic evaluation on the config's
-    validation split under the attention ``settings`` (exact; with MTKD also the student),
+    validation split under the attention ``settings`` (the model's own; with MTKD also the student),
     or None when ``train.eval_every`` is 0 or there is no validation split.
     ``train.eval_images`` > 0 limits it to the first N images (metric names then end in
     ``_firstN``); with several settings the names start with the setting."""
@@ -162,9 +162,11 @@ def main(argv=None) -> int:
         print(f"MTKD: exact branch + {mtkd.act} branch, box distillation weight {mtkd.kd_weight}")
     print(f"training {num_steps} steps ({steps_per_epoch} per epoch) on {jax.device_count()} "
           f"devices in {jax.process_count()} processes, global batch {cfg.train.global_batch}")
+    # periodic evaluation runs the model as it trains (exact, ENACT, ...), plus MTKD's student
+    own_attention = model.config.get("encoder_attention") or "exact"
     try:
         summary = train(trainer, loader, workdir=args.workdir, num_steps=num_steps,
-                        eval_fn=make_eval_fn(cfg, ("exact",) + ((mtkd.act,) if mtkd else ())),
+                        eval_fn=make_eval_fn(cfg, (own_attention,) + ((mtkd.act,) if mtkd else ())),
                         progress=None if args.no_progress else True)
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)

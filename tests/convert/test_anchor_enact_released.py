@@ -17,7 +17,7 @@ from detr_jax.convert.recipe import recipe_tensor
 from detr_jax.models.anchor_detr import tiny_anchor_detr_config
 from detr_jax.models.anchor_flops import anchor_detr_flops
 from detr_jax.models.rcda_enact import RowColumnENACT
-from tests.fixture_vectors import load_fixture, rel
+from tests.fixture_vectors import load_fixture, rel, record_errors
 
 ENACT_KEY = "transformer.encoder_layers.0.ENACT.W_prob.weight"
 
@@ -100,7 +100,7 @@ def tie_sorted(boxes, scores):
 
 @pytest.mark.parametrize("case,images", [("enact_single", ["image0"]),
                                          ("enact_batch", ["image0", "image1"])])
-def test_matches_released_anchor_detr_enact(released, reference, model, run, case, images):
+def test_matches_released_anchor_detr_enact(released, reference, model, run, case, images, record_property):
     _, expected = released
     if case == "enact_batch":  # the fixture crops both images to one size: no padding
         crop_h, crop_w = expected["same_crop_hw"]
@@ -112,6 +112,7 @@ def test_matches_released_anchor_detr_enact(released, reference, model, run, cas
     out = run(jnp.asarray(batch.pixel_values), jnp.asarray(batch.padding_mask))
     batch_size, h, w = out["feature_mask"].shape
     memory = np.asarray(out["memory"]).reshape(batch_size, h, w, -1).transpose(0, 3, 1, 2)
+    record_errors(record_property, out, expected, case, memory[:, ::4], expected[f"{case}/memory_ch4"])
     assert rel(memory[:, ::4], expected[f"{case}/memory_ch4"]) < 1e-4
     np.testing.assert_allclose(out["pred_logits"], expected[f"{case}/pred_logits"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(out["pred_boxes"], expected[f"{case}/pred_boxes"], rtol=0, atol=1e-4)

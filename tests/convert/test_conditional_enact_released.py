@@ -13,7 +13,7 @@ from detr_jax.convert import CheckpointError
 from detr_jax.convert.conditional import conditional_recipe_state
 from detr_jax.models.conditional_detr import ConditionalDETR, tiny_conditional_detr_config
 from tests.models.test_conditional_detr import check_postprocess, official_inputs
-from tests.fixture_vectors import load_fixture, rel
+from tests.fixture_vectors import load_fixture, rel, record_errors
 
 R101 = (3, 4, 23, 3)
 
@@ -70,11 +70,12 @@ def test_non_enact_setting_is_refused(released):
 
 @pytest.mark.parametrize("case,images", [("enact_single", ["image0"]),
                                          ("enact_batch", ["same0", "same1"])])
-def test_matches_released_conditional_detr_enact(released, forward, case, images):
+def test_matches_released_conditional_detr_enact(released, forward, case, images, record_property):
     _, ref = released
     pixels, mask, sizes = official_inputs([ref[name] for name in images])
     assert not np.asarray(mask).any()  # the released ENACT ignores padding: none here
     out, (scores, labels, boxes) = forward(pixels, mask, sizes)
+    record_errors(record_property, out, ref, case, np.asarray(out["memory"]).transpose(1, 0, 2), ref[f"{case}/memory"])
     assert rel(np.asarray(out["memory"]).transpose(1, 0, 2), ref[f"{case}/memory"]) < 1e-4
     np.testing.assert_allclose(out["pred_logits"], ref[f"{case}/pred_logits"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(out["pred_boxes"], ref[f"{case}/pred_boxes"], rtol=0, atol=1e-4)

@@ -12,7 +12,7 @@ from detr_jax.convert.recipe import recipe_state_for_config
 from detr_jax.evaluation.postprocess import postprocess_arrays
 from detr_jax.models.config import tiny_model_config
 from detr_jax.models.inference import Forward
-from tests.fixture_vectors import load_fixture, rel
+from tests.fixture_vectors import load_fixture, rel, record_errors
 
 
 
@@ -46,13 +46,14 @@ def test_released_checkpoint_loads_as_released_enact(released, model):
 
 @pytest.mark.parametrize("case,images", [("enact_single", ["image0"]),
                                          ("enact_batch", ["same0", "same1"])])
-def test_matches_released_detr_enact(released, model, case, images):
+def test_matches_released_detr_enact(released, model, case, images, record_property):
     _, reference = released
     arrays = [reference[i] for i in images]
     batch = detr_jax.preprocess(arrays, resize_images=False)
     assert not np.asarray(batch.padding_mask).any()  # the fixtures have no padding
     out = Forward(model, return_intermediates=True)(jnp.asarray(batch.pixel_values),
                                                     jnp.asarray(batch.padding_mask))
+    record_errors(record_property, out, reference, case, np.asarray(out["memory"]).transpose(1, 0, 2), reference[f"{case}/memory"])
     assert rel(np.asarray(out["memory"]).transpose(1, 0, 2), reference[f"{case}/memory"]) < 1e-4
     np.testing.assert_allclose(out["pred_logits"], reference[f"{case}/pred_logits"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(out["pred_boxes"], reference[f"{case}/pred_boxes"], rtol=0, atol=1e-4)

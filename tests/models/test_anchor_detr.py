@@ -15,6 +15,7 @@ from detr_jax.convert.anchor import anchor_detr_from_state, anchor_recipe_state_
 from detr_jax.models.config import config_from_dict
 from detr_jax.models.anchor_detr import (AnchorDETR, topk_postprocess,
                                          tiny_anchor_detr_config)
+from tests.fixture_vectors import record_errors
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 
@@ -55,12 +56,13 @@ def run_anchor(anchor_model):
     ("exact_single", ["image0"]),
     ("exact_batch", ["image0", "image1"]),
 ])
-def test_matches_official_anchor_detr(run_anchor, reference, anchor_reference, case, images):
+def test_matches_official_anchor_detr(run_anchor, reference, anchor_reference, case, images, record_property):
     ref = anchor_reference
     batch = detr_jax.preprocess([reference[i] for i in images], resize_images=False)
     out = run_anchor(jnp.asarray(batch.pixel_values), jnp.asarray(batch.padding_mask))
     batch_size, h, w = out["feature_mask"].shape
     memory = np.asarray(out["memory"]).reshape(batch_size, h, w, -1).transpose(0, 3, 1, 2)
+    record_errors(record_property, out, ref, case, memory[:, ::4], ref[f"{case}/memory_ch4"])
     assert rel(memory[:, ::4], ref[f"{case}/memory_ch4"]) < 1e-4
     np.testing.assert_allclose(out["pred_logits"], ref[f"{case}/pred_logits"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(out["pred_boxes"], ref[f"{case}/pred_boxes"], rtol=0, atol=1e-4)

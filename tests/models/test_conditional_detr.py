@@ -13,6 +13,7 @@ from flax import nnx
 from detr_jax.convert.conditional import is_conditional_detr, load_conditional_detr
 from detr_jax.convert.recipe import recipe_state_dict
 from detr_jax.models.conditional_detr import ConditionalDETR, topk_postprocess
+from tests.fixture_vectors import record_errors
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
                        "conditional_detr_r50_official")
@@ -93,10 +94,11 @@ def test_loaded_config_and_placement(conditional_weights):
     ("exact_single", ["image0"]),
     ("exact_batch", ["image0", "image1"]),
 ])
-def test_matches_official_conditional_detr(forward, conditional_reference, case, images):
+def test_matches_official_conditional_detr(forward, conditional_reference, case, images, record_property):
     ref = conditional_reference
     pixels, mask, sizes = official_inputs([ref[name] for name in images])
     out, (scores, labels, boxes) = forward(pixels, mask, sizes)
+    record_errors(record_property, out, ref, case, np.asarray(out["memory"]).transpose(1, 0, 2), ref[f"{case}/memory"])
     assert rel(np.asarray(out["memory"]).transpose(1, 0, 2), ref[f"{case}/memory"]) < 1e-4
     np.testing.assert_allclose(out["pred_logits"], ref[f"{case}/pred_logits"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(out["pred_boxes"], ref[f"{case}/pred_boxes"], rtol=0, atol=1e-4)

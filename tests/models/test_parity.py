@@ -6,6 +6,7 @@ import pytest
 
 import detr_jax
 from detr_jax.models.inference import Forward
+from tests.fixture_vectors import record_errors
 
 
 def rel(a, b):
@@ -30,13 +31,15 @@ def run_case(forward, reference, case, images):
     ("exact_single", ["image0"], 8),
     ("exact_batch", ["image0", "image1"], 16),
 ])
-def test_matches_official_detr(forward, reference, case, images, channel_step):
+def test_matches_official_detr(forward, reference, case, images, channel_step, record_property):
     out = run_case(forward, reference, case, images)
     np.testing.assert_array_equal(np.asarray(out["feature_mask"]),
                                   reference[f"{case}/feature_padding_mask"])
     backbone = np.asarray(out["backbone"]).transpose(0, 3, 1, 2)[:, ::channel_step]
     assert rel(backbone, reference[f"{case}/backbone_ch{channel_step}"]) < 1e-4
     assert rel(np.asarray(out["pos_embed"]).transpose(0, 3, 1, 2), reference[f"{case}/pos_embed"]) < 1e-4
+    record_errors(record_property, out, reference, case,
+                  np.asarray(out["memory"]).transpose(1, 0, 2), reference[f"{case}/memory"])
     assert rel(np.asarray(out["memory"]).transpose(1, 0, 2), reference[f"{case}/memory"]) < 1e-4
     np.testing.assert_allclose(out["pred_logits"], reference[f"{case}/pred_logits"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(out["pred_boxes"], reference[f"{case}/pred_boxes"], rtol=0, atol=1e-4)
