@@ -5,12 +5,12 @@
 # inference time) and ACT zero-shot on the trained Conditional DETR.
 #   RUNS="detr conditional anchor" GPU=1 bash benchmarks/device/detector_compare.sh SECONDS
 # Runs in $RUNS train at the same time on GPU $GPU (small models: the GPU has room, the
-# data workers share the CPUs). Each trains EPOCHS epochs (default 6, learning rate /10 for
+# data workers share the CPUs; WORKERS per run, default a half of the CPUs split). Each trains EPOCHS epochs (default 6, learning rate /10 for
 # the last third), evaluating on the 300 val images every epoch. The backbone comes from
 # carry/backbone.tar when carried, else it is pretrained here. Afterwards each run's
 # exported model is timed (python -m detr_jax.benchmark, trained weights, batch 1 and 8
-# inference, batch 32 training step at 512x512) and, for conditional, evaluated with ACT.
-# -> $OUT/compare_<first run>.tar (per run: metrics.jsonl, train.log, model.tar,
+# inference at batch 8, batch 32 training step at 512x512) and, for conditional, evaluated with ACT.
+# -> $OUT/compare_<first run>.tar (per run: metrics.jsonl, train.log,
 #    bench.json, act report), $OUT/backbone.tar when pretrained here
 set -uo pipefail
 budget="${1:-560}"
@@ -18,7 +18,7 @@ source benchmarks/device/common.sh
 gpu="${GPU:-0}"
 epochs="${EPOCHS:-6}"
 read -r -a runs <<< "${RUNS:-detr conditional anchor}"
-workers=$(( $(nproc) / (2 * ${#runs[@]}) ))
+workers="${WORKERS:-$(( $(nproc) / (2 * ${#runs[@]}) ))}"
 declare -A config=([detr]=configs/synthetic_demo.py [conditional]=configs/conditional_detr_synthetic.py
                    [anchor]=configs/anchor_detr_synthetic.py
                    [detr_enact]=configs/synthetic_demo.py
@@ -62,7 +62,7 @@ for run in "${runs[@]}"; do
     --mode train --attention "$att" --batch 32 --size 512x512 --boxes 7 --repeats 10 \
     --json "$dir/bench_train.json" 2>&1 | grep "^| train"
   python3 -m detr_jax.benchmark --config "${config[$run]}" --checkpoint "$dir/model" --mode infer \
-    --attention "$att" --batch 1 8 --size 512x512 --repeats 20 --json "$dir/bench_infer.json" \
+    --attention "$att" --batch 8 --size 512x512 --repeats 20 --json "$dir/bench_infer.json" \
     2>&1 | grep "^| infer"
   if [ "$run" = conditional ] && [ "$(left)" -gt 60 ]; then
     python3 eval.py --checkpoint "$dir/model" --config "${config[$run]}" "${SYN_VAL[@]}" \
@@ -74,7 +74,7 @@ for run in "${runs[@]}"; do
 done
 tar -C /tmp -cf "$out/compare_${runs[0]}.tar" \
   $(for run in "${runs[@]}"; do
-      for f in metrics.jsonl train.log model.tar bench_train.json bench_infer.json act.log act/report.md; do
+      for f in metrics.jsonl train.log bench_train.json bench_infer.json act.log act/report.md; do
         [ -e "/tmp/cmp_$run/$f" ] && echo "cmp_$run/$f"
       done
     done)

@@ -14,11 +14,11 @@ declare -A flags=([conditional]="" [anchor]="--dilation")
 for name in "${@:-conditional anchor}"; do
   echo "## $name: detr_jax ($(elapsed) s)"
   python3 -m detr_jax.benchmark --config "${config[$name]}" --mode infer train --attention exact \
-    --batch 1 8 --precision default bf16 --size 800x1216 --repeats 20 --boxes 7 \
+    --batch 1 8 --precision default bf16 --size 800x1216 --repeats "${REPEATS:-20}" --boxes 7 \
     --json "$out/ours_$name.json" 2>&1 | grep -v Warning | grep "^|"
   echo "## $name: official ($(elapsed) s)"
   python3 benchmarks/official_peers.py --repo "${repo[$name]}" --detector "$name" ${flags[$name]} \
-    --batch 1 8 --precision tf32 bf16 --train-batch 4 --json "$out/peers_$name.json" 2>&1 \
+    --batch 1 8 --precision tf32 bf16 --train-batch 4 --repeats "${REPEATS:-20}" --json "$out/peers_$name.json" 2>&1 \
     | grep -v -i "warn" | tail -12
 done
 echo "done in $(elapsed) s"

@@ -85,13 +85,15 @@ def test_caller_enact_setting_kept_and_wrong_input_named(released):
         anchor_detr_from_state(missing, "anchor_enact.pth")
 
 
-def tie_sorted(boxes, scores):
-    """(B, K, 4) boxes with each run of equal ``scores`` (B, K) sorted by coordinates."""
+def tie_sorted(boxes, scores, tol: float = 1e-6):
+    """(B, K, 4) boxes with each run of ``scores`` (B, K, descending) that are within
+    ``tol`` of their neighbour sorted by coordinates: detections whose scores differ by less
+    than the float32 error of the computation come from a top-k in either order."""
     boxes = np.array(boxes)
     for b in range(boxes.shape[0]):
         start = 0
         for end in range(1, boxes.shape[1] + 1):
-            if end == boxes.shape[1] or scores[b, end] != scores[b, start]:
+            if end == boxes.shape[1] or scores[b, end - 1] - scores[b, end] > tol:
                 run = boxes[b, start:end]
                 boxes[b, start:end] = run[np.lexsort(run.T[::-1])]
                 start = end
