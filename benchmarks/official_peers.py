@@ -161,7 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repo", required=True, help="checkout of the official repository")
     parser.add_argument("--detector", required=True, help="a name for the rows (e.g. conditional)")
     parser.add_argument("--dilation", action="store_true", help="DC5 (Anchor DETR's default is DC5)")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch", type=int, nargs="*", default=[1, 8],
+                        help="inference batch sizes (none: no inference rows)")
     parser.add_argument("--precision", nargs="+", default=["tf32", "bf16"], choices=["tf32", "bf16"])
     parser.add_argument("--runners", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
     parser.add_argument("--train-batch", type=int, default=4, help="0: no training rows")

@@ -27,6 +27,8 @@ declare -A config=([detr]=configs/synthetic_demo.py [conditional]=configs/condit
 declare -A attention=([detr]=exact [conditional]=exact [anchor]=exact [detr_enact]=enact:sigma=3
                       [conditional_enact]=enact:sigma=3 [anchor_enact]=enact:sigma=5)
 export CUDA_VISIBLE_DEVICES="$gpu"
+# the runs share the GPU: each takes its part of the memory instead of JAX's default 75%
+export XLA_PYTHON_CLIENT_MEM_FRACTION="$(python3 -c "print(round(0.9 / ${#runs[@]}, 2))")"
 make_synthetic
 if [ -f carry/backbone.tar ]; then
   rm -rf /tmp/backbone && mkdir -p /tmp/backbone && tar -C /tmp/backbone -xf carry/backbone.tar
