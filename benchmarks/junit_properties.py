@@ -30,7 +30,11 @@ def main(argv=None) -> int:
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
-    table = rows(argv[0])
+    try:
+        table = rows(argv[0])
+    except (OSError, ET.ParseError) as err:
+        print(f"error: {argv[0]}: {err}", file=sys.stderr)
+        return 2
     keys = [k for k in dict.fromkeys(k for r in table for k in r) if k not in ("test", "outcome")]
     print("| test | outcome | " + " | ".join(keys) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in keys) + " |")

@@ -420,16 +420,19 @@ class ENACTAttention(EncoderAttention):
             return self.backend.attention(q, k, v, empty)
 
         capacities = ladder_capacities(n, self.spec.ladder)
-        if not self.backend.fused and not self.backend.dropping:
+        if not self.backend.fused:
             # No switch without the fused kernel: its branches would each hold their own
             # temporaries (twice exact attention's training memory). All N slots are
             # pooled and projected; attention reads only the used key blocks, one tile
-            # of the smallest rung's size at a time, forward and backward.
+            # of the smallest rung's size at a time, forward and backward, training
+            # dropout included (each tile's mask is redrawn in the backward pass).
             block = capacities[0]
             k, v = region_keys_values(n)
             needed = jnp.max(counts)
             out = key_block_attention(q, k, v, jnp.arange(n)[None, :] < counts[:, None],
-                                      needed, block=block)
+                                      needed, block=block,
+                                      dropout_rate=self.backend.dropout_rate,
+                                      dropout_rng=self.backend.dropout_rng)
             used = jnp.minimum((needed + block - 1) // block * block, n).astype(jnp.int32)
         else:
             out, used = run_at_capacity(jnp.max(counts), capacities, branch)

@@ -68,3 +68,39 @@ def test_training_memory_holds_one_tile_of_logits_not_the_whole_matrix():
     logits_bytes = batch * heads * n * n * 4
     assert full >= logits_bytes              # the reference keeps (B, H, N, N) logits
     assert blocked < logits_bytes / 4, (blocked, logits_bytes)
+
+
+def tile_masks(rng, rate, shape, nk, block):
+    """The keep factors key_block_attention draws: one (B, H, Nq, block) tile per block."""
+    tiles = [jnp.where(jax.random.bernoulli(jax.random.fold_in(rng, j), 1.0 - rate, shape[:3] + (block,)),
+                       1.0 / (1.0 - rate), 0.0) for j in range(-(-nk // block))]
+    return jnp.concatenate(tiles, axis=-1)[..., :nk]
+
+
+@pytest.mark.parametrize("block", [8, 16])
+def test_dropout_matches_softmax_then_dropout_and_its_gradients(block):
+    """With dropout: softmax over the valid keys, then the probabilities times the keep
+    factors of each tile's mask; the backward pass redraws the same masks."""
+    q, k, v, valid, num_keys = case()
+    rate, rng = 0.3, jax.random.key(7)
+    batch, nq, heads, _ = q.shape
+    keep = tile_masks(rng, rate, (batch, heads, nq), k.shape[1], block)   # (B, H, Nq, Nk)
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, 37, 3, 8)), jnp.float32)
+
+    def reference(q, k, v):
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        logits = jnp.where(valid[:, None, None, :], logits, -jnp.inf)
+        probs = jnp.where(valid[:, None, None, :], jax.nn.softmax(logits, axis=-1), 0.0)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs * keep, v)
+
+    ours = lambda q, k, v: key_block_attention(q, k, v, valid, num_keys, block=block,
+                                               dropout_rate=rate, dropout_rng=rng)
+    out = ours(q, k, v)
+    np.testing.assert_allclose(out, reference(q, k, v), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out, key_block_attention(q, k, v, valid, num_keys, block=block))
+    loss = lambda f: (lambda q, k, v: jnp.sum(f(q, k, v) * weights))
+    for got, want in zip(jax.grad(loss(ours), argnums=(0, 1, 2))(q, k, v),
+                         jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="dropout_rate=1.0"):
+        key_block_attention(q, k, v, valid, num_keys, dropout_rate=1.0, dropout_rng=rng)

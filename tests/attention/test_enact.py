@@ -223,3 +223,28 @@ def test_released_layer_equals_the_released_formulas():
     # the padding mask is ignored, as in the release
     mask = jnp.zeros((2, 60), bool).at[1, 50:].set(True)
     np.testing.assert_array_equal(attn(q, q, jnp.asarray(src), mask, None)[0], out)
+
+
+def test_training_memory_with_attention_dropout_stays_below_exact_attention():
+    """On the XLA path a training step with attention dropout runs ENACT through the
+    blocked attention (dropout redrawn per tile), not a capacity switch whose branches each
+    keep their temporaries: its gradient needs less scratch than exact attention's."""
+    from detr_jax.attention.backend import resolve_backend
+    from detr_jax.attention.registry import parse_attention
+
+    def temp_bytes(setting):
+        backend = resolve_backend("xla").with_dropout(0.1, jax.random.key(3))
+        layer = parse_attention(setting).build(64, 4, layer_index=0, num_layers=6,
+                                               backend=backend, rngs=nnx.Rngs(0))
+        graph, state = nnx.split(layer)
+        x = jax.random.normal(jax.random.key(0), (2, 512, 64))
+
+        def loss(state, x):
+            out, _ = nnx.merge(graph, state)(x, x, x, None, rng=jax.random.key(1))
+            return jnp.sum(out ** 2)
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        return grad.lower(state, x).compile().memory_analysis().temp_size_in_bytes
+
+    exact, enact = temp_bytes("exact"), temp_bytes("enact:sigma=3")
+    assert enact < exact, (enact, exact)
