@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     from detr_jax.checkpoint import save_model
     from detr_jax.data.augment import AugmentConfig
     from detr_jax.data.coco import CocoSource
-    from detr_jax.training.data import TrainLoader
+    from detr_jax.training.grain_data import make_train_loader
     from detr_jax.training.mtkd import MTKDConfig, mtkd_loss_fn
     from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
     from detr_jax.compile_cache import enable_compilation_cache
@@ -144,12 +144,16 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     augment = AugmentConfig.from_data_config(cfg.data)
-    loader = TrainLoader(source, global_batch=cfg.train.global_batch, seed=cfg.train.seed,
-                         augment=augment, granularity=cfg.data.granularity,
-                         max_targets=cfg.train.max_targets, process_index=jax.process_index(),
-                         process_count=jax.process_count(), num_workers=cfg.train.num_workers,
-                         prefetch=cfg.train.prefetch, workers=cfg.train.get("workers", "process"),
-                         pad_to=tuple(cfg.train.get("pad_to", ())) or None)
+    # data.pipeline: "grain" (the default when installed), "threads" or "auto"
+    loader = make_train_loader(source, pipeline=cfg.data.get("pipeline", "auto"),
+                               global_batch=cfg.train.global_batch, seed=cfg.train.seed,
+                               augment=augment, granularity=cfg.data.granularity,
+                               max_targets=cfg.train.max_targets,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count(),
+                               num_workers=cfg.train.num_workers, prefetch=cfg.train.prefetch,
+                               workers=cfg.train.get("workers", "process"),
+                               pad_to=tuple(cfg.train.get("pad_to", ())) or None)
     steps_per_epoch = loader.steps_per_epoch()
     num_steps = cfg.train.num_steps or cfg.train.epochs * steps_per_epoch
     model = build_model_from_config(cfg)
@@ -161,7 +165,8 @@ def main(argv=None) -> int:
     if mtkd is not None:
         print(f"MTKD: exact branch + {mtkd.act} branch, box distillation weight {mtkd.kd_weight}")
     print(f"training {num_steps} steps ({steps_per_epoch} per epoch) on {jax.device_count()} "
-          f"devices in {jax.process_count()} processes, global batch {cfg.train.global_batch}")
+          f"devices in {jax.process_count()} processes, global batch {cfg.train.global_batch}, "
+          f"{loader.pipeline} input pipeline")
     try:
         summary = train(trainer, loader, workdir=args.workdir, num_steps=num_steps,
                         eval_fn=make_eval_fn(cfg, ("exact",) + ((mtkd.act,) if mtkd else ())),

@@ -105,6 +105,20 @@ class TrainLoader:
         self.pad_to = tuple(pad_to) if pad_to else None
         self.process_count = process_count
         self._sizes = None
+        self._next_step = None  # after the last batch yielded by iterate
+        self._restored = None  # a state from set_state, used by the next iterate
+
+    pipeline = "threads"
+
+    def get_state(self) -> dict:
+        """JSON-able position after the batches consumed so far (saved in checkpoints)."""
+        return {"pipeline": self.pipeline, "next_step": self._next_step}
+
+    def set_state(self, state: dict | None) -> None:
+        """Continue from ``state`` (a :meth:`get_state` of a checkpoint) at the next
+        :meth:`iterate`; the order is a function of the step, so this loader needs only
+        the step."""
+        self._restored = state
 
     def steps_per_epoch(self) -> int:
         return len(self.source) // self.global_batch
@@ -189,6 +203,7 @@ class TrainLoader:
 
     def iterate(self, start_step: int, num_steps: int):
         """Yield batches for steps [start_step, num_steps) with a bounded prefetch queue."""
+        self._restored = None
         buffer: queue.Queue = queue.Queue(self.prefetch)
         stop = threading.Event()
         pool, submit = self._executor()
@@ -223,6 +238,7 @@ class TrainLoader:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                self._next_step = item["step"] + 1
                 yield item
         finally:
             stop.set()

@@ -285,8 +285,9 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
     is saved and the loop stops cleanly (a second Ctrl-C aborts at once). On resume
     "resumed from step N" is printed and ``metrics.jsonl`` is cut back to step N; if every
     checkpoint is damaged the run stops (``NoUsableCheckpoint``) unless
-    ``cfg.start_over``. Metrics go to the console (progress bar), ``workdir/metrics.jsonl``
-    and TensorBoard event files in ``workdir/tensorboard``; ``progress=None`` prints log
+    ``cfg.start_over``. The loader's ``get_state()`` (if it has one) is saved with every
+    checkpoint and handed back to its ``set_state()`` on resume. Metrics go to the console
+    (progress bar), ``workdir/metrics.jsonl`` and TensorBoard event files in ``workdir/tensorboard``; ``progress=None`` prints log
     lines instead of a progress bar (for logs of batch jobs). A non-finite loss raises
     NonFiniteLoss naming the step and image ids.
     """
@@ -317,6 +318,8 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
         raise
     if item is not None:
         trainer.load_item(item)
+        if hasattr(loader, "set_state"):  # None for checkpoints without a data item
+            loader.set_state(checkpoints.data_state)
         if is_main:
             print(f"resumed from step {start} ({checkpoints.directory})", flush=True)
     start = start or 0
@@ -360,7 +363,8 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
                 f"non-finite loss, parameters or optimizer state at step {done} (no checkpoint "
                 f"written; the last one is step {previous[-1] if previous else 'none'}); image "
                 f"ids of this process's batch: {list(map(int, image_ids))}")
-        checkpoints.save(done, trainer.checkpoint_item(), force=force)
+        checkpoints.save(done, trainer.checkpoint_item(), force=force,
+                         data=loader.get_state() if hasattr(loader, "get_state") else None)
 
     def record(done_step, images, values, epoch):
         nonlocal last, window_start, window_images
