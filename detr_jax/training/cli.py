@@ -144,10 +144,12 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     augment = AugmentConfig.from_data_config(cfg.data)
+    from detr_jax.training.defaults import resolve_global_batch, training_granularity
+    resolve_global_batch(cfg.train, jax.device_count())
     # data.pipeline: "grain" (the default when installed), "threads" or "auto"
     loader = make_train_loader(source, pipeline=cfg.data.get("pipeline", "auto"),
                                global_batch=cfg.train.global_batch, seed=cfg.train.seed,
-                               augment=augment, granularity=cfg.data.granularity,
+                               augment=augment, granularity=training_granularity(cfg),
                                max_targets=cfg.train.max_targets,
                                process_index=jax.process_index(),
                                process_count=jax.process_count(),
