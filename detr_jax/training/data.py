@@ -179,11 +179,6 @@ class TrainLoader:
         out["step"], out["epoch"] = step, epoch
         return out
 
-    def collated(self, step: int, examples: list[dict]) -> dict:
-        """The batch of ``step`` from its examples (this process's rows, in order)."""
-        epoch, _, expected, shape = self.plan(step)
-        return self._collate(step, epoch, examples, expected, shape)
-
     def batch(self, step: int) -> dict:
         """The batch of ``step``, computed in this thread."""
         epoch, local, expected, shape = self.plan(step)
