@@ -9,6 +9,15 @@ detector's default loss); AdamW lr 1e-4, backbone 1e-5, weight decay 1e-4, gradi
 clipping 0.1, 50 epochs with the drop (x0.1) at 40, dropout 0; global batch 8 (the
 official 8 GPUs x 1 image); DETR's augmentation; stem and layer1 frozen. The encoder is
 RCDA, where only exact attention applies.
+
+Training batches are padded to multiples of 128 pixels (``train.granularity``; evaluation
+keeps ``data.granularity``), so the step compiles for at most 70 padded shapes (heights
+and widths 128..1408) whatever the images (32 to 1333 pixels a side); the count:
+
+    python -m detr_jax.data.buckets --training --config configs/anchor_detr_r50_dc5.py
+
+The global batch is ``train.per_device_batch`` x the device count (8 on 8 devices), resolved
+at start-up; ``--config.train.per_device_batch=0`` uses ``train.global_batch`` instead.
 """
 
 import ml_collections
@@ -31,6 +40,7 @@ def get_config():
         scales=tuple(range(480, 801, 32)), crop_resize_scales=(400, 500, 600),
         crop_min=384, crop_max=600)
     cfg.train = train_config(
+        per_device_batch=1, granularity=128,
         global_batch=8, epochs=50, lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4,
         clip_norm=0.1, lr_drop_epochs=(40,), max_targets=100, checkpoint_every=2000)
     cfg.loss = focal_loss_config()

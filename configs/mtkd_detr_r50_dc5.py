@@ -11,6 +11,15 @@ augmentation (flip, multi-scale, random crop); global batch 8 (one image per GPU
 was trained; on more hosts raise it with the learning rate in mind). The loss is the
 recipe that distilled measurably on the demo model (``configs/mtkd_demo.py``); see the
 comment at ``cfg.mtkd`` for the paper's literal form.
+
+Training batches are padded to multiples of 128 pixels (``train.granularity``; evaluation
+keeps ``data.granularity``), so the step compiles for at most 70 padded shapes (heights
+and widths 128..1408) whatever the images (32 to 1333 pixels a side); the count:
+
+    python -m detr_jax.data.buckets --training --config configs/mtkd_detr_r50_dc5.py
+
+The global batch is ``train.per_device_batch`` x the device count (8 on 8 devices), resolved
+at start-up; ``--config.train.per_device_batch=0`` uses ``train.global_batch`` instead.
 """
 
 import ml_collections
@@ -32,6 +41,7 @@ def get_config():
         scales=tuple(range(480, 801, 32)), crop_resize_scales=(400, 500, 600),
         crop_min=384, crop_max=600)
     cfg.train = train_config(
+        per_device_batch=1, granularity=128,
         global_batch=8, epochs=7, lr=1e-5, lr_backbone=1e-5, lr_drop_epochs=(5,),
         init_checkpoint="models/detr-r50-dc5", max_targets=100, checkpoint_every=2000,
         eval_every=0)

@@ -157,7 +157,8 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
     local = {"pixel_values": pixels, "padding_mask": mask,
              "labels": rng.integers(1, model.config["num_classes"], (batch, train_cfg.max_targets)).astype(np.int32),
              "boxes": np.concatenate([centres, sizes], -1).astype(np.float32),
-             "valid": np.arange(train_cfg.max_targets)[None].repeat(batch, 0) < args.boxes}
+             "valid": np.arange(train_cfg.max_targets)[None].repeat(batch, 0) < args.boxes,
+             "padded_shape": pixels.shape[1:3]}  # every process pads alike
     global_batch = trainer.global_batch(local)
     start = time.perf_counter()
     step = trainer._step.lower(trainer.state, trainer.rest, global_batch).compile()

@@ -58,25 +58,70 @@ def crop(image: Image.Image, boxes: np.ndarray, labels: np.ndarray, top, left, h
     return image, shifted.reshape(-1, 4)[keep], labels[keep]
 
 
+def _crop_window(rng, height: int, width: int, min_size: int, max_size: int):
+    """(top, left, h, w) of a random crop of ``min_size``..``max_size`` pixels per side
+    (a side no larger than ``min_size`` is kept whole); the draws of ``random_size_crop``."""
+    w = int(rng.integers(min_size, min(width, max_size) + 1)) if width > min_size else width
+    h = int(rng.integers(min_size, min(height, max_size) + 1)) if height > min_size else height
+    top = int(rng.integers(0, height - h + 1))
+    left = int(rng.integers(0, width - w + 1))
+    return top, left, h, w
+
+
 def random_size_crop(rng, image, boxes, labels, min_size, max_size):
-    w = int(rng.integers(min_size, min(image.width, max_size) + 1)) if image.width > min_size else image.width
-    h = int(rng.integers(min_size, min(image.height, max_size) + 1)) if image.height > min_size else image.height
-    top = int(rng.integers(0, image.height - h + 1))
-    left = int(rng.integers(0, image.width - w + 1))
+    top, left, h, w = _crop_window(rng, image.height, image.width, min_size, max_size)
     return crop(image, boxes, labels, top, left, h, w)
+
+
+def augmentation_plan(rng: np.random.Generator, height: int, width: int,
+                      cfg: AugmentConfig = AugmentConfig()) -> list[tuple]:
+    """The operations ``train_transform`` applies to an (height, width) image, drawing
+    from ``rng`` in its order: ("flip",), ("resize", size, max_size) and ("crop", top,
+    left, h, w). The draws depend on the image's size only, never on its pixels."""
+    plan = []
+    if cfg.flip and rng.random() < 0.5:
+        plan.append(("flip",))
+    if rng.random() < 0.5:
+        plan.append(("resize", int(rng.choice(cfg.scales)), cfg.max_size))
+        return plan
+    size = int(rng.choice(cfg.crop_resize_scales))
+    plan.append(("resize", size, None))
+    height, width = resized_size(height, width, size, None)
+    plan.append(("crop", *_crop_window(rng, height, width, cfg.crop_min, cfg.crop_max)))
+    plan.append(("resize", int(rng.choice(cfg.scales)), cfg.max_size))
+    return plan
+
+
+def planned_size(plan: list[tuple], height: int, width: int) -> tuple[int, int]:
+    """(height, width) of an image of (height, width) after the operations of ``plan``."""
+    for op in plan:
+        if op[0] == "resize":
+            height, width = resized_size(height, width, op[1], op[2])
+        elif op[0] == "crop":
+            height, width = op[3], op[4]
+    return height, width
+
+
+def augmented_size(rng: np.random.Generator, height: int, width: int,
+                   cfg: AugmentConfig = AugmentConfig()) -> tuple[int, int]:
+    """(h, w) of ``train_transform(rng, image of (height, width), ...)``'s image, without
+    pixels: the same plan from the same draws, so every process can compute every image's
+    training size (and a global batch's padded shape) from the image sizes alone."""
+    return planned_size(augmentation_plan(rng, height, width, cfg), height, width)
 
 
 def train_transform(rng: np.random.Generator, image: Image.Image, boxes: np.ndarray,
                     labels: np.ndarray, cfg: AugmentConfig = AugmentConfig()):
-    """(PIL image, (N, 4) xyxy boxes, (N,) labels) -> augmented (image, boxes, labels)."""
+    """(PIL image, (N, 4) xyxy boxes, (N,) labels) -> augmented (image, boxes, labels).
+
+    Applies :func:`augmentation_plan` (whose size is :func:`augmented_size`)."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     labels = np.asarray(labels, np.int32)
-    if cfg.flip and rng.random() < 0.5:
-        image, boxes = hflip(image, boxes)
-    if rng.random() < 0.5:
-        image, boxes = resize(image, boxes, int(rng.choice(cfg.scales)), cfg.max_size)
-    else:
-        image, boxes = resize(image, boxes, int(rng.choice(cfg.crop_resize_scales)), None)
-        image, boxes, labels = random_size_crop(rng, image, boxes, labels, cfg.crop_min, cfg.crop_max)
-        image, boxes = resize(image, boxes, int(rng.choice(cfg.scales)), cfg.max_size)
+    for op in augmentation_plan(rng, image.height, image.width, cfg):
+        if op[0] == "flip":
+            image, boxes = hflip(image, boxes)
+        elif op[0] == "resize":
+            image, boxes = resize(image, boxes, op[1], op[2])
+        else:
+            image, boxes, labels = crop(image, boxes, labels, *op[1:])
     return image, boxes, labels

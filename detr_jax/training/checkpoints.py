@@ -23,6 +23,7 @@ from detr_jax import paths
 log = logging.getLogger(__name__)
 
 ITEM = "default"
+DATA_ITEM = "data"
 METADATA_FILE = "_CHECKPOINT_METADATA"
 
 
@@ -57,15 +58,21 @@ class TrainCheckpoints:
             paths.as_path(self.directory) if paths.is_remote(self.directory) else self.directory,
             options=ocp.CheckpointManagerOptions(save_interval_steps=max(1, save_every),
                                                  max_to_keep=keep,
-                                                 enable_async_checkpointing=async_save))
+                                                 enable_async_checkpointing=async_save),
+            item_names=(ITEM, DATA_ITEM))
+        self.data_state = None  # the restored step's data item, if it has one
 
     def should_save(self, step: int) -> bool:
         """Whether :meth:`save` at ``step`` (without ``force``) would write a checkpoint."""
         return self.manager.should_save(step)
 
-    def save(self, step: int, item, *, force: bool = False) -> bool:
-        """Save ``item`` at ``step`` if the interval says so (or ``force``); non-blocking."""
-        return self.manager.save(step, args=ocp.args.StandardSave(item), force=force)
+    def save(self, step: int, item, *, force: bool = False, data: dict | None = None) -> bool:
+        """Save ``item`` (and the JSON-able ``data``, the input pipeline's state) at
+        ``step`` if the interval says so (or ``force``); non-blocking."""
+        args = {ITEM: ocp.args.StandardSave(item)}
+        if data is not None:
+            args[DATA_ITEM] = ocp.args.JsonSave(data)
+        return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
 
     def wait(self):
         self.manager.wait_until_finished()
@@ -115,8 +122,12 @@ class TrainCheckpoints:
                 bad.append(step)
                 continue
             try:
+                args = {ITEM: ocp.args.StandardRestore(abstract_item)}
+                if paths.isdir(paths.join(self.directory, str(step), DATA_ITEM)):
+                    args[DATA_ITEM] = ocp.args.JsonRestore()
                 with _quiet_orbax():
-                    item = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_item))
+                    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+                item, self.data_state = restored[ITEM], restored.get(DATA_ITEM)
             except Exception as err:  # damaged files surface as many error types
                 moved = self.set_aside(step, "unreadable")
                 log.warning("checkpoint at step %d cannot be restored (%s); falling back to the "

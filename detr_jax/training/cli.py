@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     from detr_jax.checkpoint import save_model
     from detr_jax.data.augment import AugmentConfig
     from detr_jax.data.coco import CocoSource
-    from detr_jax.training.data import TrainLoader
+    from detr_jax.training.grain_data import make_train_loader
     from detr_jax.training.mtkd import MTKDConfig, mtkd_loss_fn
     from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
     from detr_jax.compile_cache import enable_compilation_cache
@@ -144,12 +144,18 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     augment = AugmentConfig.from_data_config(cfg.data)
-    loader = TrainLoader(source, global_batch=cfg.train.global_batch, seed=cfg.train.seed,
-                         augment=augment, granularity=cfg.data.granularity,
-                         max_targets=cfg.train.max_targets, process_index=jax.process_index(),
-                         process_count=jax.process_count(), num_workers=cfg.train.num_workers,
-                         prefetch=cfg.train.prefetch, workers=cfg.train.get("workers", "process"),
-                         pad_to=tuple(cfg.train.get("pad_to", ())) or None)
+    from detr_jax.training.defaults import resolve_global_batch, training_granularity
+    resolve_global_batch(cfg.train, jax.device_count())
+    # data.pipeline: "grain" (the default when installed), "threads" or "auto"
+    loader = make_train_loader(source, pipeline=cfg.data.get("pipeline", "auto"),
+                               global_batch=cfg.train.global_batch, seed=cfg.train.seed,
+                               augment=augment, granularity=training_granularity(cfg),
+                               max_targets=cfg.train.max_targets,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count(),
+                               num_workers=cfg.train.num_workers, prefetch=cfg.train.prefetch,
+                               workers=cfg.train.get("workers", "process"),
+                               pad_to=tuple(cfg.train.get("pad_to", ())) or None)
     steps_per_epoch = loader.steps_per_epoch()
     num_steps = cfg.train.num_steps or cfg.train.epochs * steps_per_epoch
     model = build_model_from_config(cfg)
@@ -161,7 +167,8 @@ def main(argv=None) -> int:
     if mtkd is not None:
         print(f"MTKD: exact branch + {mtkd.act} branch, box distillation weight {mtkd.kd_weight}")
     print(f"training {num_steps} steps ({steps_per_epoch} per epoch) on {jax.device_count()} "
-          f"devices in {jax.process_count()} processes, global batch {cfg.train.global_batch}")
+          f"devices in {jax.process_count()} processes, global batch {cfg.train.global_batch}, "
+          f"{loader.pipeline} input pipeline")
     # periodic evaluation runs the model as it trains (exact, ENACT, ...), plus MTKD's student
     own_attention = model.config.get("encoder_attention") or "exact"
     try:

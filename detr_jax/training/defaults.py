@@ -6,6 +6,8 @@ import ml_collections
 
 TRAIN_DEFAULTS = dict(
     seed=0, global_batch=8, epochs=300, num_steps=0,  # num_steps > 0 overrides epochs
+    per_device_batch=0,  # > 0: global_batch = per_device_batch x device count (at start-up)
+    granularity=0,  # > 0: training batches padded to multiples of it (else data.granularity)
     lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4, clip_norm=0.1, lr_drop_epochs=(200,),
     frozen=("backbone.conv1", "backbone.layer1"),  # and every BatchNorm (always frozen)
     max_targets=100, matcher="optax",  # "optax" (on device) or "scipy" (host callback)
@@ -26,6 +28,20 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
     if unknown:
         raise ValueError(f"unknown train config fields {sorted(unknown)}")
     return ml_collections.ConfigDict(dict(TRAIN_DEFAULTS, **overrides))
+
+
+def resolve_global_batch(train_cfg, device_count: int) -> int:
+    """``train.global_batch``, set from ``train.per_device_batch`` x ``device_count`` when
+    that is given (so one config fits any number of devices and hosts)."""
+    if train_cfg.get("per_device_batch", 0):
+        train_cfg.global_batch = int(train_cfg.per_device_batch) * int(device_count)
+    return int(train_cfg.global_batch)
+
+
+def training_granularity(cfg) -> int | None:
+    """Padding granularity of training batches: ``train.granularity``, else
+    ``data.granularity`` (which evaluation uses); None pads to each batch's maximum."""
+    return int(cfg.train.get("granularity", 0) or cfg.data.get("granularity", 0)) or None
 
 
 def loss_config(**overrides) -> ml_collections.ConfigDict:

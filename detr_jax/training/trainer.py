@@ -25,7 +25,6 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from detr_jax.data.collate import extend_padding
 from detr_jax.sharding import replicate
 from detr_jax import paths
 from detr_jax.data.normalize import normalize
@@ -133,15 +132,22 @@ class Trainer:
     def global_batch(self, local: dict) -> dict:
         """Host-local numpy batch -> global arrays sharded over the data axis.
 
-        Every process pads its images to its own maximum; with several processes the
-        padded shape is agreed first (the largest of all), so the global batch is one
-        consistent array, as if one process had collated all of it.
+        The processes do not talk here: each one's rows must already have the padded
+        shape of the whole global batch, ``local["padded_shape"]``, which every process
+        computes alone from the image sizes (:meth:`TrainLoader.plan
+        <detr_jax.training.data.TrainLoader.plan>`). With several processes a batch
+        without it, or whose pixels have another shape, is refused.
         """
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            shapes = np.asarray(multihost_utils.process_allgather(
-                np.array(local["pixel_values"].shape[1:3], np.int32)))
-            local = extend_padding(local, tuple(int(v) for v in shapes.reshape(-1, 2).max(0)))
+        shape = tuple(int(v) for v in local["pixel_values"].shape[1:3])
+        agreed = local.get("padded_shape")
+        if agreed is None and jax.process_count() > 1:
+            raise ValueError("with several processes a batch must carry the padded_shape of "
+                             "the whole global batch (computed alike by every process, as "
+                             "TrainLoader does); this one has none")
+        if agreed is not None and tuple(int(v) for v in agreed) != shape:
+            raise ValueError(f"process {jax.process_index()}: batch of step "
+                             f"{local.get('step')} is padded to {shape}, not to the global "
+                             f"batch's agreed {tuple(agreed)}")
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local[k]))
                 for k in BATCH_KEYS}
 
@@ -279,8 +285,9 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
     is saved and the loop stops cleanly (a second Ctrl-C aborts at once). On resume
     "resumed from step N" is printed and ``metrics.jsonl`` is cut back to step N; if every
     checkpoint is damaged the run stops (``NoUsableCheckpoint``) unless
-    ``cfg.start_over``. Metrics go to the console (progress bar), ``workdir/metrics.jsonl``
-    and TensorBoard event files in ``workdir/tensorboard``; ``progress=None`` prints log
+    ``cfg.start_over``. The loader's ``get_state()`` (if it has one) is saved with every
+    checkpoint and handed back to its ``set_state()`` on resume. Metrics go to the console
+    (progress bar), ``workdir/metrics.jsonl`` and TensorBoard event files in ``workdir/tensorboard``; ``progress=None`` prints log
     lines instead of a progress bar (for logs of batch jobs). A non-finite loss raises
     NonFiniteLoss naming the step and image ids.
     """
@@ -311,6 +318,8 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
         raise
     if item is not None:
         trainer.load_item(item)
+        if hasattr(loader, "set_state"):  # None for checkpoints without a data item
+            loader.set_state(checkpoints.data_state)
         if is_main:
             print(f"resumed from step {start} ({checkpoints.directory})", flush=True)
     start = start or 0
@@ -354,7 +363,8 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
                 f"non-finite loss, parameters or optimizer state at step {done} (no checkpoint "
                 f"written; the last one is step {previous[-1] if previous else 'none'}); image "
                 f"ids of this process's batch: {list(map(int, image_ids))}")
-        checkpoints.save(done, trainer.checkpoint_item(), force=force)
+        checkpoints.save(done, trainer.checkpoint_item(), force=force,
+                         data=loader.get_state() if hasattr(loader, "get_state") else None)
 
     def record(done_step, images, values, epoch):
         nonlocal last, window_start, window_images
@@ -414,7 +424,9 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
                              " ".join(f"{k} {v:.4f}" for k, v in results.items()))
             if jax.process_count() == 1:
                 stop = signals.requested is not None
-            else:  # every process must take part in the same all-gathers
+            else:  # every process must take part in the same all-gathers: the only
+                # communication of the loop besides the step's own collectives, once every
+                # train.preemption_check_every steps
                 stop = ((step + 1) % max(1, cfg.preemption_check_every) == 0
                         and _any_process(signals.requested is not None))
             if stop:

@@ -1,7 +1,8 @@
 import numpy as np
 from PIL import Image
 
-from detr_jax.data.augment import AugmentConfig, crop, hflip, resize, train_transform
+from detr_jax.data.augment import (AugmentConfig, augmentation_plan, augmented_size, crop, hflip,
+                                   resize, train_transform)
 
 
 def test_hflip_mirrors_boxes():
@@ -38,3 +39,28 @@ def test_deterministic_given_seed_and_boxes_stay_inside():
         assert min(im.size) in (224, 256) or max(im.size) <= 400
         assert (b[:, 0] >= 0).all() and (b[:, 2] <= im.width + 1e-3).all() and (b[:, 3] <= im.height + 1e-3).all()
         assert len(b) == len(l)
+
+
+def test_augmented_size_is_the_augmented_images_size():
+    """The size-only replay makes the transform's draws: over many seeds, image sizes
+    (small ones that skip the crop's draws, large, extreme aspect ratios) and configs
+    (with and without flips, COCO's and a tiny one) it gives the image's size, and the
+    generator ends in the same state."""
+    configs = [AugmentConfig(), AugmentConfig(flip=False),
+               AugmentConfig(scales=(64, 80, 96), max_size=128, crop_resize_scales=(64, 80),
+                             crop_min=48, crop_max=80)]
+    sizes = [(480, 640), (640, 480), (375, 500), (40, 900), (900, 40), (333, 333), (60, 50),
+             (1, 1), (384, 384), (427, 640)]
+    crops = 0
+    for k, cfg in enumerate(configs):
+        for height, width in sizes:
+            image = Image.new("RGB", (width, height))
+            for seed in range(25):
+                a, b = np.random.default_rng([seed, k]), np.random.default_rng([seed, k])
+                out, _, _ = train_transform(a, image, np.zeros((0, 4)), np.zeros((0,)), cfg)
+                plan = augmentation_plan(np.random.default_rng([seed, k]), height, width, cfg)
+                crops += any(op[0] == "crop" for op in plan)
+                assert augmented_size(b, height, width, cfg) == (out.height, out.width), (
+                    cfg, height, width, seed)
+                assert a.random() == b.random()  # the same number of draws
+    assert crops > 200  # the crop branch was exercised

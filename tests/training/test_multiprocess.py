@@ -1,5 +1,7 @@
 """Two CPU processes (jax.distributed on localhost, gloo collectives) train like one process
-with the same global batch: the parameters after a few steps agree."""
+with the same global batch: the parameters after a few steps agree, and the processes
+exchange nothing on the host per step (the padded shape of every global batch is computed
+alike by each; only the stop flag is gathered, every train.preemption_check_every steps)."""
 
 import os
 import subprocess
@@ -16,8 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 pytestmark = skip_unless_multihost
 
 
-def train_cmd(synthetic_root, workdir, *extra):
-    return [sys.executable, "train.py", "--config", "configs/tiny_train.py", "--workdir", str(workdir),
+def train_cmd(synthetic_root, workdir, *extra, script="train.py"):
+    return [sys.executable, script, "--config", "configs/tiny_train.py", "--workdir", str(workdir),
             f"--config.data.train_annotations={synthetic_root}/annotations/instances_train.json",
             f"--config.data.train_images={synthetic_root}/train", "--config.train.num_steps=3",
             "--no-progress", *extra]
@@ -34,12 +36,16 @@ def test_two_processes_match_one(synthetic_root, tmp_path):
     port = free_port()
     multi = tmp_path / "two"
     procs = [subprocess.Popen(train_cmd(synthetic_root, multi, "--coordinator", f"localhost:{port}",
-                                        "--num-processes", "2", "--process-id", str(p)),
+                                        "--num-processes", "2", "--process-id", str(p),
+                                        "--config.train.preemption_check_every=2",
+                                        script="tests/train_counting_gathers.py"),
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for p in range(2)]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs
     assert "in 2 processes" in logs[0]
+    # 3 steps, the stop flag gathered after step 2 only: no all-gather per step
+    assert all("training all-gathers: 1\n" in log for log in logs), logs
     # the single process holds the same two devices, so both runs split the global batch
     # the same way and only the transport of the collectives differs (gloo vs in-process)
     one_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
