@@ -33,6 +33,7 @@ def get_config():
     cfg.model = conditional_detr_config()
     cfg.data = data_config(
         size=800, max_size=1333, granularity=0,
+        train_tfds_dir="", train_tfds_split="train",  # set: TFDS coco/2017 here, not the files below
         coco_dir="data/coco", train_annotations="data/coco/annotations/instances_train2017.json",
         train_images="data/coco/train2017",
         val_annotations="data/coco/annotations/instances_val2017.json",

@@ -37,6 +37,7 @@ def get_config():
         pre_norm=True)
     cfg.data = ml_collections.ConfigDict(dict(
         root="data/synthetic",
+        train_tfds_dir="", train_tfds_split="train",  # set: TFDS coco/2017 here, not the files below
         train_annotations="data/synthetic/annotations/instances_train.json",
         train_images="data/synthetic/train",
         val_annotations="data/synthetic/annotations/instances_val.json",

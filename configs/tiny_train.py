@@ -11,6 +11,7 @@ def get_config():
     cfg = ml_collections.ConfigDict()
     cfg.model = tiny_model_config(num_classes=9, backbone=dict(dilation=True))
     cfg.data = ml_collections.ConfigDict(dict(
+        train_tfds_dir="", train_tfds_split="train",  # set: TFDS coco/2017 here, not the files below
         train_annotations="data/synthetic/annotations/instances_train.json",
         train_images="data/synthetic/train",
         val_annotations="data/synthetic/annotations/instances_val.json",

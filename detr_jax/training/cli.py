@@ -68,6 +68,19 @@ def _with_matmul_precision(model, cfg):
     return with_config(model, matmul_precision=wanted)
 
 
+def training_source(data):
+    """The training split of a config's ``data`` section: TFDS ``coco/2017`` (array_record,
+    ``tfds.data_source``; local or bucket directory) when ``train_tfds_dir`` is set, else the
+    COCO annotation file and image directory (``train_annotations``, ``train_images``)."""
+    tfds_dir = data.get("train_tfds_dir", "")
+    if tfds_dir:
+        from detr_jax.data.tfds_source import TfdsCocoSource
+        return TfdsCocoSource(tfds_dir, name=data.get("tfds_name", "coco/2017"),
+                              split=data.get("train_tfds_split", "train"))
+    from detr_jax.data.coco import CocoSource
+    return CocoSource(data.train_annotations, data.train_images)
+
+
 def make_eval_fn(cfg, settings=("exact",)):
     """``eval_fn(model, step) -> metrics`` for periodic evaluation on the config's
     validation split under the attention ``settings`` (the model's own; with MTKD also the student),
@@ -129,7 +142,6 @@ def main(argv=None) -> int:
     from detr_jax import paths
     from detr_jax.checkpoint import save_model
     from detr_jax.data.augment import AugmentConfig
-    from detr_jax.data.coco import CocoSource
     from detr_jax.training.grain_data import make_train_loader
     from detr_jax.training.mtkd import MTKDConfig, mtkd_loss_fn
     from detr_jax.training.trainer import NonFiniteLoss, Trainer, train
@@ -139,7 +151,7 @@ def main(argv=None) -> int:
 
     enable_compilation_cache(cfg.train.get("compilation_cache"))
     try:
-        source = CocoSource(cfg.data.train_annotations, cfg.data.train_images)
+        source = training_source(cfg.data)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
