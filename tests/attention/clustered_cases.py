@@ -66,3 +66,21 @@ def exact_attention(q, k, v, mask=None):
 
 def key(seed=0):
     return jax.random.key(seed)
+
+
+def gradient_scratch_bytes(setting, backend, tokens=512, d_model=64, heads=4) -> int:
+    """Scratch (XLA temp) bytes of the jitted gradient of one encoder-attention layer of
+    ``setting`` on a (2, tokens, d_model) input with ``backend``: its training memory."""
+    from detr_jax.attention.registry import parse_attention
+
+    layer = parse_attention(setting).build(d_model, heads, layer_index=0, num_layers=6,
+                                           backend=backend, rngs=nnx.Rngs(0))
+    graph, state = nnx.split(layer)
+    x = jax.random.normal(jax.random.key(0), (2, tokens, d_model))
+
+    def loss(state, x):
+        out, _ = nnx.merge(graph, state)(x, x, x, None, rng=jax.random.key(1))
+        return jnp.sum(out ** 2)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return grad.lower(state, x).compile().memory_analysis().temp_size_in_bytes

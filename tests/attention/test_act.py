@@ -188,20 +188,9 @@ def test_training_memory_on_the_xla_path_stays_at_exact_attention_level():
     """Differentiating the capacity switch keeps every branch's residuals unless the
     branches are rematerialized; ACT's gradient then needs no more scratch than exact's."""
     from detr_jax.attention.backend import resolve_backend
+    from tests.attention.clustered_cases import gradient_scratch_bytes
 
-    def temp_bytes(setting):
-        layer = parse_attention(setting).build(64, 4, layer_index=0, num_layers=6,
-                                               backend=resolve_backend("xla"), rngs=nnx.Rngs(0))
-        graph, state = nnx.split(layer)
-        x = jax.random.normal(jax.random.key(0), (2, 512, 64))
-
-        def loss(state, x):
-            out, _ = nnx.merge(graph, state)(x, x, x, None, rng=jax.random.key(1))
-            return jnp.sum(out ** 2)
-
-        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        return grad.lower(state, x).compile().memory_analysis().temp_size_in_bytes
-
+    temp_bytes = lambda setting: gradient_scratch_bytes(setting, resolve_backend("xla"))
     exact, act = temp_bytes("exact"), temp_bytes("act:L=32,r=4")
     probabilities = 2 * 4 * 512 * 512 * 4  # one (B, H, N, N) fp32 array
     assert exact >= probabilities

@@ -230,21 +230,9 @@ def test_training_memory_with_attention_dropout_stays_below_exact_attention():
     blocked attention (dropout redrawn per tile), not a capacity switch whose branches each
     keep their temporaries: its gradient needs less scratch than exact attention's."""
     from detr_jax.attention.backend import resolve_backend
-    from detr_jax.attention.registry import parse_attention
+    from tests.attention.clustered_cases import gradient_scratch_bytes
 
-    def temp_bytes(setting):
-        backend = resolve_backend("xla").with_dropout(0.1, jax.random.key(3))
-        layer = parse_attention(setting).build(64, 4, layer_index=0, num_layers=6,
-                                               backend=backend, rngs=nnx.Rngs(0))
-        graph, state = nnx.split(layer)
-        x = jax.random.normal(jax.random.key(0), (2, 512, 64))
-
-        def loss(state, x):
-            out, _ = nnx.merge(graph, state)(x, x, x, None, rng=jax.random.key(1))
-            return jnp.sum(out ** 2)
-
-        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        return grad.lower(state, x).compile().memory_analysis().temp_size_in_bytes
-
+    backend = resolve_backend("xla").with_dropout(0.1, jax.random.key(3))
+    temp_bytes = lambda setting: gradient_scratch_bytes(setting, backend)
     exact, enact = temp_bytes("exact"), temp_bytes("enact:sigma=3")
     assert enact < exact, (enact, exact)
