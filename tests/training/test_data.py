@@ -7,21 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from detr_jax.config_cli import load_config_file
-from detr_jax.data.augment import AugmentConfig
-from detr_jax.data.coco import CocoSource
 from detr_jax.data.normalize import normalize, normalize_host
 from detr_jax.training.data import TrainLoader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def source_and_augment(synthetic_root):
-    cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
-    source = CocoSource(str(synthetic_root / "annotations" / "instances_train.json"),
-                        str(synthetic_root / "train"))
-    return source, AugmentConfig.from_data_config(cfg.data)
 
 
 def loader(source, augment, **kw):

@@ -7,22 +7,12 @@ import numpy as np
 import pytest
 
 from detr_jax.config_cli import load_config_file
-from detr_jax.data.augment import AugmentConfig
-from detr_jax.data.coco import CocoSource
 from detr_jax.training.data import TrainLoader
 from detr_jax.training.grain_data import GrainTrainLoader, make_train_loader
 
 pytest.importorskip("grain")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEYS = ("pixel_values", "padding_mask", "labels", "boxes", "valid", "image_ids")
-
-
-@pytest.fixture(scope="module")
-def source_and_augment(synthetic_root):
-    cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
-    source = CocoSource(str(synthetic_root / "annotations" / "instances_train.json"),
-                        str(synthetic_root / "train"))
-    return source, AugmentConfig.from_data_config(cfg.data)
 
 
 def make(cls, source, augment, **kw):
