@@ -18,17 +18,10 @@ from __future__ import annotations
 
 import logging
 
+from detr_jax.data.pipeline import grain_available
 from detr_jax.training.data import TrainLoader
 
 log = logging.getLogger(__name__)
-
-
-def grain_available() -> bool:
-    try:
-        import grain  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class _StepBatch:
