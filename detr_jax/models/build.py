@@ -4,6 +4,8 @@ The class comes from ``cfg.detector`` through :mod:`detr_jax.models.registry`.""
 
 from __future__ import annotations
 
+import json
+
 import jax
 from flax import nnx
 
@@ -18,8 +20,41 @@ def build_model(cfg, *, encoder_attention=None, seed: int = 0, abstract: bool = 
     checkpoint."""
     cls = detector_class(detector_name(cfg))
     config_matmul_precision(cfg)  # a clear error for a bad value, before building
-    make = lambda: cls(cfg, encoder_attention=encoder_attention, rngs=nnx.Rngs(seed))
-    return nnx.eval_shape(make) if abstract else make()
+    if abstract:
+        graphdef, state = _abstract_split(cls, cfg, encoder_attention, seed)
+        # a fresh copy of the Variables: the caller may set values into the shell
+        return nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
+    return cls(cfg, encoder_attention=encoder_attention, rngs=nnx.Rngs(seed))
+
+
+_SHELLS: dict = {}  # (class, config JSON, attention, seed) -> nnx.split of a shape-only build
+_MAX_SHELLS = 32
+
+
+def _abstract_split(cls, cfg, encoder_attention, seed: int):
+    """``nnx.split`` of a shape-only ``cls`` for ``cfg``, memoized on the config's values:
+    a shape-only build traces every initializer (seconds for a full detector), and an
+    evaluation asks for the same shell once per setting and again for FLOPs and plots."""
+    # "act:L=32", its spec and (as the config's attention) None share one shell
+    from detr_jax.attention import parse_attention
+    try:
+        encoder_attention = parse_attention(cfg.get("encoder_attention") if encoder_attention
+                                            is None else encoder_attention)
+    except (TypeError, ValueError):
+        pass  # the detector raises its own error when it builds
+    build = lambda: nnx.split(nnx.eval_shape(
+        lambda: cls(cfg, encoder_attention=encoder_attention, rngs=nnx.Rngs(seed))))
+    try:
+        key = (cls, json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
+                               sort_keys=True, default=repr), encoder_attention, seed)
+        hash(key)
+    except TypeError:  # an unhashable attention spec or config value: no memo
+        return build()
+    if key not in _SHELLS:
+        if len(_SHELLS) >= _MAX_SHELLS:
+            _SHELLS.pop(next(iter(_SHELLS)))
+        _SHELLS[key] = build()
+    return _SHELLS[key]
 
 
 def unloaded_paths(model: nnx.Module) -> list[tuple]:

@@ -88,3 +88,35 @@ def test_flops_delegate_to_the_counter():
     got = model.flops((64, 96), valid_hw=(64, 80))
     want = count_flops(model.config, (64, 96), valid_hw=(64, 80), attention="exact")
     assert got["total"] == want["total"] and got["total"] > 0
+
+
+def test_shape_only_shells_are_memoized_but_independent():
+    from flax import nnx
+    from detr_jax.attention import parse_attention
+    from detr_jax.models.build import with_encoder_attention
+    cfg = tiny_model_config()
+    first = build_model(cfg, encoder_attention="act:L=8", abstract=True)
+    # the same config as another object and the spec instead of its string: same shell
+    second = build_model(config_from_dict(cfg.to_dict()),
+                         encoder_attention=parse_attention("act:L=8"), abstract=True)
+    assert nnx.graphdef(first) == nnx.graphdef(second)
+    assert first is not second
+    path, var = nnx.to_flat_state(nnx.state(first))[0]
+    var.set_value(np.zeros(var.get_value().shape, np.float32))
+    # setting a value in one shell leaves the other (and the memo) shape-only
+    other = dict(nnx.to_flat_state(nnx.state(second)))[path].get_value()
+    assert isinstance(other, jax.ShapeDtypeStruct)
+    third = build_model(cfg, encoder_attention="act:L=8", abstract=True)
+    assert isinstance(dict(nnx.to_flat_state(nnx.state(third)))[path].get_value(),
+                      jax.ShapeDtypeStruct)
+    # another config value is another shell
+    wider = build_model(tiny_model_config(hidden_dim=64), encoder_attention="act:L=8",
+                        abstract=True)
+    shapes = lambda m: [v.get_value().shape for _, v in nnx.to_flat_state(nnx.state(m))]
+    assert shapes(wider) != shapes(second)
+    # variants built from a concrete model share its arrays and still run
+    model = build_model(cfg, seed=0)
+    variant = with_encoder_attention(model, parse_attention("act:L=8"))
+    pixels, mask = _inputs()
+    out = variant(pixels, mask, rng=jax.random.key(0))
+    assert np.isfinite(np.asarray(out["pred_logits"])).all()
