@@ -10,12 +10,16 @@
 # carry/backbone.tar when carried, else it is pretrained here. Afterwards each run's
 # exported model is timed (python -m detr_jax.benchmark, trained weights, batch 1 and 8
 # inference at batch 8, batch 32 training step at 512x512) and, for conditional, evaluated with ACT.
+# PHASE=train stops after training (the runs stay in /tmp/cmp_<run> of the warm machine);
+# PHASE=time does only what follows training, on those runs; default: both.
 # -> $OUT/compare_<first run>.tar (per run: metrics.jsonl, train.log,
 #    bench.json, act report), $OUT/backbone.tar when pretrained here
 set -uo pipefail
 budget="${1:-560}"
 source benchmarks/device/common.sh
 gpu="${GPU:-0}"
+phase="${PHASE:-all}"
+backbone="/tmp/backbone_gpu$gpu"  # one per GPU: two instances may run side by side
 epochs="${EPOCHS:-6}"
 read -r -a runs <<< "${RUNS:-detr conditional anchor}"
 workers="${WORKERS:-$(( $(nproc) / (2 * ${#runs[@]}) ))}"
@@ -30,24 +34,26 @@ export CUDA_VISIBLE_DEVICES="$gpu"
 # the runs share the GPU: each takes its part of the memory instead of JAX's default 75%
 export XLA_PYTHON_CLIENT_MEM_FRACTION="$(python3 -c "print(round(0.9 / ${#runs[@]}, 2))")"
 make_synthetic
+if [ "$phase" != time ]; then
 if [ -f carry/backbone.tar ]; then
-  rm -rf /tmp/backbone && mkdir -p /tmp/backbone && tar -C /tmp/backbone -xf carry/backbone.tar
-elif [ ! -f /tmp/backbone/config.json ]; then
+  rm -rf "$backbone" && mkdir -p "$backbone" && tar -C "$backbone" -xf carry/backbone.tar
+elif [ ! -f "$backbone/config.json" ]; then
   python3 -m detr_jax.training.backbone_pretrain --config configs/synthetic_demo.py \
-    --output /tmp/backbone "${SYN_DATA[@]}" 2>&1 | grep -v "step [0-9]*[1-9]00/" | tail -3
-  tar -C /tmp/backbone -cf "$out/backbone.tar" .
+    --output "$backbone" "${SYN_DATA[@]}" 2>&1 | grep -v "step [0-9]*[1-9]00/" | tail -3
+  tar -C "$backbone" -cf "$out/backbone.tar" .
 fi
 echo "backbone ready at $(elapsed) s; training ${runs[*]} on GPU $gpu with $workers workers each"
 recipe=(--config.train.epochs="$epochs" "--config.train.lr_drop_epochs=($(( epochs * 2 / 3 )),)"
         --config.train.eval_every=250 --config.train.checkpoint_every=100000
-        --config.train.num_workers="$workers" --config.train.init_backbone=/tmp/backbone
+        --config.train.num_workers="$workers" --config.train.init_backbone="$backbone"
         --config.train.compilation_cache=/tmp/jax_cache --no-progress)
+reserve=$([ "$phase" = train ] && echo 40 || echo 200)  # seconds kept for what follows training
 left() { echo $(( budget - $(elapsed) )); }
 pids=()
 for run in "${runs[@]}"; do
   dir="/tmp/cmp_$run"; rm -rf "$dir"; mkdir -p "$dir"
   att="${attention[$run]}"
-  timeout -s TERM "$(( $(left) - 200 ))" python3 train.py --config "${config[$run]}" --workdir "$dir" \
+  timeout -s TERM "$(( $(left) - reserve ))" python3 train.py --config "${config[$run]}" --workdir "$dir" \
     "${SYN_DATA[@]}" "${recipe[@]}" --config.model.encoder_attention="$att" \
     "--config.eval.attention=('$att',)" > "$dir/train.log" 2>&1 &
   pids+=($!)
@@ -56,6 +62,8 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}"; echo "${runs[$i]}: train.py exit $? at $(elapsed) s"
   grep -E "eval at step|error|Error" "/tmp/cmp_${runs[$i]}/train.log" | tail -8
 done
+fi
+[ "$phase" = train ] && exit 0
 for run in "${runs[@]}"; do
   dir="/tmp/cmp_$run"; att="${attention[$run]}"
   [ -d "$dir/model" ] || { echo "$run: no exported model"; continue; }
