@@ -74,7 +74,7 @@ for run in "${runs[@]}"; do
   python3 -m detr_jax.benchmark --config "${config[$run]}" --checkpoint "$dir/model" --mode infer \
     --attention "$att" --batch 8 --size 512x512 --repeats 20 --json "$dir/bench_infer.json" \
     2>&1 | grep "^| infer"
-  if [ "$run" = conditional ] && [ "$(left)" -gt 60 ]; then
+  if [ "$run" = conditional ] && [ "${ACT_EVAL:-1}" = 1 ] && [ "$(left)" -gt 60 ]; then
     python3 eval.py --checkpoint "$dir/model" --config "${config[$run]}" "${SYN_VAL[@]}" \
       --output-dir "$dir/act" --no-progress --hash-seeds 3 \
       --attention exact act:L=32 act:L=24 act:L=16 > "$dir/act.log" 2>&1
