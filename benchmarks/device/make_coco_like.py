@@ -1,6 +1,6 @@
 """Write a COCO-format set at COCO image sizes (drawn scenes, random boxes with COCO ids).
 
-    python benchmarks/device/make_coco_like.py --output /tmp/coco_like --images 60
+    python benchmarks/device/make_coco_like.py --output /tmp/coco_like --images 60 [--split train2017]
 
 Sizes cycle through 640x480 and 640x427 (landscape) and 480x640 (portrait), COCO's most
 common sizes. Used to time evaluation of converted DETR-DC5 weights where COCO is absent.
@@ -22,8 +22,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--output", required=True)
     parser.add_argument("--images", type=int, default=60)
+    parser.add_argument("--split", default="val2017", help="folder and annotation file name")
     args = parser.parse_args()
-    os.makedirs(os.path.join(args.output, "val2017"), exist_ok=True)
+    os.makedirs(os.path.join(args.output, args.split), exist_ok=True)
     os.makedirs(os.path.join(args.output, "annotations"), exist_ok=True)
     rng = np.random.default_rng(0)
     ids = sorted(COCO_CATEGORY_NAMES)
@@ -31,7 +32,7 @@ def main():
     for i in range(args.images):
         w, h = SIZES[i % len(SIZES)]
         name = f"{i + 1:012d}.jpg"
-        example_image(w, h, seed=i).save(os.path.join(args.output, "val2017", name), quality=90)
+        example_image(w, h, seed=i).save(os.path.join(args.output, args.split, name), quality=90)
         images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
         for _ in range(int(rng.integers(1, 6))):
             bw, bh = rng.uniform(20, w / 2), rng.uniform(20, h / 2)
@@ -40,7 +41,7 @@ def main():
                                 "category_id": int(rng.choice(ids)), "bbox": [x, y, bw, bh],
                                 "area": bw * bh, "iscrowd": 0})
     categories = [{"id": k, "name": v} for k, v in sorted(COCO_CATEGORY_NAMES.items())]
-    with open(os.path.join(args.output, "annotations", "instances_val2017.json"), "w") as f:
+    with open(os.path.join(args.output, "annotations", f"instances_{args.split}.json"), "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
 
 
