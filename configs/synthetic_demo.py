@@ -45,6 +45,7 @@ def get_config():
         size=320, max_size=480, granularity=128,  # evaluation: 2 padded shapes, 460-600 valid tokens
         scales=(256, 288, 320, 352, 384), crop_resize_scales=(240, 300, 360),  # training
         max_train_size=512, crop_min=192, crop_max=360,
+        pipeline="auto",  # training input: "grain", "threads" or "auto" (grain when installed)
     ))
     cfg.train = train_config(
         global_batch=32, epochs=60, lr=2e-4, lr_backbone=1e-4, lr_drop_epochs=(36,),

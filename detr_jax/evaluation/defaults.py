@@ -26,6 +26,7 @@ DATA_DEFAULTS = dict(
     size=800, max_size=1333, granularity=0,
     coco_dir="", annotations="", image_root="", split="val2017",
     tfds_data_dir="", tfds_name="coco/2017", tfds_split="validation",
+    pipeline="auto",  # training input: "grain", "threads" or "auto" (grain when installed)
 )
 
 
