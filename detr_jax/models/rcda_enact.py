@@ -114,8 +114,11 @@ class RowColumnENACT(RowColumnAttention):
             # (y, x) <- sum_m w_col[y, m] w_row[x, m] v[m]
             return jnp.einsum("bnym,bnxm,bmnd->byxnd", w_col, w_row, v.astype(w_row.dtype))
 
+        # remat: differentiating the capacity switch would keep every rung's (rows, M)
+        # softmax weights for the backward pass (more than RCDA's own); rematerialized,
+        # training keeps only the branch inputs and recomputes the chosen rung
         out, used = run_at_capacity(jnp.max(counts), ladder_capacities(n, self.spec.ladder),
-                                    branch)
+                                    branch, remat=True)
         if self.spec.variant == "released" and batch > 1:
             # the release's transpose(0, 1) + reshape of its (B, h, w, d) output
             out = jnp.swapaxes(out, 0, 1).reshape(out.shape)
