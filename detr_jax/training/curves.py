@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     for item in args.runs:
         name, sep, workdir = item.partition("=")
         if not sep:
-            name, workdir = item.rstrip("/").split("/")[-1], item
+            name, workdir = paths.basename(item), item
         try:
             runs[name] = read_curves(workdir)
         except (FileNotFoundError, ValueError) as err:
