@@ -40,9 +40,12 @@ from detr_jax.models.inference import Forward  # noqa: E402
 import forced_act  # noqa: E402
 
 
+COUNT = "#events"  # the number of device events, kept beside their durations
+
+
 def device_event_times(trace_dir: str) -> dict[str, float]:
     """Summed duration (ms) of the complete events of the trace's device processes (host
-    thunks when there is no device process), by event name."""
+    thunks when there is no device process), by event name; ``COUNT``: how many there were."""
     paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
     if not paths:
         raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
@@ -57,6 +60,7 @@ def device_event_times(trace_dir: str) -> dict[str, float]:
     for e in events:
         if e.get("ph") == "X" and e.get("pid") in pids:
             totals[e["name"]] += float(e.get("dur", 0.0)) / 1e3
+            totals[COUNT] += 1
     return dict(totals)
 
 
@@ -79,16 +83,19 @@ def hlo_op_names(hlo_text: str) -> dict[str, str]:
     return names
 
 
-def attribute(kernel: str, op_names: dict[str, str]) -> str:
-    """op_name of the instruction whose name is the longest prefix of ``kernel``."""
+def attribute(kernel: str, op_names: dict[str, str], scopes: int = 4) -> str:
+    """op_name of the instruction whose name is the longest prefix of ``kernel``: its
+    last ``scopes`` scopes (0: all of it)."""
     best = ""
     for name in op_names:
         if kernel.startswith(name) and len(name) > len(best):
             best = name
     if not best:
         return ""
+    if scopes == 0:
+        return op_names[best]
     # Drop the jit(...) prefix and nnx's module plumbing: keep the last few scopes.
-    return "/".join(op_names[best].split("/")[-4:])
+    return "/".join(op_names[best].split("/")[-scopes:])
 
 
 def fused_computation(hlo_text: str, kernel: str, max_lines: int = 60) -> str:
@@ -124,15 +131,17 @@ def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int,
     for _ in range(3):
         jax.block_until_ready(forward(pixels, mask, key))
     per_call = traced_device_times(lambda: forward(pixels, mask, key), reps)
+    events = per_call.pop(COUNT, 0.0)
     hlo = forward._run.lower(forward.state, pixels, mask, key).compile().as_text()
     op_names = hlo_op_names(hlo)
     sources = {name: attribute(name, op_names) for name in per_call}
+    full = {name: attribute(name, op_names, scopes=0) for name in per_call}
     dumps = {name: fused_computation(hlo, name) for name in dump}
     return {"attention": attention, "batch": batch, "size": f"{size[0]}x{size[1]}",
             "device": jax.devices()[0].device_kind, "reps": reps,
-            "busy_ms_per_call": sum(per_call.values()),
+            "busy_ms_per_call": sum(per_call.values()), "events_per_call": events,
             "kernels_ms_per_call": dict(sorted(per_call.items(), key=lambda kv: -kv[1])),
-            "kernel_sources": sources, "kernel_hlo": dumps}
+            "kernel_sources": sources, "kernel_op_names": full, "kernel_hlo": dumps}
 
 
 def main(argv=None) -> int:
@@ -157,7 +166,8 @@ def main(argv=None) -> int:
                             tuple(args.dump))
         results.append(r)
         print(f"\n{attention}, batch {args.batch}, {r['size']} on {r['device']}: "
-              f"{r['busy_ms_per_call']:.3f} ms of device events per call")
+              f"{r['busy_ms_per_call']:.3f} ms of device events per call "
+              f"({r['events_per_call']:.0f} events)")
         print("| ms per call | share | event | JAX operation |\n| --- | --- | --- | --- |")
         for name, ms in list(r["kernels_ms_per_call"].items())[:args.top]:
             print(f"| {ms:.4f} | {ms / r['busy_ms_per_call']:.1%} | {name[:60]} | "
