@@ -37,22 +37,61 @@ class FrozenBatchNorm(nnx.Module):
         self.running_var = Frozen(jnp.ones((num_features,), jnp.float32))
         self.eps = eps
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def affine(self) -> tuple[jax.Array, jax.Array]:
+        """(scale, shift), float32 (C,)."""
         scale = self.weight[...] * jax.lax.rsqrt(self.running_var[...] + self.eps)
-        shift = self.bias[...] - self.running_mean[...] * scale
+        return scale, self.bias[...] - self.running_mean[...] * scale
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale, shift = self.affine()
         return x * scale.astype(x.dtype) + shift.astype(x.dtype)
+
+    def after_conv(self, conv: nnx.Conv, x: jax.Array) -> jax.Array:
+        """``self(conv(x))`` as one convolution: the scale folded into the kernel's output
+        channels (in float32, before any cast to the compute dtype), the shift added as
+        a bias. XLA then fuses the bias, a residual sum and a ReLU that follow into the
+        convolution (cuDNN's fused convolution on GPUs) instead of running each as a
+        separate pass over the feature map. x: (B, H, W, C_in) -> (B, H', W', C)."""
+        scale, shift = self.affine()
+        return folded_conv(conv, x, scale, shift)
+
+
+class GroupNorm(nnx.GroupNorm):
+    """``nnx.GroupNorm`` with the backbone's norm interface (:meth:`after_conv`)."""
+
+    def after_conv(self, conv: nnx.Conv, x: jax.Array) -> jax.Array:
+        """``self(conv(x))``: a trainable norm over groups cannot be folded into the conv."""
+        return self(conv(x))
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def folded_conv(conv: nnx.Conv, x: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
+    """``conv(x) * scale + shift`` computed as ``conv_with(kernel * scale)(x) + shift``
+    (the same arithmetic up to rounding). ``conv``: a bias-free 2-D ``nnx.Conv`` with
+    explicit padding; scale, shift: (C_out,)."""
+    kernel = conv.kernel[...] * scale
+    dtype = conv.dtype or jnp.result_type(x.dtype, kernel.dtype)
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), kernel.astype(dtype), window_strides=_pair(conv.strides),
+        padding=conv.padding, rhs_dilation=_pair(conv.kernel_dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=conv.precision)
+    return y + shift.astype(y.dtype)
 
 
 def make_norm(kind: str, channels: int, eps: float, groups: int = 8, *,
               zero_scale: bool = False, rngs: nnx.Rngs | None = None) -> nnx.Module:
-    """The normalization of one conv: ``FrozenBatchNorm`` or trainable ``GroupNorm``."""
+    """The normalization of one conv: ``FrozenBatchNorm`` or trainable ``GroupNorm``;
+    both apply after a conv through ``after_conv(conv, x)``."""
     if kind == "frozen_bn":
         return FrozenBatchNorm(channels, eps)
     if kind == "group":
         import math
-        return nnx.GroupNorm(channels, num_groups=math.gcd(groups, channels), epsilon=eps,
-                             scale_init=(nnx.initializers.zeros_init() if zero_scale
-                                         else nnx.initializers.ones_init()), rngs=rngs)
+        return GroupNorm(channels, num_groups=math.gcd(groups, channels), epsilon=eps,
+                         scale_init=(nnx.initializers.zeros_init() if zero_scale
+                                     else nnx.initializers.ones_init()), rngs=rngs)
     raise ValueError(f"backbone.norm={kind!r}: choose 'frozen_bn' or 'group'")
 
 
@@ -73,7 +112,7 @@ class Downsample(nnx.Module):
         self.bn = make_norm(norm, out_ch, eps, groups, rngs=rngs)
 
     def __call__(self, x):
-        return self.bn(self.conv(x))
+        return self.bn.after_conv(self.conv, x)
 
 
 class Bottleneck(nnx.Module):
@@ -95,9 +134,9 @@ class Bottleneck(nnx.Module):
                            if downsample else None)
 
     def __call__(self, x):
-        out = jax.nn.relu(self.bn1(self.conv1(x)))
-        out = jax.nn.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = jax.nn.relu(self.bn1.after_conv(self.conv1, x))
+        out = jax.nn.relu(self.bn2.after_conv(self.conv2, out))
+        out = self.bn3.after_conv(self.conv3, out)
         shortcut = self.downsample(x) if self.downsample is not None else x
         return jax.nn.relu(out + shortcut)
 
@@ -140,7 +179,7 @@ class ResNet(nnx.Module):
         self.stride = 2 ** (len(stages) + 1) // (2 if dilation else 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = max_pool_3x3_s2(jax.nn.relu(self.bn1(self.conv1(x))))
+        x = max_pool_3x3_s2(jax.nn.relu(self.bn1.after_conv(self.conv1, x)))
         for index in range(self.num_stages):
             for block in getattr(self, f"layer{index + 1}"):
                 x = block(x)
