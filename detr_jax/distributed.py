@@ -209,3 +209,21 @@ def initialize_from_args(args) -> Plan:
     """:func:`initialize` with the flags of :func:`add_flags`."""
     return initialize(args.distributed, args.coordinator, args.num_processes, args.process_id,
                       log_all_processes=args.log_all_processes)
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Wait until every process has reached the barrier ``name`` (unique per run).
+
+    Uses the coordination service of ``jax.distributed`` (a host-side RPC with its own
+    timeout), not a device collective: the first collective of a group of CPU processes
+    (gloo) gives up after about 30 s when a peer is still compiling or loading, and a
+    barrier placed before it lets them all start it together. One process: returns at once.
+    """
+    import jax
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+    # processes given: orbax waits at the coordination service's barrier (with None it
+    # would run a device collective, the thing this barrier is there to protect)
+    multihost.sync_global_processes(name, timeout=timeout_s,
+                                    processes=set(range(jax.process_count())))

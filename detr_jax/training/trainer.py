@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from detr_jax.sharding import replicate
 from detr_jax import paths
+from detr_jax.distributed import barrier
 from detr_jax.data.normalize import normalize
 from detr_jax.precision import config_matmul_precision, matmul_precision
 from detr_jax.training.checkpoints import TrainCheckpoints, abstract_like, all_finite
@@ -36,6 +37,9 @@ from detr_jax.training.optimizer import is_trainable, make_optimizer
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("pixel_values", "padding_mask", "labels", "boxes", "valid")
+# how long a process waits for the others to compile a new batch shape (large models on a
+# pod can take tens of minutes to compile)
+COMPILE_BARRIER_TIMEOUT_S = 3600
 
 
 def sharded_assign(mesh: Mesh, solver: str):
@@ -94,6 +98,7 @@ class Trainer:
         self.loss_weights = loss_weights
         self.assign = sharded_assign(self.mesh, train_cfg.get("matcher", "optax"))
         self.compiles = 0
+        self._executables = {}
         self._step = jax.jit(self._train_step, donate_argnums=(0,),
                              in_shardings=(self.replicated, self.replicated, self.batch_sharding),
                              out_shardings=(self.replicated, self.replicated))
@@ -151,8 +156,25 @@ class Trainer:
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local[k]))
                 for k in BATCH_KEYS}
 
+    def executable(self, batch: dict):
+        """The step compiled for ``batch``'s shapes (a global batch): compiled ahead of
+        its first run, once per shape. With several processes every process then waits
+        at a barrier of the coordination service (not a collective, which would time
+        out) until all have compiled it, so the step's first collective finds every
+        peer ready however far apart their compiles finished."""
+        key = tuple((k, batch[k].shape, str(batch[k].dtype)) for k in BATCH_KEYS)
+        compiled = self._executables.get(key)
+        if compiled is None:
+            compiled = self._step.lower(self.state, self.rest, batch).compile()
+            self._executables[key] = compiled
+            shape = "x".join(str(v) for v in batch["pixel_values"].shape)
+            barrier(f"detr_jax_step_compiled_{len(self._executables)}_{shape}",
+                    COMPILE_BARRIER_TIMEOUT_S)
+        return compiled
+
     def step(self, local_batch: dict):
-        self.state, metrics = self._step(self.state, self.rest, self.global_batch(local_batch))
+        batch = self.global_batch(local_batch)
+        self.state, metrics = self.executable(batch)(self.state, self.rest, batch)
         return metrics
 
     # -- model access ------------------------------------------------------------------
@@ -307,6 +329,9 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
 
 def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, is_main, *,
                   on_abort=None):
+    # Orbax's checkpoint manager synchronizes the processes with device collectives; they
+    # must all arrive together (model building and data set-up take different times)
+    barrier("detr_jax_train_start", COMPILE_BARRIER_TIMEOUT_S)
     checkpoints = TrainCheckpoints(paths.join(workdir, "checkpoints"),
                                    save_every=cfg.checkpoint_every, keep=cfg.keep,
                                    async_save=cfg.async_checkpoints)

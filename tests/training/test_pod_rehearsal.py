@@ -4,9 +4,10 @@ process mid-run (every process stops at the same step and saves), a resume; the 
 parameters equal one process with all 8 devices, and each run compiled the step once
 per padded shape of its batches.
 
-Needs 8 or more CPU cores: on fewer, the 4 processes compile the step so far apart that
-the first step's gloo collective gives up waiting ("Gloo context initialization failed:
-Connect timeout"), which says nothing about the code under test.
+On a 2-core machine the 4 processes finish compiling tens of seconds apart; the trainer's
+coordination-service barriers (after each new shape's compile, before the checkpoint
+manager's first collective) keep the first gloo collective from timing out, and this test
+is what checks them.
 """
 
 import json
@@ -16,16 +17,13 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 import detr_jax
 from tests.multiprocess import free_port, skip_unless_multihost
 from tests.training.test_multiprocess import flat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-pytestmark = [skip_unless_multihost,
-              pytest.mark.skipif((os.cpu_count() or 1) < 8,
-                                 reason="4 compiling processes need 8+ CPU cores (gloo timeout)")]
+pytestmark = skip_unless_multihost
 STEPS = 6
 
 
