@@ -40,12 +40,9 @@ from detr_jax.models.inference import Forward  # noqa: E402
 import forced_act  # noqa: E402
 
 
-COUNT = "#events"  # the number of device events, kept beside their durations
-
-
-def device_event_times(trace_dir: str) -> dict[str, float]:
-    """Summed duration (ms) of the complete events of the trace's device processes (host
-    thunks when there is no device process), by event name; ``COUNT``: how many there were."""
+def device_events(trace_dir: str) -> tuple[dict[str, float], int]:
+    """(summed duration (ms) of the complete events of the trace's device processes (host
+    thunks when there is no device process) by event name, the number of those events)."""
     paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
     if not paths:
         raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
@@ -57,22 +54,34 @@ def device_event_times(trace_dir: str) -> dict[str, float]:
     device = {pid for pid, name in names.items() if "/device:" in name}
     pids = device or set(names)
     totals: dict[str, float] = collections.defaultdict(float)
+    count = 0
     for e in events:
         if e.get("ph") == "X" and e.get("pid") in pids:
             totals[e["name"]] += float(e.get("dur", 0.0)) / 1e3
-            totals[COUNT] += 1
-    return dict(totals)
+            count += 1
+    return dict(totals), count
 
 
-def traced_device_times(call, reps: int) -> dict[str, float]:
-    """Device milliseconds per call of each event name over a trace of ``reps`` calls of
-    ``call()`` (each ended by ``block_until_ready``)."""
+def device_event_times(trace_dir: str) -> dict[str, float]:
+    """Summed duration (ms) of the trace's device events by name (:func:`device_events`)."""
+    return device_events(trace_dir)[0]
+
+
+def traced_device_events(call, reps: int) -> tuple[dict[str, float], float]:
+    """(device milliseconds per call of each event name, device events per call) over a
+    trace of ``reps`` calls of ``call()`` (each ended by ``block_until_ready``)."""
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         for _ in range(reps):
             jax.block_until_ready(call())
         jax.profiler.stop_trace()
-        return {name: ms / reps for name, ms in device_event_times(trace_dir).items()}
+        totals, count = device_events(trace_dir)
+        return {name: ms / reps for name, ms in totals.items()}, count / reps
+
+
+def traced_device_times(call, reps: int) -> dict[str, float]:
+    """Device milliseconds per call of each event name (:func:`traced_device_events`)."""
+    return traced_device_events(call, reps)[0]
 
 
 def hlo_op_names(hlo_text: str) -> dict[str, str]:
@@ -130,8 +139,7 @@ def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int,
     key = jax.random.PRNGKey(seed)
     for _ in range(3):
         jax.block_until_ready(forward(pixels, mask, key))
-    per_call = traced_device_times(lambda: forward(pixels, mask, key), reps)
-    events = per_call.pop(COUNT, 0.0)
+    per_call, events = traced_device_events(lambda: forward(pixels, mask, key), reps)
     hlo = forward._run.lower(forward.state, pixels, mask, key).compile().as_text()
     op_names = hlo_op_names(hlo)
     sources = {name: attribute(name, op_names) for name in per_call}

@@ -21,6 +21,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -318,8 +319,18 @@ def _run_isolated(command, argv, mode, attention, batch, precision) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_ROW "):
             return json.loads(line[len("BENCH_ROW "):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return dict(mode=mode, attention=attention, batch=batch, precision=precision, error=tail[:160])
+    return dict(mode=mode, attention=attention, batch=batch, precision=precision,
+                error=error_line(proc.stderr)[:300])
+
+
+def error_line(stderr: str) -> str:
+    """The line of a child's stderr that names its error: the last ``SomeError: ...`` line
+    (JAX appends a note on traceback filtering after it), else the last line."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b", line):
+            return line
+    return lines[-1] if lines else "no output"
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import numpy as np
 
 from detr_jax.attention.stats import LayerStats
-from detr_jax.benchmark import cluster_ratios, format_table
+from detr_jax.benchmark import cluster_ratios, error_line, format_table
 
 
 def test_cluster_ratios_average_over_images_and_heads_per_layer():
@@ -53,6 +53,19 @@ def test_kernel_profile_sums_device_events_by_name(tmp_path):
     run.mkdir(parents=True)
     with gzip.open(run / "perfetto_trace.json.gz", "wt") as f:
         json.dump({"traceEvents": events}, f)
-    totals = _kernel_profile_module().device_event_times(str(tmp_path))
+    module = _kernel_profile_module()
+    totals, count = module.device_events(str(tmp_path))
     assert set(totals) == {"sort", "fusion"}  # host events left out
     assert np.isclose(totals["sort"], 0.15) and np.isclose(totals["fusion"], 0.02)  # ms
+    assert count == 3 and module.device_event_times(str(tmp_path)) == totals
+
+
+def test_error_line_names_the_error_not_the_traceback_note():
+    stderr = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+              "jax.errors.JaxRuntimeError: INTERNAL: cuDNN does not support this shape\n"
+              "--------------------\n"
+              "For simplicity, JAX has removed its internal frames from the traceback of the "
+              "following exception. Set JAX_TRACEBACK_FILTERING=off to include these.\n")
+    assert error_line(stderr) == "jax.errors.JaxRuntimeError: INTERNAL: cuDNN does not support this shape"
+    assert error_line("Killed\n") == "Killed"
+    assert error_line("") == "no output"

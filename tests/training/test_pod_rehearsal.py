@@ -1,5 +1,6 @@
 """A TPU pod's training, rehearsed on CPU: 4 processes x 2 devices (jax.distributed on
-localhost), the global batch set per device, a file:// work directory, SIGTERM on one
+localhost), the global batch set per device, data from TFDS coco/2017 as array_record
+(prepared here from the synthetic training split), a file:// work directory, SIGTERM on one
 process mid-run (every process stops at the same step and saves), a resume; the final
 parameters equal one process with all 8 devices, and each run compiled the step once
 per padded shape of its batches.
@@ -17,6 +18,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import detr_jax
 from tests.multiprocess import free_port, skip_unless_multihost
@@ -27,10 +29,34 @@ pytestmark = skip_unless_multihost
 STEPS = 6
 
 
-def cmd(synthetic_root, workdir, *extra):
+@pytest.fixture(scope="module")
+def tfds_dir(synthetic_root, tmp_path_factory):
+    """The synthetic training split as TFDS coco/2017 (split ``validation``), array_record."""
+    pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("array_record")
+    from tests.data.tiny_coco import COCO_CATEGORY_NAMES, prepare_tfds_coco
+    out = tmp_path_factory.mktemp("pod_tfds")
+    coco = out / "coco"  # TFDS's builder wants all 80 COCO categories listed
+    (coco / "annotations").mkdir(parents=True)
+    dataset = json.load(open(synthetic_root / "annotations" / "instances_train.json"))
+    dataset["categories"] = [{"id": c, "name": n, "supercategory": "thing"}
+                             for c, n in COCO_CATEGORY_NAMES.items()]
+    for a in dataset["annotations"]:
+        a.setdefault("iscrowd", 0)
+        a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]))
+    json.dump(dataset, open(coco / "annotations" / "instances_train.json", "w"))
+    os.symlink(synthetic_root / "train", coco / "train")
+    prepare_tfds_coco(str(coco), str(out / "tfds"), split="train")
+    return out / "tfds"
+
+
+def data_flags(tfds_dir):
+    return [f"--config.data.train_tfds_dir={tfds_dir}", "--config.data.train_tfds_split=validation"]
+
+
+def cmd(tfds_dir, workdir, *extra):
     return [sys.executable, "train.py", "--config", "configs/tiny_train.py", "--workdir", workdir,
-            f"--config.data.train_annotations={synthetic_root}/annotations/instances_train.json",
-            f"--config.data.train_images={synthetic_root}/train", f"--config.train.num_steps={STEPS}",
+            *data_flags(tfds_dir), f"--config.train.num_steps={STEPS}",
             "--config.train.per_device_batch=1", "--config.train.checkpoint_every=1000",
             "--no-progress", *extra]
 
@@ -42,13 +68,13 @@ def env(devices):
     return out
 
 
-def start_pod(synthetic_root, workdir, tmp_path, name):
+def start_pod(tfds_dir, workdir, tmp_path, name):
     port = free_port()
     procs, logs = [], []
     for p in range(4):
         log = open(tmp_path / f"{name}{p}.log", "w+")
         procs.append(subprocess.Popen(
-            cmd(synthetic_root, workdir, "--coordinator", f"localhost:{port}",
+            cmd(tfds_dir, workdir, "--coordinator", f"localhost:{port}",
                 "--num-processes", "4", "--process-id", str(p)),
             cwd=ROOT, env=env(2), stdout=subprocess.PIPE if p == 0 else log,
             stderr=subprocess.STDOUT, text=True))
@@ -72,23 +98,26 @@ def compiles(path):
     return [json.loads(line) for line in open(path)][-1]["compiles"]
 
 
-def bucket_shapes(synthetic_root, steps):
+def bucket_shapes(tfds_dir, steps):
     from detr_jax.config_cli import load_config_file
     from detr_jax.data.augment import AugmentConfig
-    from detr_jax.data.coco import CocoSource
+    from detr_jax.data.tfds_source import TfdsCocoSource
+    from detr_jax.training.cli import training_source
     from detr_jax.training.data import TrainLoader
     cfg = load_config_file(os.path.join(ROOT, "configs", "tiny_train.py"))
-    source = CocoSource(f"{synthetic_root}/annotations/instances_train.json", f"{synthetic_root}/train")
+    cfg.data.train_tfds_dir, cfg.data.train_tfds_split = str(tfds_dir), "validation"
+    source = training_source(cfg.data)
+    assert isinstance(source, TfdsCocoSource)  # the array_record source is what trains
     loader = TrainLoader(source, global_batch=8, seed=cfg.train.seed,
                          augment=AugmentConfig.from_data_config(cfg.data),
                          granularity=cfg.data.granularity, max_targets=cfg.train.max_targets)
     return {loader.plan(s)[3] for s in steps}
 
 
-def test_pod_rehearsal(synthetic_root, tmp_path):
+def test_pod_rehearsal(tfds_dir, tmp_path):
     run = tmp_path / "pod"
     url = f"file://{run}"
-    procs, logs = start_pod(synthetic_root, url, tmp_path, "first")
+    procs, logs = start_pod(tfds_dir, url, tmp_path, "first")
     lines = []
     for line in procs[0].stdout:  # under way: preempt one worker, not process 0
         lines.append(line)
@@ -101,16 +130,16 @@ def test_pod_rehearsal(synthetic_root, tmp_path):
     stopped = max(int(s) for s in os.listdir(run / "checkpoints") if s.isdigit())
     assert 2 <= stopped < STEPS and (run / "checkpoints" / str(stopped) / "data").is_dir()
 
-    procs, logs = start_pod(synthetic_root, url, tmp_path, "again")
+    procs, logs = start_pod(tfds_dir, url, tmp_path, "again")
     again = finish(procs, logs)
     assert f"resumed from step {stopped}" in again[0] and f"model at step {STEPS}" in again[0]
-    assert compiles(run / "metrics.jsonl") == len(bucket_shapes(synthetic_root, range(stopped, STEPS)))
+    assert compiles(run / "metrics.jsonl") == len(bucket_shapes(tfds_dir, range(stopped, STEPS)))
 
-    one = subprocess.run(cmd(synthetic_root, str(tmp_path / "one")), cwd=ROOT, env=env(8),
+    one = subprocess.run(cmd(tfds_dir, str(tmp_path / "one")), cwd=ROOT, env=env(8),
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stdout + one.stderr
     assert "8 devices in 1 processes, global batch 8" in one.stdout
-    shapes = bucket_shapes(synthetic_root, range(STEPS))
+    shapes = bucket_shapes(tfds_dir, range(STEPS))
     assert compiles(tmp_path / "one" / "metrics.jsonl") == len(shapes) > 1
 
     a, b = flat(detr_jax.load_model(url + "/model")), flat(detr_jax.load_model(str(tmp_path / "one" / "model")))
