@@ -61,7 +61,9 @@ def build_official(repo: str, dilation: bool):
     return model.cuda(), criterion.cuda(), args
 
 
-def _median_ms(fn, warmup: int, repeats: int) -> list[float]:
+def synced_times_ms(fn, warmup: int, repeats: int) -> list[float]:
+    """Wall-clock ms of ``repeats`` calls of ``fn`` after ``warmup``, each synchronized
+    with the GPU (shared with ``benchmarks/peers.py``)."""
     import torch
 
     for _ in range(warmup):
@@ -116,7 +118,7 @@ def time_inference(model, batch, size, precision, compiled, args):
     torch.cuda.synchronize()
     first = time.perf_counter() - start
     torch.cuda.reset_peak_memory_stats()
-    times = _median_ms(call, args.warmup, args.repeats)
+    times = synced_times_ms(call, args.warmup, args.repeats)
     return {"first_call_s": round(first, 2), "ms_per_image": statistics.median(times) / batch,
             "peak_mib": torch.cuda.max_memory_allocated() / 2**20}
 
@@ -149,7 +151,7 @@ def time_training(model, criterion, batch, size, precision, compiled, args):
     torch.cuda.synchronize()
     first = time.perf_counter() - start
     torch.cuda.reset_peak_memory_stats()
-    times = _median_ms(step, args.warmup, args.repeats)
+    times = synced_times_ms(step, args.warmup, args.repeats)
     ms = statistics.median(times)
     return {"first_call_s": round(first, 2), "ms_per_step": ms, "images_per_s": batch * 1e3 / ms,
             "peak_mib": torch.cuda.max_memory_allocated() / 2**20}

@@ -29,6 +29,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # official_peers beside this file
+from official_peers import synced_times_ms  # noqa: E402
 OURS_PRECISION = {"tf32": "default", "bf16": "bf16"}
 
 
@@ -52,22 +54,6 @@ def build_hf_detr_dc5():
     return model
 
 
-def median_ms(fn, warmup: int, repeats: int) -> list[float]:
-    """Wall-clock ms of ``repeats`` calls of ``fn`` after ``warmup``, each synchronized."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
-
-
 def time_hf(model, batch: int, size: tuple[int, int], precision: str, compiled: bool,
             warmup: int, repeats: int, seed: int) -> dict:
     """One Hugging Face row: first-call seconds, median ms per image, peak MiB."""
@@ -87,7 +73,7 @@ def time_hf(model, batch: int, size: tuple[int, int], precision: str, compiled: 
     torch.cuda.synchronize()
     first = time.perf_counter() - start
     torch.cuda.reset_peak_memory_stats()
-    times = median_ms(call, warmup, repeats)
+    times = synced_times_ms(call, warmup, repeats)
     return {"first_call_s": round(first, 2), "ms_per_image": statistics.median(times) / batch,
             "peak_mib": torch.cuda.max_memory_allocated() / 2**20}
 

@@ -12,6 +12,7 @@ but none restores, :class:`NoUsableCheckpoint` is raised unless ``start_over`` i
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 
 import jax
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from detr_jax import paths
+from detr_jax.distributed import barrier
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,16 @@ def _first_line(err: Exception, limit: int = 160) -> str:
     return f"{type(err).__name__}: {text}"
 
 
+_MANAGERS = itertools.count()
+
+
 class TrainCheckpoints:
     def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True):
         self.directory = paths.resolve(directory)  # a local path or a URL (gs://...)
+        # Orbax's checkpoint manager synchronizes the processes with device collectives
+        # (gloo on CPUs gives up after about 30 s): every process must arrive together,
+        # however long its model building and data set-up took
+        barrier(f"detr_jax_checkpoint_manager_{next(_MANAGERS)}")  # names must not repeat
         self.manager = ocp.CheckpointManager(
             paths.as_path(self.directory) if paths.is_remote(self.directory) else self.directory,
             options=ocp.CheckpointManagerOptions(save_interval_steps=max(1, save_every),

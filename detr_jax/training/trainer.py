@@ -329,9 +329,6 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
 
 def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, is_main, *,
                   on_abort=None):
-    # Orbax's checkpoint manager synchronizes the processes with device collectives; they
-    # must all arrive together (model building and data set-up take different times)
-    barrier("detr_jax_train_start", COMPILE_BARRIER_TIMEOUT_S)
     checkpoints = TrainCheckpoints(paths.join(workdir, "checkpoints"),
                                    save_every=cfg.checkpoint_every, keep=cfg.keep,
                                    async_save=cfg.async_checkpoints)
