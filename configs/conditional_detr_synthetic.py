@@ -6,7 +6,9 @@ backbone, sizes and training budget (configs/synthetic_demo.py), so the two trai
 
 Differences from the DETR demo are the detector's own: the conditional decoder, sigmoid
 classes (index = category id) with the focal recipe (``detr_jax.training.focal``, loss
-and matching 2 / 5 / 2) and post-norm layers (the official decoder is post-norm only).
+and matching 2 / 5 / 2) and a post-norm decoder (the official decoder is post-norm only).
+The encoder is the DETR demo's pre-norm one (``pre_norm``; ``--config.model.pre_norm=False``
+for the official post-norm encoder).
 """
 
 import os
@@ -23,6 +25,6 @@ def get_config():
         backbone=demo.backbone.to_dict(), hidden_dim=demo.hidden_dim, num_heads=demo.num_heads,
         enc_layers=demo.enc_layers, dec_layers=demo.dec_layers, ffn_dim=demo.ffn_dim,
         dropout=demo.dropout, num_queries=demo.num_queries, num_classes=demo.num_classes,
-        pre_norm=False)
+        pre_norm=demo.pre_norm)
     cfg.loss = focal_loss_config()
     return cfg

@@ -14,6 +14,8 @@
 # '--config.train.lr_drop_epochs=(88,)'). DETR vs DETR+ENACT at one budget, e.g.
 #   RUN=exact20 bash benchmarks/device/train_demo.sh 565 --config.train.epochs=20 '--config.train.lr_drop_epochs=(14,)'
 #   RUN=enact20 CONFIG=configs/enact_demo.py bash benchmarks/device/train_demo.sh 565 (same overrides)
+# THEN="--config.train.epochs=108 --config.train.lr_drop_epochs=(88,)" runs stage 2 in the
+# same call once stage 1 has finished (its words are overrides; no quoting inside).
 set -euo pipefail
 budget="${1:-480}"
 config="${CONFIG:-configs/synthetic_demo.py}"
@@ -29,14 +31,24 @@ if ! resume_from "carry/$run" "/tmp/$run"; then
   elif [ ! -f /tmp/backbone/config.json ]; then
     python3 -m detr_jax.training.backbone_pretrain --config "$config" \
       --output /tmp/backbone "${SYN_DATA[@]}" 2>&1 | grep -v "^backbone pretraining step [0-9]*[1-9]00/"
+    tar -C /tmp/backbone -cf "$out/backbone.tar" .
   fi
-  tar -C /tmp/backbone -cf "$out/backbone.tar" .
   init=(--config.train.init_backbone=/tmp/backbone)
 fi
 set +e
 timeout -s TERM "$(( budget - $(elapsed) ))" python3 train.py \
   --config "$config" --workdir "/tmp/$run" "${SYN_DATA[@]}" "${init[@]}" --no-progress "${@:2}"
-echo "train.py exit code $?"
+code=$?
+echo "train.py exit code $code"
+# THEN="overrides": the next stage, resumed from this one's last checkpoint when this one
+# finished with time to spare (e.g. the demo's stage 2 after stage 1, in the same call).
+if [ "$code" = 0 ] && [ -n "${THEN:-}" ] && [ "$(( budget - $(elapsed) ))" -gt 60 ]; then
+  read -r -a then_args <<< "$THEN"
+  echo "stage 1 done at $(elapsed) s; next stage: ${then_args[*]}"
+  timeout -s TERM "$(( budget - $(elapsed) ))" python3 train.py \
+    --config "$config" --workdir "/tmp/$run" "${SYN_DATA[@]}" --no-progress "${@:2}" "${then_args[@]}"
+  echo "train.py (next stage) exit code $?"
+fi
 set -e
 tar -C "/tmp/$run" -cf "$out/model.tar" model model_config.json 2>/dev/null || echo "no exported model yet"
 cp "/tmp/$run/metrics.jsonl" "$out/metrics.jsonl"

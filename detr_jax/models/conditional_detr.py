@@ -36,7 +36,9 @@ def conditional_detr_config(**overrides) -> ml_collections.ConfigDict:
     6 + 6 layers, FFN 2048), with ``detector="conditional_detr"``, 300 queries and
     ``num_classes=91``: here the class head has ``num_classes`` sigmoid outputs (no
     no-object column; index = COCO category id). ``num_detections`` (100) is the number
-    of (query, class) pairs the post-processing keeps per image.
+    of (query, class) pairs the post-processing keeps per image. ``pre_norm`` selects
+    pre-norm encoder layers (with the encoder's final LayerNorm); the decoder is post-norm
+    in either case, as the official decoder only runs post-norm.
     """
     base = dict(detector=DETECTOR_NAME, num_queries=300, num_classes=91, num_detections=100)
     for key, value in overrides.items():

@@ -134,12 +134,13 @@ class ConditionalDecoderLayer(nnx.Module):
 
 
 class ConditionalDecoder(nnx.Module):
-    """The decoder stack with ``ref_point_head``, ``query_scale`` and the shared final norm."""
+    """The decoder stack with ``ref_point_head``, ``query_scale`` and the shared final norm.
+
+    Post-norm layers whatever ``cfg.pre_norm`` says: the official decoder layer runs only
+    its post-norm path (its pre-norm one raises ``NotImplementedError``), so the official
+    ``--pre_norm`` can only change the encoder, which is DETR's."""
 
     def __init__(self, cfg, dtype: Any, rngs: nnx.Rngs):
-        if cfg.get("pre_norm", False):
-            raise ValueError("Conditional DETR is post-norm only (the official pre-norm "
-                             "decoder does not run); set pre_norm=False")
         d = cfg.hidden_dim
         self.layers = nnx.List([ConditionalDecoderLayer(cfg, i == 0, dtype, rngs)
                                 for i in range(cfg.dec_layers)])

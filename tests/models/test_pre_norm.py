@@ -56,3 +56,30 @@ def test_pre_norm_model_round_trips_and_differs_from_post_norm(tmp_path):
     save_model(pre, str(tmp_path / "m"))
     loaded = load_model(str(tmp_path / "m"))
     np.testing.assert_allclose(loaded(pixels, mask)["pred_boxes"], out_pre["pred_boxes"], atol=1e-6)
+
+
+def test_conditional_detr_pre_norm_is_the_encoder_only(tmp_path):
+    """Conditional DETR's ``pre_norm`` makes the (DETR) encoder pre-norm, with its final
+    LayerNorm, and leaves the decoder post-norm (the only path the official decoder runs):
+    the decoder's parameters are those of the post-norm model, and the whole model round-trips."""
+    from flax import nnx
+
+    from detr_jax.models.conditional_detr import tiny_conditional_detr_config
+    pre = build_model(tiny_conditional_detr_config(pre_norm=True), seed=0)
+    post = build_model(tiny_conditional_detr_config(pre_norm=False), seed=0)
+    assert hasattr(pre.transformer.encoder, "norm") and not hasattr(post.transformer.encoder, "norm")
+    assert all(layer.pre_norm for layer in pre.transformer.encoder.layers)
+    shapes = lambda module: jax.tree.map(jnp.shape, nnx.state(module, nnx.Param))
+    assert shapes(pre.transformer.decoder) == shapes(post.transformer.decoder)
+    _silence_sublayers(pre.transformer.encoder.layers)
+    src = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 32)) * 3 + 1
+    pos = jax.random.normal(jax.random.PRNGKey(1), (2, 12, 32))
+    memory, _ = pre.transformer.encoder(src, pos, jnp.zeros((2, 12), bool))
+    np.testing.assert_allclose(memory, _layer_norm(np.asarray(src)), atol=1e-4)
+    pixels = jax.random.normal(jax.random.PRNGKey(2), (1, 64, 96, 3))
+    mask = jnp.zeros((1, 64, 96), bool)
+    out = pre(pixels, mask)
+    assert np.isfinite(np.asarray(out["pred_logits"])).all()
+    save_model(pre, str(tmp_path / "c"))
+    np.testing.assert_allclose(load_model(str(tmp_path / "c"))(pixels, mask)["pred_boxes"],
+                               out["pred_boxes"], atol=1e-6)
