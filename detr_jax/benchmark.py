@@ -162,12 +162,11 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
              "padded_shape": pixels.shape[1:3]}  # every process pads alike
     global_batch = trainer.global_batch(local)
     start = time.perf_counter()
-    step = trainer._step.lower(trainer.state, trainer.rest, global_batch).compile()
+    step = trainer.executable(global_batch)  # compiled ahead, as train.py's loop does
     compile_s = time.perf_counter() - start
 
-    def one():
-        trainer.state, metrics = step(trainer.state, trainer.rest, global_batch)
-        return metrics["loss"]
+    def one():  # the training loop's call: flat state leaves in, new leaves out
+        return trainer.step_global(global_batch)["loss"]
 
     times = _timed(one, args.warmup, args.repeats)
     return {"compile_s": compile_s, "times_s": times, "xla_memory_mib": _xla_memory_mib(step)}

@@ -239,3 +239,23 @@ def test_the_injected_loss_is_the_one_trained(setup):
                     "targets": ["boxes", "labels", "valid"], "rng": True}
     np.testing.assert_allclose(float(b["loss"]), 2 * float(a["loss"]), rtol=1e-5)
     np.testing.assert_allclose(float(b["grad_norm"]), 2 * float(a["grad_norm"]), rtol=1e-4)
+
+
+def test_the_step_runs_on_flat_state_leaves(setup, uninterrupted):
+    """The compiled step takes and returns plain lists of arrays (no nnx Variables to
+    flatten in Python per call); the structured state is rebuilt on demand, once per step,
+    and is the one the loop trained (the uninterrupted run's parameters)."""
+    cfg, source, augment = setup
+    trainer, loader = make(cfg, source, augment)
+    for batch in loader.iterate(0, 4):
+        trainer.step(batch)
+    (compiled,) = trainer._executables.values()
+    assert "Variable" not in str(compiled.in_tree) and "Param" not in str(compiled.in_tree)
+    state = trainer.state
+    assert trainer.state is state and int(state["step"]) == 4
+    expected, _ = uninterrupted
+    got = params(trainer)
+    for k in expected:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    trainer.load_item(trainer.checkpoint_item())  # the setter takes a structured state back
+    assert int(trainer.state["step"]) == 4 and trainer.rest is not None
