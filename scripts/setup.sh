@@ -14,7 +14,7 @@ fi
 # find_spec looks the packages up without importing them (importing torch and transformers
 # alone takes seconds on a small CPU machine)
 if ! "$venv/bin/python" -c 'import importlib.util as u, sys
-sys.exit(not all(u.find_spec(m) for m in ("detr_jax", "torch", "transformers", "pytest")))' \
+sys.exit(not all(u.find_spec(m) for m in ("detr_jax", "torch", "transformers", "pytest", "xdist")))' \
     >/dev/null 2>&1; then
   echo "[setup] installing detr_jax and its test dependencies into $venv (a few minutes, once)"
   "$venv/bin/python" -m pip install -q --upgrade pip

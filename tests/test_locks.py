@@ -10,6 +10,8 @@ import pytest
 
 from detr_jax.locks import LOCK_NAME, DirectoryLock, DirectoryLocked
 
+pytestmark = pytest.mark.multiprocess  # run on their own (scripts/test.sh): they time child processes
+
 
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -17,7 +17,7 @@ from tests.data.tiny_coco import write_tiny_coco
 from tests.multiprocess import free_port, skip_unless_multihost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-pytestmark = skip_unless_multihost
+pytestmark = [skip_unless_multihost, pytest.mark.multiprocess]
 
 
 @pytest.mark.parametrize("layout", ["sharded", "per_device"])

@@ -15,7 +15,7 @@ import detr_jax
 from tests.multiprocess import free_port, skip_unless_multihost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-pytestmark = skip_unless_multihost
+pytestmark = [skip_unless_multihost, pytest.mark.multiprocess]
 
 
 def train_cmd(synthetic_root, workdir, *extra, script="train.py"):

@@ -25,7 +25,7 @@ from tests.multiprocess import free_port, skip_unless_multihost
 from tests.training.test_multiprocess import flat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-pytestmark = skip_unless_multihost
+pytestmark = [skip_unless_multihost, pytest.mark.multiprocess]
 STEPS = 6
 
 
