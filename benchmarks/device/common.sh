@@ -25,24 +25,53 @@ SYN_DATA=(--config.data.train_annotations=/tmp/syn/annotations/instances_train.j
           --config.data.val_images=/tmp/syn/val)
 SYN_VAL=(--annotations /tmp/syn/annotations/instances_val.json --image-root /tmp/syn/val)
 
-# Unpack carried checkpoint parts ($1/ckpt.tar.part-*) into the work directory $2 unless
-# the warm machine already has a checkpoint there; returns 1 when there is none at all.
-resume_from() {
-  local carried="$1" workdir="$2"
-  if ls "$workdir/checkpoints" 2>/dev/null | grep -qE '^[0-9]+$'; then
-    echo "resuming from this machine's $workdir ($(ls "$workdir/checkpoints" | tr '\n' ' '))"
-  elif ls "$carried"/ckpt.tar.part-* >/dev/null 2>&1; then
-    rm -rf "$workdir" && mkdir -p "$workdir"
-    cat "$carried"/ckpt.tar.part-* | tar -x -C "$workdir"
-    cp "$carried/metrics.jsonl" "$workdir/" 2>/dev/null || true
-    echo "resuming from the carried checkpoint $(ls "$workdir/checkpoints")"
-  else
-    return 1
-  fi
+# Carried checkpoint parts ($1/ckpt.tar.part-*, with the list ckpt.parts of every part's
+# name and size) are first gathered into /tmp/carried/<name of $1>, which a warm machine
+# keeps between calls. A checkpoint larger than a call can carry therefore arrives over
+# several calls of a few seconds, one or more parts each (`gather_parts DIR` alone), and
+# the call that trains finds them all there.
+carried_root="${CARRIED_ROOT:-/tmp/carried}"
+gather_parts() {
+  local carried="$1" stash; stash="$carried_root/$(basename "$1")"
+  mkdir -p "$stash"
+  if ls "$carried"/* >/dev/null 2>&1; then cp "$carried"/* "$stash"/; fi
+  echo "$stash holds: $(ls "$stash" | tr '\n' ' ')"
 }
 
-# Split the latest checkpoint of work directory $1 into 15 MB parts under $out.
+# Unpack the gathered checkpoint parts of $1 into the work directory $2 unless the warm
+# machine already has a checkpoint there; returns 1 when there is none at all, and stops
+# naming the missing part when ckpt.parts lists one that has not arrived.
+resume_from() {
+  local carried="$1" workdir="$2" stash name size
+  stash="$carried_root/$(basename "$carried")"
+  if ls "$workdir/checkpoints" 2>/dev/null | grep -qE '^[0-9]+$'; then
+    echo "resuming from this machine's $workdir ($(ls "$workdir/checkpoints" | tr '\n' ' '))"
+    return 0
+  fi
+  gather_parts "$carried" >/dev/null
+  ls "$stash"/ckpt.tar.part-* >/dev/null 2>&1 || return 1
+  if [ -f "$stash/ckpt.parts" ]; then
+    while read -r name size; do
+      if [ "$(stat -c %s "$stash/$name" 2>/dev/null)" != "$size" ]; then
+        echo "error: checkpoint part $name ($size bytes) has not arrived in $stash" >&2
+        exit 3
+      fi
+    done < "$stash/ckpt.parts"
+  fi
+  rm -rf "$workdir" && mkdir -p "$workdir"
+  if [ -f "$stash/ckpt.parts" ]; then  # exactly the listed parts, in order
+    (cd "$stash" && cat $(cut -d' ' -f1 ckpt.parts)) | tar -x -C "$workdir"
+  else
+    cat "$stash"/ckpt.tar.part-* | tar -x -C "$workdir"
+  fi
+  cp "$stash/metrics.jsonl" "$workdir/" 2>/dev/null || true
+  echo "resuming from the carried checkpoint $(ls "$workdir/checkpoints")"
+}
+
+# Split the latest checkpoint of work directory $1 into parts of PART_SIZE (15M) under
+# $out, listed with their sizes in $out/ckpt.parts.
 pack_checkpoint() {
   local latest; latest=$(ls "$1/checkpoints" | grep -E '^[0-9]+$' | sort -n | tail -1)
-  tar -C "$1" -cf - "checkpoints/$latest" | split -b 15M - "$out/ckpt.tar.part-"
+  tar -C "$1" -cf - "checkpoints/$latest" | split -b "${PART_SIZE:-15M}" - "$out/ckpt.tar.part-"
+  (cd "$out" && for f in ckpt.tar.part-*; do echo "$f $(stat -c %s "$f")"; done) > "$out/ckpt.parts"
 }

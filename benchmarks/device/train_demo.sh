@@ -9,7 +9,11 @@
 # several runs share one, else pretrained here and written to $OUT/backbone.tar). Trains
 # until done or until SIGTERM at SECONDS (evaluating on the val split every
 # train.eval_every steps) and writes to $OUT the exported model (model.tar), metrics.jsonl
-# and the training checkpoint split into parts for the next call.
+# and the training checkpoint split into parts (with their list, ckpt.parts) for the next
+# call. A checkpoint too large to carry in one call with the working tree arrives over
+# several warm calls: each carries some parts in carry/$RUN and runs
+#   source benchmarks/device/common.sh; gather_parts carry/$RUN
+# and the training call then finds them all (it stops naming a listed part that is missing).
 # The demo model: the defaults (stage 2 adds --config.train.epochs=108
 # '--config.train.lr_drop_epochs=(88,)'). DETR vs DETR+ENACT at one budget, e.g.
 #   RUN=exact20 bash benchmarks/device/train_demo.sh 565 --config.train.epochs=20 '--config.train.lr_drop_epochs=(14,)'
