@@ -19,6 +19,8 @@ TRAIN_DEFAULTS = dict(
     init_backbone="",  # a model directory whose backbone starts a fresh model (pretraining)
     start_over=False,  # every checkpoint in the workdir unreadable: start at step 0 (else stop)
     compilation_cache="~/.cache/detr_jax/jax_compilation_cache",  # "none" turns it off
+    profile_steps=(),  # (first, last): a jax.profiler trace of these steps (1-based, inclusive)
+    profile_dir="",  # where the trace goes; "" = <workdir>/profile (a local workdir only)
 )
 LOSS_DEFAULTS = dict(ce=1.0, bbox=5.0, giou=2.0, eos_coef=0.1, aux=True)
 

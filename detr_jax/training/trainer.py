@@ -211,11 +211,15 @@ class Trainer:
 
     def step(self, local_batch: dict):
         """One training step on this process's numpy batch; returns the metrics (on device)."""
-        return self.step_global(self.global_batch(local_batch))
+        with jax.profiler.TraceAnnotation("train/put"):
+            batch = self.global_batch(local_batch)
+        return self.step_global(batch)
 
     def step_global(self, batch: dict):
         """One training step on a global batch (:meth:`global_batch`'s arrays)."""
-        leaves, metrics = self.executable(batch)(self._state_leaves, self._rest_leaves, batch)
+        executable = self.executable(batch)
+        with jax.profiler.TraceAnnotation("train/dispatch"):
+            leaves, metrics = executable(self._state_leaves, self._rest_leaves, batch)
         self._state_leaves, self._state_tree = leaves, None
         return metrics
 
@@ -369,6 +373,49 @@ def train(trainer: Trainer, loader, *, workdir: str, num_steps: int,
             lock.release()
 
 
+class _ProfileWindow:
+    """A ``jax.profiler`` trace (Perfetto JSON too) of the steps ``cfg.profile_steps`` =
+    (first, last), 1-based and inclusive, into ``cfg.profile_dir`` (default
+    ``<workdir>/profile``). The loop's host phases are annotated (``train/next_batch``,
+    ``train/put``, ``train/dispatch``, ``train/check``); ``benchmarks/train_timeline.py``
+    reads the trace back. Only process 0 traces."""
+
+    def __init__(self, cfg, workdir: str, is_main: bool):
+        window = tuple(int(v) for v in (cfg.get("profile_steps") or ()))
+        if window and (len(window) != 2 or not 1 <= window[0] <= window[1]):
+            raise ValueError(f"train.profile_steps={window}: give (first, last) with "
+                             f"1 <= first <= last")
+        self.window = window if is_main else ()
+        self.directory = cfg.get("profile_dir") or ""
+        if self.window and not self.directory:
+            if paths.is_remote(workdir):
+                raise ValueError("train.profile_steps with a remote workdir needs a local "
+                                 "train.profile_dir for the trace")
+            self.directory = paths.join(workdir, "profile")
+        self.active = False
+
+    def before(self, step: int):
+        if self.window and step == self.window[0] and not self.active:
+            os.makedirs(self.directory, exist_ok=True)
+            options = jax.profiler.ProfileOptions()
+            options.python_tracer_level = 0  # every Python call would flood the trace
+            jax.profiler.start_trace(self.directory, create_perfetto_trace=True,
+                                     profiler_options=options)
+            self.active = True
+
+    def after(self, step: int, metrics):
+        if self.active and step == self.window[1]:
+            jax.block_until_ready(metrics)
+            self.close()
+            print(f"profile of steps {self.window[0]}-{self.window[1]} -> {self.directory}",
+                  flush=True)
+
+    def close(self):
+        if self.active:
+            self.active = False
+            jax.profiler.stop_trace()
+
+
 def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, is_main, *,
                   on_abort=None):
     checkpoints = TrainCheckpoints(paths.join(workdir, "checkpoints"),
@@ -460,17 +507,27 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
     current_epoch = 0
     first = True
     metrics, image_ids = None, []
+    profile = _ProfileWindow(cfg, workdir, is_main)
+    batches = iter(loader.iterate(start, num_steps))
     try:
-        for batch in loader.iterate(start, num_steps):
+        while True:
+            with jax.profiler.TraceAnnotation("train/next_batch"):
+                batch = next(batches, None)
+            if batch is None:
+                break
             step, current_epoch = batch["step"], int(batch["epoch"])
             image_ids = batch["image_ids"]
+            profile.before(step + 1)
             metrics = trainer.step(batch)
+            profile.after(step + 1, metrics)
             if first:  # compiled: rates and ETAs start now
                 jax.block_until_ready(metrics)
                 window_start, first = time.perf_counter(), False
             pending.append((step, image_ids, len(image_ids) * jax.process_count(), metrics))
             if len(pending) > 1:
-                record(*check(pending.pop(0)), current_epoch)
+                with jax.profiler.TraceAnnotation("train/check"):
+                    checked = check(pending.pop(0))
+                record(*checked, current_epoch)
             save(step + 1, image_ids, metrics)
             if bar is not None:
                 bar.update(step + 1)
@@ -506,6 +563,7 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
         if final_step not in checkpoints.steps() and metrics is not None:
             save(final_step, image_ids, metrics, force=True)
     finally:
+        profile.close()
         signals.restore()
         checkpoints.close()
         if bar is not None:

@@ -259,3 +259,28 @@ def test_the_step_runs_on_flat_state_leaves(setup, uninterrupted):
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=1e-7, err_msg=k)
     trainer.load_item(trainer.checkpoint_item())  # the setter takes a structured state back
     assert int(trainer.state["step"]) == 4 and trainer.rest is not None
+
+
+def test_profile_steps_trace_the_loop_phases(setup, tmp_path):
+    """``train.profile_steps=(2, 3)`` writes a trace of steps 2 and 3 whose host phases
+    benchmarks/train_timeline.py reads back; a reversed window is refused."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from train_timeline import PHASES, timeline
+
+    cfg, source, augment = setup
+    trainer, _ = make(cfg, source, augment)
+    # one padded shape, so that no step in the window compiles
+    loader = TrainLoader(source, global_batch=cfg.train.global_batch, seed=cfg.train.seed,
+                         augment=augment, granularity=cfg.data.granularity,
+                         max_targets=cfg.train.max_targets, num_workers=2, pad_to=(128, 128))
+    trainer.cfg = trainer.cfg.copy_and_resolve_references()
+    trainer.cfg.profile_steps = (2, 3)
+    train(trainer, loader, workdir=str(tmp_path / "run"), num_steps=4, progress=False)
+    result = timeline(str(tmp_path / "run" / "profile"))
+    assert result["steps"] == 2  # steps 2 and 3 only
+    assert set(result["phases"]) == set(PHASES)
+    assert all(p["mean_ms"] > 0 for p in result["phases"].values()) and result["wall_ms"] > 0
+    trainer.cfg.profile_steps = (3, 2)
+    with pytest.raises(ValueError, match="profile_steps"):
+        train(trainer, loader, workdir=str(tmp_path / "bad"), num_steps=4, progress=False)
