@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
 import json
 import os
 import re
@@ -38,19 +36,14 @@ from detr_jax.config_cli import config_for_parser  # noqa: E402
 from detr_jax.models.build import build_model  # noqa: E402
 from detr_jax.models.inference import Forward  # noqa: E402
 import forced_act  # noqa: E402
+from trace_events import load_events, process_names  # noqa: E402
 
 
 def device_events(trace_dir: str) -> tuple[dict[str, float], int]:
     """(summed duration (ms) of the complete events of the trace's device processes (host
     thunks when there is no device process) by event name, the number of those events)."""
-    paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
-    if not paths:
-        raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
-    with gzip.open(max(paths, key=os.path.getmtime)) as f:
-        trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    names = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
-             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    events = load_events(trace_dir)
+    names = process_names(events)
     device = {pid for pid, name in names.items() if "/device:" in name}
     pids = device or set(names)
     totals: dict[str, float] = collections.defaultdict(float)

@@ -16,23 +16,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import gzip
 import json
 import os
 import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trace_events import load_events, process_names  # noqa: E402
+
 PHASES = ("train/next_batch", "train/put", "train/dispatch", "train/check")
-
-
-def load_events(trace_dir: str) -> list[dict]:
-    paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
-    if not paths:
-        raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
-    with gzip.open(max(paths, key=os.path.getmtime)) as f:
-        trace = json.load(f)
-    return trace["traceEvents"] if isinstance(trace, dict) else trace
 
 
 def _union_ms(intervals: list[tuple[float, float]]) -> float:
@@ -50,8 +42,7 @@ def timeline(trace_dir: str) -> dict:
     "phases": {phase: {"median_ms", "mean_ms"}}, "device_busy_ms": {device: busy ms per
     step}} from the trace under ``trace_dir``."""
     events = load_events(trace_dir)
-    names = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
-             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    names = process_names(events)
     devices = {pid: name for pid, name in names.items() if "/device:" in name}
     complete = [e for e in events if e.get("ph") == "X"]
     phases = collections.defaultdict(list)
