@@ -418,6 +418,7 @@ class _ProfileWindow:
 
 def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, is_main, *,
                   on_abort=None):
+    profile = _ProfileWindow(cfg, workdir, is_main)  # checks train.profile_steps first
     checkpoints = TrainCheckpoints(paths.join(workdir, "checkpoints"),
                                    save_every=cfg.checkpoint_every, keep=cfg.keep,
                                    async_save=cfg.async_checkpoints)
@@ -507,7 +508,6 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
     current_epoch = 0
     first = True
     metrics, image_ids = None, []
-    profile = _ProfileWindow(cfg, workdir, is_main)
     batches = iter(loader.iterate(start, num_steps))
     try:
         while True:
