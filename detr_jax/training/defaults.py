@@ -10,7 +10,7 @@ TRAIN_DEFAULTS = dict(
     granularity=0,  # > 0: training batches padded to multiples of it (else data.granularity)
     lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4, clip_norm=0.1, lr_drop_epochs=(200,),
     frozen=("backbone.conv1", "backbone.layer1"),  # and every BatchNorm (always frozen)
-    max_targets=100, matcher="optax",  # "optax" (on device) or "scipy" (host callback)
+    max_targets=100, matcher="auto",  # "kernel" on GPUs, "optax" elsewhere; or "scipy" (host callback)
     num_workers=8, prefetch=4, workers="process",  # "process" or "thread" data workers
     pad_to=(),  # (H, W): pad every batch to this shape (one compile); () = batch maximum
     checkpoint_every=1000, keep=3, async_checkpoints=True, log_every=50,

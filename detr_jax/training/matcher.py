@@ -11,10 +11,14 @@ Two solvers give the same optimum (ties aside):
   ``jax.pure_callback`` for all cost matrices of a step. Inside a sharded training step
   the trainer runs it under ``shard_map``, so every device sends only its own images to
   its own host (works on many hosts).
-- ``"optax"``: ``optax.assignment.hungarian_algorithm``, fully on device (one
-  ``lax.while_loop`` for all matrices, batched with vmap); no host round trip. The
-  training default: on an H100 the demo model's step (batch 32, 7 boxes per image) took
-  42.5 ms with it and 55.3 ms with scipy (docs/training.md).
+- ``"optax"``: ``optax.assignment.hungarian_algorithm``, on device (``lax.while_loop``s
+  for all matrices, batched with vmap). On a GPU XLA copies every iteration's loop
+  condition to the host and waits for it: hundreds of round trips per step.
+- ``"kernel"``: the same algorithm as optax's, with the same result, as one Pallas/Triton
+  GPU kernel, one program per matrix (``detr_jax.training.hungarian_kernel``): nothing
+  leaves the GPU.
+- ``"auto"`` (the training default): ``"kernel"`` on GPUs, ``"optax"`` elsewhere (TPU
+  loops run on the chip, CPU loops on the host anyway).
 """
 
 from __future__ import annotations
@@ -26,7 +30,18 @@ from optax import assignment
 
 from detr_jax.boxes import cxcywh_to_xyxy, pairwise_generalized_iou
 
-SOLVERS = ("scipy", "optax")
+SOLVERS = ("scipy", "optax", "kernel", "auto")
+
+
+def resolve_solver(solver: str, platform: str | None = None) -> str:
+    """``"auto"`` -> ``"kernel"`` on ``platform`` "gpu" (default: the first device's), else
+    ``"optax"``; other names are checked and returned."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown matcher solver {solver!r}; choose one of {SOLVERS}")
+    if solver != "auto":
+        return solver
+    platform = platform or jax.devices()[0].platform
+    return "kernel" if platform == "gpu" else "optax"
 
 
 def softmax_class_cost(pred_logits, labels) -> jax.Array:
@@ -79,12 +94,17 @@ def hungarian_match(cost: jax.Array, solver: str = "optax") -> jax.Array:
     if cost.shape[-2] < cost.shape[-1]:
         raise ValueError(f"more targets ({cost.shape[-1]}) than queries ({cost.shape[-2]})")
     cost = jax.lax.stop_gradient(cost.astype(jnp.float32))
+    solver = resolve_solver(solver)
+    if solver == "kernel":
+        from detr_jax.training.hungarian_kernel import kernel_assign
+        # off GPUs (tests) through the Pallas interpreter
+        return kernel_assign(cost, interpret=jax.devices()[0].platform != "gpu")
     if solver == "optax":
         return _optax_assign(cost)
     if solver == "scipy":
         shape = jax.ShapeDtypeStruct(cost.shape[:-2] + cost.shape[-1:], jnp.int32)
         return jax.pure_callback(_scipy_assign, shape, cost, vmap_method="broadcast_all")
-    raise ValueError(f"unknown matcher solver {solver!r}; choose one of {SOLVERS}")
+    raise AssertionError(solver)
 
 
 def match(pred_logits, pred_boxes, labels, boxes, valid, *, solver: str = "optax",

@@ -48,9 +48,10 @@ def sharded_assign(mesh: Mesh, solver: str):
     Under ``shard_map`` every device matches only its own images, so the scipy solver's
     host callback moves one device's costs to its own host (no gather across hosts).
     """
-    from detr_jax.training.matcher import SOLVERS, hungarian_match
+    from detr_jax.training.matcher import SOLVERS, hungarian_match, resolve_solver
     if solver not in SOLVERS:
         raise ValueError(f"train.matcher={solver!r}; choose one of {SOLVERS}")
+    solver = resolve_solver(solver, mesh.devices.flat[0].platform)
     spec = P(None, "data")
     return jax.shard_map(lambda cost: hungarian_match(cost, solver), mesh=mesh,
                          in_specs=spec, out_specs=spec, check_vma=False)
@@ -96,7 +97,7 @@ class Trainer:
         self.state = replicate(state, self.replicated)
         self.rest = replicate(rest, self.replicated)
         self.loss_weights = loss_weights
-        self.assign = sharded_assign(self.mesh, train_cfg.get("matcher", "optax"))
+        self.assign = sharded_assign(self.mesh, train_cfg.get("matcher", "auto"))
         self.compiles = 0
         self._executables = {}
         self._step = jax.jit(self._train_step_leaves, donate_argnums=(0,),

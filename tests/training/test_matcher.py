@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from detr_jax.training.matcher import hungarian_match, matching_cost
+from detr_jax.training.matcher import hungarian_match, matching_cost, resolve_solver
 
 
-@pytest.mark.parametrize("solver", ["scipy", "optax"])
+@pytest.mark.parametrize("solver", ["scipy", "optax", "kernel"])
 @pytest.mark.parametrize("seed", range(3))
 def test_total_matched_cost_equals_scipy_optimum_with_padded_targets(seed, solver):
     rng = np.random.default_rng(seed)
@@ -37,7 +37,7 @@ def test_matching_cost_terms():
     np.testing.assert_allclose(cost[0, 1, 0], -0.8 + 5 * 0.4 + 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("solver", ["scipy", "optax"])
+@pytest.mark.parametrize("solver", ["scipy", "optax", "kernel"])
 def test_leading_dims_and_vmap(solver):
     """(layers, batch, Q, T) at once, and under vmap, equals matching each matrix."""
     rng = np.random.default_rng(7)
@@ -54,3 +54,12 @@ def test_leading_dims_and_vmap(solver):
 def test_unknown_solver_is_named():
     with pytest.raises(ValueError, match="hungary"):
         hungarian_match(jnp.zeros((1, 3, 2)), "hungary")
+
+
+def test_auto_solver_is_the_kernel_on_gpus_only():
+    assert resolve_solver("auto", "gpu") == "kernel"
+    assert resolve_solver("auto", "tpu") == "optax"
+    assert resolve_solver("auto", "cpu") == "optax"
+    assert resolve_solver("scipy", "gpu") == "scipy"
+    with pytest.raises(ValueError, match="hungary"):
+        resolve_solver("hungary", "gpu")
