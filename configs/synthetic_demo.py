@@ -51,7 +51,9 @@ def get_config():
         global_batch=32, epochs=60, lr=2e-4, lr_backbone=1e-4, lr_drop_epochs=(36,),
         frozen=(),  # the whole backbone trains
         max_targets=20, num_workers=14, pad_to=(512, 512),
-        checkpoint_every=500, log_every=50, eval_every=2500, eval_images=300)
+        # a save holds the loop up 2.0-2.5 s on two H200 (orbax, ~1,200 arrays): every
+        # 2,500 steps (80 s at 1,000 images/s) it costs 3%; SIGTERM saves anyway
+        checkpoint_every=2500, log_every=50, eval_every=2500, eval_images=300)
     cfg.loss = loss_config()
     cfg.eval = eval_config(
         # ACT at the paper's bucket width r = 8 with the released offsets (the default): about

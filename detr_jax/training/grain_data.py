@@ -78,24 +78,40 @@ class GrainTrainLoader(TrainLoader):
                 log.warning("the checkpoint's data pipeline state does not fit this pipeline "
                             "(%s): starting it afresh at step %d (same order)", err, start_step)
                 first, iterator = start_step, iter(self._dataset(start_step, num_steps))
-        self._first = first
-        self._iterator = iterator
+        self._first, self._iterator, self._final_state = first, iterator, None
         step = start_step
-        for batch in iterator:
-            if batch["step"] != step:
-                raise RuntimeError(f"the restored data pipeline state yields step {batch['step']}, "
-                                   f"not step {step} of the checkpoint")
-            self._next_step = step + 1
-            yield batch
-            step += 1
-            if step >= num_steps:
-                return
+        try:
+            for batch in iterator:
+                if batch["step"] != step:
+                    raise RuntimeError(f"the restored data pipeline state yields step "
+                                       f"{batch['step']}, not step {step} of the checkpoint")
+                self._next_step = step + 1
+                yield batch
+                step += 1
+                if step >= num_steps:
+                    return
+        finally:
+            self._close(iterator)
+
+    def _close(self, iterator):
+        """Stop the worker processes now (on exhaustion, or when the consumer closes or
+        drops the generator), keeping the position for :meth:`get_state`. Left to
+        interpreter exit, grain's own finalizer runs after multiprocessing has closed
+        its queues and fails with tracebacks and leaked shared memory."""
+        try:
+            self._final_state = iterator.get_state()
+        finally:
+            close = getattr(iterator, "close", None)  # the thread fallback has none
+            if close is not None:
+                close()
 
     def get_state(self) -> dict:
         """JSON-able position of the pipeline after the batches consumed so far."""
         state = super().get_state()
         if getattr(self, "_iterator", None) is not None:
-            state.update(first_step=self._first, iterator=self._iterator.get_state())
+            iterator_state = (self._final_state if self._final_state is not None
+                              else self._iterator.get_state())
+            state.update(first_step=self._first, iterator=iterator_state)
         return state
 
 

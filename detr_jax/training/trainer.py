@@ -564,6 +564,7 @@ def _train_locked(trainer, loader, workdir, num_steps, eval_fn, progress, cfg, i
         if final_step not in checkpoints.steps() and metrics is not None:
             save(final_step, image_ids, metrics, force=True)
     finally:
+        batches.close()  # the input pipeline's workers stop here, not at interpreter exit
         profile.close()
         signals.restore()
         checkpoints.close()

@@ -62,6 +62,28 @@ def test_a_restored_iterator_state_continues_the_order(source_and_augment, worke
         next(wrong.iterate(5, 8))
 
 
+@pytest.mark.parametrize("stop", ["exhausted", "closed early"])
+def test_the_worker_processes_stop_with_the_generator_and_the_state_stays(source_and_augment,
+                                                                         stop):
+    """The grain iterator is closed when the batches end or the consumer closes the
+    generator (not left to grain's finalizer at interpreter exit), and the loader's state
+    afterwards is the one before."""
+    import multiprocessing
+    source, augment = source_and_augment
+    loader = make(GrainTrainLoader, source, augment, workers="process")
+    batches = loader.iterate(1, 4)
+    for _ in range(3 if stop == "exhausted" else 2):
+        next(batches)
+    before = loader.get_state()
+    assert multiprocessing.active_children()  # grain's prefetch process
+    if stop == "exhausted":
+        assert next(batches, None) is None
+    else:
+        batches.close()
+    assert loader.get_state() == before
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]  # stopped
+
+
 def test_the_pipeline_is_chosen_by_name(source_and_augment):
     source, augment = source_and_augment
     assert type(make(make_train_loader, source, augment, pipeline="auto")) is GrainTrainLoader
