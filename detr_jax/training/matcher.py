@@ -5,7 +5,8 @@ Targets are padded to a static count T per image: ``labels`` (B, T) int32, ``box
 cost (0) in every row, which leaves the optimal matching of the real targets unchanged
 as long as Q >= T (they take whatever rows remain).
 
-Two solvers give the same optimum (ties aside):
+The solvers give the same optimum (scipy may break ties another way; the kernel's
+assignment is optax's exactly):
 
 - ``"scipy"``: ``scipy.optimize.linear_sum_assignment`` on the host through one
   ``jax.pure_callback`` for all cost matrices of a step. Inside a sharded training step
