@@ -9,7 +9,7 @@ runs in its own process (so the device's peak-memory statistic belongs to it alo
 compiles once (timed), runs ``--warmup`` calls and then ``--repeats`` timed calls, each
 waited for with ``block_until_ready``; the table gives the median and the 10th/90th
 percentiles. Training steps use random boxes (``--boxes`` per image, the official
-anchors used 7), the full loss with Hungarian matching and the optimizer update.
+anchors used 7; padded to ``--max-targets`` as train.py pads to ``train.max_targets``), the full loss with Hungarian matching and the optimizer update.
 Weights are random: inference time of exact attention does not depend on them, but
 clustered attention does (cluster counts), so ``--checkpoint`` loads trained weights.
 Timing belongs here, never in tests.
@@ -145,7 +145,9 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
     from detr_jax.training.trainer import Trainer
     from detr_jax.models.build import build_model
     train_cfg = train_config(**(cfg.train.to_dict() if "train" in cfg else {}))
-    train_cfg.max_targets = max(args.boxes, 1)
+    # targets padded to --max-targets as train.py pads them to train.max_targets (COCO:
+    # 100); the matcher solves every padded row
+    train_cfg.max_targets = max(args.max_targets or args.boxes, args.boxes, 1)
     loss_cfg = cfg.loss if "loss" in cfg else loss_config()
     model = build_model(_model_config(cfg, attention, precision, args.attention_kernel,
                                       args.key_splits, args.matmul_precision), seed=args.seed)
@@ -189,6 +191,9 @@ def run_one(cfg, args, mode: str, attention: str, batch: int, precision: str) ->
                 images_per_s=batch / median, peak_memory_mib=_peak_memory_mib(),
                 xla_memory_mib=result.get("xla_memory_mib"),
                 compile_s=result["compile_s"], repeats=len(times),
+                **({"boxes": args.boxes, "max_targets": max(args.max_targets or args.boxes,
+                                                            args.boxes, 1)}
+                   if mode == "train" else {}),
                 **({"cluster_ratio": result["cluster_ratio"]} if "cluster_ratio" in result else {}))
 
 
@@ -251,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="key ranges per row of the fused kernel: auto or a positive "
                              "integer (the model config's attention_key_splits)")
     parser.add_argument("--boxes", type=int, default=7, help="target boxes per image (training)")
+    parser.add_argument("--max-targets", type=int, default=0,
+                        help="training targets padded to this count per image, as train.py pads "
+                             "to train.max_targets (100 for COCO); default: --boxes")
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed calls after compiling (default 3)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls (default 20)")
