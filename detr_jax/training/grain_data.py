@@ -100,10 +100,11 @@ class GrainTrainLoader(TrainLoader):
         its queues and fails with tracebacks and leaked shared memory."""
         try:
             self._final_state = iterator.get_state()
-        finally:
-            close = getattr(iterator, "close", None)  # the thread fallback has none
-            if close is not None:
-                close()
+        except Exception as err:  # never hide the error that ended the iteration
+            log.warning("the data pipeline's position could not be read at its end: %s", err)
+        close = getattr(iterator, "close", None)  # the thread fallback has none
+        if close is not None:
+            close()
 
     def get_state(self) -> dict:
         """JSON-able position of the pipeline after the batches consumed so far."""
