@@ -9,7 +9,8 @@ runs in its own process (so the device's peak-memory statistic belongs to it alo
 compiles once (timed), runs ``--warmup`` calls and then ``--repeats`` timed calls, each
 waited for with ``block_until_ready``; the table gives the median and the 10th/90th
 percentiles. Training steps use random boxes (``--boxes`` per image, the official
-anchors used 7; padded to ``--max-targets`` as train.py pads to ``train.max_targets``), the full loss with Hungarian matching and the optimizer update.
+anchors used 7; padded to ``--max-targets`` as train.py pads to ``train.max_targets``),
+the full loss with Hungarian matching and the optimizer update.
 Weights are random: inference time of exact attention does not depend on them, but
 clustered attention does (cluster counts), so ``--checkpoint`` loads trained weights.
 Timing belongs here, never in tests.
@@ -138,6 +139,13 @@ def cluster_ratios(out) -> list[float]:
     return ratios
 
 
+def _max_targets(args) -> int:
+    """Targets per image of a training step: ``--max-targets`` (default ``--boxes``), as
+    train.py pads them to ``train.max_targets`` (COCO: 100); the matcher solves every
+    padded row."""
+    return max(args.max_targets or args.boxes, args.boxes, 1)
+
+
 def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
     import jax
     import numpy as np
@@ -145,9 +153,7 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
     from detr_jax.training.trainer import Trainer
     from detr_jax.models.build import build_model
     train_cfg = train_config(**(cfg.train.to_dict() if "train" in cfg else {}))
-    # targets padded to --max-targets as train.py pads them to train.max_targets (COCO:
-    # 100); the matcher solves every padded row
-    train_cfg.max_targets = max(args.max_targets or args.boxes, args.boxes, 1)
+    train_cfg.max_targets = _max_targets(args)
     loss_cfg = cfg.loss if "loss" in cfg else loss_config()
     model = build_model(_model_config(cfg, attention, precision, args.attention_kernel,
                                       args.key_splits, args.matmul_precision), seed=args.seed)
@@ -191,8 +197,7 @@ def run_one(cfg, args, mode: str, attention: str, batch: int, precision: str) ->
                 images_per_s=batch / median, peak_memory_mib=_peak_memory_mib(),
                 xla_memory_mib=result.get("xla_memory_mib"),
                 compile_s=result["compile_s"], repeats=len(times),
-                **({"boxes": args.boxes, "max_targets": max(args.max_targets or args.boxes,
-                                                            args.boxes, 1)}
+                **({"boxes": args.boxes, "max_targets": _max_targets(args)}
                    if mode == "train" else {}),
                 **({"cluster_ratio": result["cluster_ratio"]} if "cluster_ratio" in result else {}))
 
