@@ -20,24 +20,27 @@
 #   RUN=enact20 CONFIG=configs/enact_demo.py bash benchmarks/device/train_demo.sh 565 (same overrides)
 # THEN="--config.train.epochs=108 --config.train.lr_drop_epochs=(88,)" runs stage 2 in the
 # same call once stage 1 has finished (its words are overrides; no quoting inside).
+# BACKBONE_DIR (default /tmp/backbone) is where the backbone is unpacked or pretrained: runs
+# side by side on one machine (train_pair.sh) each take their own.
 set -euo pipefail
 budget="${1:-480}"
 config="${CONFIG:-configs/synthetic_demo.py}"
 run="${RUN:-demo_run}"
+backbone="${BACKBONE_DIR:-/tmp/backbone}"
 source benchmarks/device/common.sh
 make_synthetic
 init=()
 if ! resume_from "carry/$run" "/tmp/$run"; then
   rm -rf "/tmp/$run" && mkdir -p "/tmp/$run"
   if [ -f carry/backbone.tar ]; then
-    rm -rf /tmp/backbone && mkdir -p /tmp/backbone && tar -C /tmp/backbone -xf carry/backbone.tar
+    rm -rf "$backbone" && mkdir -p "$backbone" && tar -C "$backbone" -xf carry/backbone.tar
     echo "backbone from carry/backbone.tar"
-  elif [ ! -f /tmp/backbone/config.json ]; then
+  elif [ ! -f "$backbone/config.json" ]; then
     python3 -m detr_jax.training.backbone_pretrain --config "$config" \
-      --output /tmp/backbone "${SYN_DATA[@]}" 2>&1 | grep -v "^backbone pretraining step [0-9]*[1-9]00/"
-    tar -C /tmp/backbone -cf "$out/backbone.tar" .
+      --output "$backbone" "${SYN_DATA[@]}" 2>&1 | grep -v "^backbone pretraining step [0-9]*[1-9]00/"
+    tar -C "$backbone" -cf "$out/backbone.tar" .
   fi
-  init=(--config.train.init_backbone=/tmp/backbone)
+  init=(--config.train.init_backbone="$backbone")
 fi
 set +e
 timeout -s TERM "$(( budget - $(elapsed) ))" python3 train.py \

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Two synthetic-benchmark trainings side by side on a machine of two GPUs, one per GPU,
+# each through train_demo.sh (so each resumes from this warm machine's /tmp/RUN in the
+# next call, and stops at SECONDS with a checkpoint).
+#   bash benchmarks/device/train_pair.sh SECONDS RUN=CONFIG[@ATTENTION] RUN=CONFIG[@ATTENTION] [--config.x=y ...]
+# e.g. Anchor DETR with and without ENACT at the demo's stage-1 budget, from one carried
+# backbone (carry/backbone.tar):
+#   bash benchmarks/device/train_pair.sh 585 anchor_demo=configs/anchor_detr_synthetic.py \
+#       anchor_enact_demo=configs/anchor_detr_synthetic.py@enact:sigma=5
+# ATTENTION sets the encoder attention for training and evaluation. Each run gets half the
+# CPUs less one as data workers; the overrides after the two runs apply to both. The
+# synthetic benchmark is generated once, before either starts; each run unpacks (or
+# pretrains) its own copy of the backbone. -> $OUT/RUN.log, $OUT/RUN_metrics.jsonl and
+# $OUT/RUN_model.tar (the exported model, once the run has one) for both runs.
+set -uo pipefail
+budget="${1:?usage: train_pair.sh SECONDS RUN=CONFIG[@ATTENTION] RUN=CONFIG[@ATTENTION] [overrides]}"
+first="${2:?two runs}"; second="${3:?two runs}"
+shift 3
+source benchmarks/device/common.sh
+make_synthetic
+final_out="$out"
+workers=$(( $(nproc) / 2 - 1 )); [ "$workers" -ge 1 ] || workers=1
+pids=(); names=()
+gpu=0
+for spec in "$first" "$second"; do
+  name="${spec%%=*}"; rest="${spec#*=}"
+  config="${rest%%@*}"; attention=""
+  [ "$rest" != "$config" ] && attention="${rest#*@}"
+  [ -f "$config" ] || { echo "error: $spec: no config file $config" >&2; exit 2; }
+  extra=()
+  if [ -n "$attention" ]; then
+    extra=(--config.model.encoder_attention="$attention" "--config.eval.attention=('$attention',)")
+  fi
+  CUDA_VISIBLE_DEVICES=$gpu OUT="/tmp/out_$name" RUN="$name" CONFIG="$config" \
+    BACKBONE_DIR="/tmp/backbone_$name" \
+    bash benchmarks/device/train_demo.sh "$(( budget - $(elapsed) ))" \
+    --config.train.num_workers="$workers" "${extra[@]}" "$@" > "$final_out/$name.log" 2>&1 &
+  pids+=($!); names+=("$name")
+  echo "$name: $config ${attention:+($attention) }on GPU $gpu, $workers workers"
+  gpu=$(( gpu + 1 ))
+done
+for i in 0 1; do
+  wait "${pids[$i]}"; name="${names[$i]}"
+  echo "$name: done at $(elapsed) s"
+  cp "/tmp/out_$name/metrics.jsonl" "$final_out/${name}_metrics.jsonl" 2>/dev/null
+  cp "/tmp/out_$name/model.tar" "$final_out/${name}_model.tar" 2>/dev/null
+  grep -E "resum|eval at step|exit code|rror" "$final_out/$name.log" | tail -12
+  grep -E "^step [0-9]+/" "$final_out/$name.log" | tail -1
+done
+ls -la "$final_out"
