@@ -174,7 +174,7 @@ class AppendLog:
         self.path = resolve(path)
         self.remote = is_remote(self.path)
         self.min_interval = min_interval
-        self._last = 0.0
+        self._last = None  # monotonic time of the last upload; the first flush always uploads
         if self.remote:
             self._lines = read_text(self.path).splitlines(True) if exists(self.path) else []
             self._dirty = False
@@ -193,7 +193,8 @@ class AppendLog:
         if not self.remote:
             self._file.flush()
             return
-        if self._dirty and (force or time.monotonic() - self._last >= self.min_interval):
+        due = self._last is None or time.monotonic() - self._last >= self.min_interval
+        if self._dirty and (force or due):
             write_text(self.path, "".join(self._lines))
             self._last, self._dirty = time.monotonic(), False
 
