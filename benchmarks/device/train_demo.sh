@@ -21,20 +21,22 @@
 # THEN="--config.train.epochs=108 --config.train.lr_drop_epochs=(88,)" runs stage 2 in the
 # same call once stage 1 has finished (its words are overrides; no quoting inside).
 # BACKBONE_DIR (default /tmp/backbone) is where the backbone is unpacked or pretrained: runs
-# side by side on one machine (train_pair.sh) each take their own.
+# side by side on one machine (train_pair.sh) each take their own. BACKBONE_TAR (default
+# carry/backbone.tar) is the packed backbone used when present.
 set -euo pipefail
 budget="${1:-480}"
 config="${CONFIG:-configs/synthetic_demo.py}"
 run="${RUN:-demo_run}"
 backbone="${BACKBONE_DIR:-/tmp/backbone}"
+backbone_tar="${BACKBONE_TAR:-carry/backbone.tar}"
 source benchmarks/device/common.sh
 make_synthetic
 init=()
 if ! resume_from "carry/$run" "/tmp/$run"; then
   rm -rf "/tmp/$run" && mkdir -p "/tmp/$run"
-  if [ -f carry/backbone.tar ]; then
-    rm -rf "$backbone" && mkdir -p "$backbone" && tar -C "$backbone" -xf carry/backbone.tar
-    echo "backbone from carry/backbone.tar"
+  if [ -f "$backbone_tar" ]; then
+    rm -rf "$backbone" && mkdir -p "$backbone" && tar -C "$backbone" -xf "$backbone_tar"
+    echo "backbone from $backbone_tar"
   elif [ ! -f "$backbone/config.json" ]; then
     python3 -m detr_jax.training.backbone_pretrain --config "$config" \
       --output "$backbone" "${SYN_DATA[@]}" 2>&1 | grep -v "^backbone pretraining step [0-9]*[1-9]00/"

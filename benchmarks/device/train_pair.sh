@@ -9,9 +9,11 @@
 #       anchor_enact_demo=configs/anchor_detr_synthetic.py@enact:sigma=5
 # ATTENTION sets the encoder attention for training and evaluation. Each run gets half the
 # CPUs less one as data workers; the overrides after the two runs apply to both. The
-# synthetic benchmark is generated once, before either starts; each run unpacks (or
-# pretrains) its own copy of the backbone. -> $OUT/RUN.log, $OUT/RUN_metrics.jsonl and
-# $OUT/RUN_model.tar (the exported model, once the run has one) for both runs.
+# synthetic benchmark is generated once, before either starts, and so is the backbone:
+# carry/backbone.tar when carried, else pretrained here once (on GPU 0, written to
+# $OUT/backbone.tar); each run unpacks its own copy of it. -> $OUT/RUN.log,
+# $OUT/RUN_metrics.jsonl and $OUT/RUN_model.tar (the exported model, once the run has one)
+# for both runs.
 set -uo pipefail
 budget="${1:?usage: train_pair.sh SECONDS RUN=CONFIG[@ATTENTION] RUN=CONFIG[@ATTENTION] [overrides]}"
 first="${2:?two runs}"; second="${3:?two runs}"
@@ -19,6 +21,18 @@ shift 3
 source benchmarks/device/common.sh
 make_synthetic
 final_out="$out"
+shared_tar=carry/backbone.tar
+if [ ! -f "$shared_tar" ]; then  # one backbone for both runs, pretrained once per machine
+  shared_tar=/tmp/backbone_shared.tar
+  if [ ! -f "$shared_tar" ]; then
+    first_config="${first#*=}"; first_config="${first_config%%@*}"
+    rm -rf /tmp/backbone_shared
+    CUDA_VISIBLE_DEVICES=0 python3 -m detr_jax.training.backbone_pretrain --config "$first_config" \
+      --output /tmp/backbone_shared "${SYN_DATA[@]}" 2>&1 | grep -v "step [0-9]*[1-9]00/" | tail -3
+    tar -C /tmp/backbone_shared -cf "$shared_tar" . && cp "$shared_tar" "$final_out/backbone.tar"
+  fi
+fi
+echo "backbone: $shared_tar ($(elapsed) s)"
 workers=$(( $(nproc) / 2 - 1 )); [ "$workers" -ge 1 ] || workers=1
 pids=(); names=()
 gpu=0
@@ -32,7 +46,7 @@ for spec in "$first" "$second"; do
     extra=(--config.model.encoder_attention="$attention" "--config.eval.attention=('$attention',)")
   fi
   CUDA_VISIBLE_DEVICES=$gpu OUT="/tmp/out_$name" RUN="$name" CONFIG="$config" \
-    BACKBONE_DIR="/tmp/backbone_$name" \
+    BACKBONE_DIR="/tmp/backbone_$name" BACKBONE_TAR="$shared_tar" \
     bash benchmarks/device/train_demo.sh "$(( budget - $(elapsed) ))" \
     --config.train.num_workers="$workers" "${extra[@]}" "$@" > "$final_out/$name.log" 2>&1 &
   pids+=($!); names+=("$name")
