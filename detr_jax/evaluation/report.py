@@ -409,6 +409,7 @@ def write_cluster_maps(staging: Staging, model, source, result: EvalResult, *, c
     from detr_jax.evaluation.plots import default_tokens, plot_cluster_maps, settings_assignments
     from detr_jax.models.build import with_encoder_attention
     from detr_jax.models.detector import encoder_key
+    from detr_jax.models.inference import on_device
     from detr_jax.progress import Progress
 
     clustered = [s for s in result.settings if parse_attention(s) != parse_attention("exact")]
@@ -424,7 +425,7 @@ def write_cluster_maps(staging: Staging, model, source, result: EvalResult, *, c
                    dynamic_ncols=True, disable=not progress, file=sys.stderr)
     try:
         encoder_rng = encoder_key(jax.random.key(seed))
-        state = nnx.split(model)[1]
+        state = on_device(nnx.split(model)[1])  # not copied again per image
         graphdefs = {s: nnx.split(with_encoder_attention(model, parse_attention(s)))[0]
                      for s in clustered}
         assign = jax.jit(lambda st, px, m, rng: settings_assignments(graphdefs, st, px, m, rng))

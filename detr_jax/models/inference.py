@@ -6,6 +6,14 @@ import jax
 from flax import nnx
 
 
+def on_device(state):
+    """``state`` with every host (NumPy) leaf placed on the default device; arrays already
+    on a device keep their placement (a sharded state keeps its sharding). Jitted calls
+    over a loaded model's state should take this: host leaves are copied again on every
+    call."""
+    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), state)
+
+
 class Forward:
     """``forward(pixel_values, padding_mask, rng=None)`` -> the model's output dict, jitted.
 
@@ -19,9 +27,7 @@ class Forward:
 
     def __init__(self, model, *, return_intermediates: bool = False):
         self.graphdef, state = nnx.split(model)
-        # device arrays stay where they are (a sharded state keeps its sharding)
-        self.state = jax.tree.map(
-            lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), state)
+        self.state = on_device(state)
         self.compiles = 0
         graphdef = self.graphdef
 
