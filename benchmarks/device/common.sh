@@ -19,6 +19,14 @@ make_synthetic() {
     echo "generated the synthetic benchmark in $(elapsed) s"
   fi
 }
+# Pretrain the demo backbone on object crops with config $1 into the directory $2 (emptied
+# first) and pack it as the tar file $3.
+pretrain_backbone() {
+  rm -rf "$2"
+  python3 -m detr_jax.training.backbone_pretrain --config "$1" --output "$2" "${SYN_DATA[@]}" \
+    2>&1 | grep -v "step [0-9]*[1-9]00/" | tail -3
+  tar -C "$2" -cf "$3" .
+}
 SYN_DATA=(--config.data.train_annotations=/tmp/syn/annotations/instances_train.json
           --config.data.train_images=/tmp/syn/train
           --config.data.val_annotations=/tmp/syn/annotations/instances_val.json

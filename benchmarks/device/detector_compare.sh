@@ -38,9 +38,7 @@ if [ "$phase" != time ]; then
 if [ -f carry/backbone.tar ]; then
   rm -rf "$backbone" && mkdir -p "$backbone" && tar -C "$backbone" -xf carry/backbone.tar
 elif [ ! -f "$backbone/config.json" ]; then
-  python3 -m detr_jax.training.backbone_pretrain --config configs/synthetic_demo.py \
-    --output "$backbone" "${SYN_DATA[@]}" 2>&1 | grep -v "step [0-9]*[1-9]00/" | tail -3
-  tar -C "$backbone" -cf "$out/backbone.tar" .
+  pretrain_backbone configs/synthetic_demo.py "$backbone" "$out/backbone.tar"
 fi
 echo "backbone ready at $(elapsed) s; training ${runs[*]} on GPU $gpu with $workers workers each"
 recipe=(--config.train.epochs="$epochs" "--config.train.lr_drop_epochs=($(( epochs * 2 / 3 )),)"

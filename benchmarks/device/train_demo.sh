@@ -38,9 +38,7 @@ if ! resume_from "carry/$run" "/tmp/$run"; then
     rm -rf "$backbone" && mkdir -p "$backbone" && tar -C "$backbone" -xf "$backbone_tar"
     echo "backbone from $backbone_tar"
   elif [ ! -f "$backbone/config.json" ]; then
-    python3 -m detr_jax.training.backbone_pretrain --config "$config" \
-      --output "$backbone" "${SYN_DATA[@]}" 2>&1 | grep -v "^backbone pretraining step [0-9]*[1-9]00/"
-    tar -C "$backbone" -cf "$out/backbone.tar" .
+    pretrain_backbone "$config" "$backbone" "$out/backbone.tar"
   fi
   init=(--config.train.init_backbone="$backbone")
 fi

@@ -26,10 +26,8 @@ if [ ! -f "$shared_tar" ]; then  # one backbone for both runs, pretrained once p
   shared_tar=/tmp/backbone_shared.tar
   if [ ! -f "$shared_tar" ]; then
     first_config="${first#*=}"; first_config="${first_config%%@*}"
-    rm -rf /tmp/backbone_shared
-    CUDA_VISIBLE_DEVICES=0 python3 -m detr_jax.training.backbone_pretrain --config "$first_config" \
-      --output /tmp/backbone_shared "${SYN_DATA[@]}" 2>&1 | grep -v "step [0-9]*[1-9]00/" | tail -3
-    tar -C /tmp/backbone_shared -cf "$shared_tar" . && cp "$shared_tar" "$final_out/backbone.tar"
+    CUDA_VISIBLE_DEVICES=0 pretrain_backbone "$first_config" /tmp/backbone_shared "$shared_tar" \
+      && cp "$shared_tar" "$final_out/backbone.tar"
   fi
 fi
 echo "backbone: $shared_tar ($(elapsed) s)"
