@@ -30,7 +30,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from detr_jax.attention.flash import flash_attention  # noqa: E402
+from detr_jax.attention.flash import default_tiles, flash_attention  # noqa: E402
 from detr_jax.benchmark import _timed  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernel_profile import traced_device_times  # noqa: E402
@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     parser.add_argument("--divisors", default="1,2,4,8", help="real rows = N / divisor")
     parser.add_argument("--splits", default="1",
                         help="key splits to sweep, comma-separated (integers, auto)")
+    parser.add_argument("--dtypes", default="float32",
+                        help="input dtypes, comma-separated (float32: TF32 products; bfloat16)")
+    parser.add_argument("--stages", default="2", help="Triton pipeline stages to sweep")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--output", default="")
     args = parser.parse_args(argv)
@@ -60,22 +63,22 @@ def main(argv=None) -> int:
     interpret = jax.default_backend() != "gpu"
     ints = lambda text: [int(v) for v in text.split(",") if v]
     rows = []
-    for batch in ints(args.batches):
+    for batch, dtype in itertools.product(ints(args.batches), args.dtypes.split(",")):
         rng = np.random.default_rng(0)
         q, k, v = (jnp.asarray(rng.normal(size=(batch, args.tokens, HEADS, HEAD_DIM)).astype(np.float32)
-                               / (HEAD_DIM ** 0.25 if i < 2 else 1.0)) for i in range(3))
+                               / (HEAD_DIM ** 0.25 if i < 2 else 1.0), dtype) for i in range(3))
         valid = jnp.ones((batch, args.tokens), bool)
         for divisor in ints(args.divisors):
             counts = jnp.full((batch, HEADS), args.tokens // divisor, jnp.int32)
-            for block_q, block_k, warps, splits in itertools.product(
-                    ints(args.block_q), ints(args.block_k), ints(args.warps),
+            for block_q, block_k, warps, stages, splits in itertools.product(
+                    ints(args.block_q), ints(args.block_k), ints(args.warps), ints(args.stages),
                     [None if s == "auto" else int(s) for s in args.splits.split(",")]):
                 fn = jax.jit(lambda q, k, v, valid, counts, bq=block_q, bk=block_k, w=warps,
-                             s=splits: flash_attention(q, k, v, valid, counts, block_q=bq,
-                                                       block_k=bk, num_warps=w, key_splits=s,
-                                                       interpret=interpret))
-                tag = (f"B={batch} N/{divisor} bq={block_q} bk={block_k} warps={warps} "
-                       f"splits={splits or 'auto'}")
+                             st=stages, s=splits: flash_attention(
+                                 q, k, v, valid, counts, block_q=bq, block_k=bk, num_warps=w,
+                                 num_stages=st, key_splits=s, interpret=interpret))
+                tag = (f"B={batch} {dtype} N/{divisor} bq={block_q} bk={block_k} warps={warps} "
+                       f"stages={stages} splits={splits or 'auto'}")
                 try:
                     ms = time_ms(lambda: fn(q, k, v, valid, counts), reps=args.reps)
                 except Exception as err:  # noqa: BLE001 - a tile that does not compile
@@ -83,22 +86,24 @@ def main(argv=None) -> int:
                     continue
                 busy = sum(traced_device_times(lambda: fn(q, k, v, valid, counts),
                                                args.reps).values())
-                rows.append(dict(batch=batch, divisor=divisor, block_q=block_q, block_k=block_k,
-                                 num_warps=warps, key_splits=splits or "auto", ms=ms,
+                rows.append(dict(batch=batch, dtype=dtype, divisor=divisor, block_q=block_q,
+                                 block_k=block_k, num_warps=warps, num_stages=stages,
+                                 key_splits=splits or "auto", ms=ms,
                                  device_ms=busy, device=jax.devices()[0].device_kind))
                 print(f"{tag}: {ms:.3f} ms, device {busy:.3f} ms", flush=True)
-    print("\n| batch | real rows | default tiles device ms | best device ms | "
-          "best (bq, bk, warps, splits) |")
-    print("| --- | --- | --- | --- | --- |")
-    for batch, divisor in sorted({(r["batch"], r["divisor"]) for r in rows}):
-        case = [r for r in rows if r["batch"] == batch and r["divisor"] == divisor]
+    print("\n| batch | dtype | real rows | default tiles device ms | best device ms | "
+          "best (bq, bk, warps, stages, splits) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for batch, dtype, divisor in sorted({(r["batch"], r["dtype"], r["divisor"]) for r in rows}):
+        case = [r for r in rows if (r["batch"], r["dtype"], r["divisor"]) == (batch, dtype, divisor)]
         best = min(case, key=lambda r: r["device_ms"])
         default = [r["device_ms"] for r in case if (r["block_q"], r["block_k"], r["num_warps"],
-                                                    r["key_splits"]) == (64, 64, 4, "auto")]
+                                                    r["num_stages"], r["key_splits"])
+                   == (*default_tiles(dtype)[:2], 4, default_tiles(dtype)[2], "auto")]
         default_ms = f"{default[0]:.3f}" if default else "n/a"
         tiles = (f"({best['block_q']}, {best['block_k']}, {best['num_warps']}, "
-                 f"{best['key_splits']})")
-        print(f"| {batch} | N/{divisor} | {default_ms} | {best['device_ms']:.3f} | {tiles} |")
+                 f"{best['num_stages']}, {best['key_splits']})")
+        print(f"| {batch} | {dtype} | N/{divisor} | {default_ms} | {best['device_ms']:.3f} | {tiles} |")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(rows, f, indent=1)

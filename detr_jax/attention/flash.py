@@ -40,6 +40,8 @@ import jax.numpy as jnp
 from detr_jax.attention.softmax import masked_softmax_attention
 
 NEG_INF = -1e30  # finite: a block of only masked keys stays finite
+LOG2E = 1.4426950408889634  # log2(e): the kernel's softmax runs in base 2
+LN2 = 0.6931471805599453
 
 
 def _matmul_precision():
@@ -56,7 +58,7 @@ def _matmul_precision():
 
 def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, nq: int,
             nk: int, blocks_per_split: int, heads: int, splits: int, precision, ragged: bool,
-            masked_keys: bool, divided: bool):
+            masked_keys: bool, divided: bool, fast_exp2: bool):
     """One program: ``block_q`` query rows of one (image, head) against one key range.
 
     The refs hold whole unpadded rows ((Nq, Dh) queries, (Nk, Dh) keys and values): tiles
@@ -79,6 +81,16 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, 
     queries = pl.ds(first_row, block_q)
     dim = q_ref.shape[-1]
 
+    def exp2(x):
+        """2**x of an fp32 tile: one ``ex2.approx.ftz`` instruction per element on the GPU
+        (results below 2**-126, weights that cannot matter next to the row's largest,
+        flush to 0); jnp.exp2 in the interpreter."""
+        if not fast_exp2:
+            return jnp.exp2(x)
+        return plgpu.elementwise_inline_asm(
+            "ex2.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f", pack=1,
+            result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, jnp.float32)])[0]
+
     def write(out, lse):
         plgpu.store(o_ref.at[queries, :], out.astype(o_ref.dtype),
                     mask=jnp.broadcast_to((rows < nq)[:, None], out.shape))
@@ -93,6 +105,9 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, 
             q = (q.astype(jnp.float32) / jnp.maximum(divisor, 1.0)[:, None]).astype(q.dtype)
 
         def body(j, carry):
+            # m is the running row maximum of the logits in base-2 units (logit * log2 e):
+            # the softmax's exponentials are then the GPU's ex2 instruction, where jnp.exp
+            # would go through libdevice's accurate expf (several instructions per logit).
             m, l, acc = carry
             start = (first_block + j) * block_k
             keys = pl.ds(start, block_k)
@@ -103,11 +118,14 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, 
             ok = in_range
             if valid_ref is not None:
                 ok = ok & (plgpu.load(valid_ref.at[keys], mask=in_range, other=0) != 0)
+            # masked keys get -inf: exp2 gives them exactly 0 without a second select,
+            # and the running maximum, which starts at the finite NEG_INF, stays finite
+            bias = jnp.where(ok, 0.0, -jnp.inf)
             s = plgpu.dot(q, k, trans_b=True, precision=precision).astype(jnp.float32)
-            s = jnp.where(ok[None, :], s, NEG_INF)
+            s = s * LOG2E + bias[None, :]
             m_new = jnp.maximum(m, jnp.max(s, axis=1))
-            p = jnp.where(ok[None, :], jnp.exp(s - m_new[:, None]), 0.0)
-            scale = jnp.exp(m - m_new)
+            p = exp2(s - m_new[:, None])
+            scale = exp2(m - m_new)
             l = l * scale + jnp.sum(p, axis=1)
             pv = plgpu.dot(p.astype(v.dtype), v, precision=precision).astype(jnp.float32)
             return m_new, l, acc * scale[:, None] + pv
@@ -117,8 +135,9 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, 
         m, l, acc = jax.lax.fori_loop(0, blocks_per_split, body, init)
         out = acc / jnp.maximum(l, 1e-30)[:, None]
         out = jnp.where(row_ok[:, None], out, 0.0)  # rows past the count: zeros
-        # a range of only masked keys gets no weight in the combination
-        write(out, jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), NEG_INF))
+        # a range of only masked keys gets no weight in the combination; the log-sum-exp
+        # goes back to natural units
+        write(out, jnp.where(l > 0, (m + jnp.log2(jnp.maximum(l, 1e-30))) * LN2, NEG_INF))
 
     if not ragged:
         compute()
@@ -196,7 +215,8 @@ def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, *, block_q
     kernel = functools.partial(
         _kernel, block_q=block_q, block_k=block_k, nq=nq, nk=nk,
         blocks_per_split=blocks_per_split, heads=heads, splits=splits, precision=precision,
-        ragged=ragged, masked_keys=key_valid is not None, divided=query_divisors is not None)
+        ragged=ragged, masked_keys=key_valid is not None, divided=query_divisors is not None,
+        fast_exp2=not interpret)
     head_of = (lambda hs: hs // splits) if splits > 1 else (lambda hs: hs)
     row_spec = lambda n: pl.BlockSpec((None, n, None, dim_p), lambda i, b, hs: (b, 0, head_of(hs), 0))
     in_specs = [pl.BlockSpec((counts.shape[0],), lambda i, b, hs: (0,)),
@@ -277,8 +297,18 @@ def _flash_bwd(block_q, block_k, num_warps, num_stages, interpret, key_splits, r
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
+def default_tiles(dtype) -> tuple[int, int, int]:
+    """(block_q, block_k, num_stages) for inputs of ``dtype``: the tiles that ran the DC5
+    encoder's attention fastest at batch 8 without slowing batch 1 (3800 tokens, 8 heads
+    of 32, 4 warps; one H200, ``benchmarks/flash_tiles.py``): 128 query rows x 64 keys in
+    2 stages for fp32 inputs (TF32 or fp32 products), 64 x 128 in 3 stages for 16-bit
+    inputs, whose tiles take half the registers."""
+    return (64, 128, 3) if jnp.dtype(dtype).itemsize <= 2 else (128, 64, 2)
+
+
 def flash_attention(q, k, v, key_valid=None, query_counts=None, query_divisors=None, *,
-                    block_q: int = 64, block_k: int = 64, num_warps: int = 4, num_stages: int = 2,
+                    block_q: int | None = None, block_k: int | None = None, num_warps: int = 4,
+                    num_stages: int | None = None,
                     interpret: bool = False, key_splits: int | None = None) -> jax.Array:
     """Scaled dot-product attention with padded keys and ragged queries, fused.
 
@@ -289,7 +319,8 @@ def flash_attention(q, k, v, key_valid=None, query_counts=None, query_divisors=N
         that are real; later rows do no work and come out as zeros. None: all rows.
       query_divisors: (B, H, Nq) float, each query row is divided by max(divisor, 1)
         first (prototype sums and cluster sizes give the means); None: no division.
-      block_q, block_k: tile sizes (powers of 2); num_warps, num_stages: Triton options.
+      block_q, block_k: tile sizes (powers of 2 >= 16); None: ``default_tiles(q.dtype)``.
+      num_warps, num_stages: Triton options (num_stages None: ``default_tiles``).
       interpret: run through the Pallas interpreter (CPU tests).
       key_splits: programs per row's keys (split-K, a positive integer); None:
         ``auto_key_splits``.
@@ -299,6 +330,10 @@ def flash_attention(q, k, v, key_valid=None, query_counts=None, query_divisors=N
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"flash_attention: q {q.shape}, k {k.shape}, v {v.shape} must be "
                          "(B, Nq, H, Dh), (B, Nk, H, Dh), (B, Nk, H, Dh)")
+    tiles = default_tiles(q.dtype)
+    block_q = tiles[0] if block_q is None else block_q
+    block_k = tiles[1] if block_k is None else block_k
+    num_stages = tiles[2] if num_stages is None else num_stages
     for name, block in (("block_q", block_q), ("block_k", block_k)):
         if block < 16 or block & (block - 1):
             raise ValueError(f"flash_attention: {name}={block} must be a power of 2 >= 16")
