@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Two synthetic-benchmark trainings side by side on a machine of two GPUs, one per GPU,
+# Two synthetic-benchmark trainings side by side, one per GPU on a machine of two GPUs,
+# both on the one GPU of a machine with one (each then at about half its speed alone),
 # each through train_demo.sh (so each resumes from this warm machine's /tmp/RUN in the
 # next call, and stops at SECONDS with a checkpoint).
 #   bash benchmarks/device/train_pair.sh SECONDS RUN=CONFIG[@ATTENTION] RUN=CONFIG[@ATTENTION] [--config.x=y ...]
@@ -32,6 +33,9 @@ if [ ! -f "$shared_tar" ]; then  # one backbone for both runs, pretrained once p
 fi
 echo "backbone: $shared_tar ($(elapsed) s)"
 workers=$(( $(nproc) / 2 - 1 )); [ "$workers" -ge 1 ] || workers=1
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU"); [ "$gpus" -ge 1 ] || gpus=1
+# two processes on one GPU: each may take under half of its memory (JAX takes 75% by default)
+[ "$gpus" -ge 2 ] || export XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
 pids=(); names=()
 gpu=0
 for spec in "$first" "$second"; do
@@ -49,7 +53,7 @@ for spec in "$first" "$second"; do
     --config.train.num_workers="$workers" "${extra[@]}" "$@" > "$final_out/$name.log" 2>&1 &
   pids+=($!); names+=("$name")
   echo "$name: $config ${attention:+($attention) }on GPU $gpu, $workers workers"
-  gpu=$(( gpu + 1 ))
+  gpu=$(( (gpu + 1) % gpus ))
 done
 for i in 0 1; do
   wait "${pids[$i]}"; name="${names[$i]}"
