@@ -1,10 +1,13 @@
-"""Where a forward pass spends its device time, kernel by kernel (a jax.profiler trace).
+"""Where a forward pass or a training step spends its device time, kernel by kernel (a
+jax.profiler trace).
 
     python benchmarks/kernel_profile.py --config configs/detr_r50_dc5.py \\
         --attention exact act:L=32,r=4 --batch 1 --size 800x1216 --output kernels.json
+    python benchmarks/kernel_profile.py --config configs/detr_r50_dc5.py --mode train --batch 4
 
 For each attention setting: build the config's model (random weights), jit its forward
-pass, warm up, then trace ``--reps`` calls with ``jax.profiler`` (a Perfetto trace, read
+pass (``--mode train``: the training step of ``python -m detr_jax.benchmark --mode train``,
+with its ``--precision``, ``--boxes`` and ``--max-targets``), warm up, then trace ``--reps`` calls with ``jax.profiler`` (a Perfetto trace, read
 back here as JSON) and sum the duration of every device event by name. Prints the
 ``--top`` names per setting (ms per call and share of the busy time) and writes all of
 them with ``--output``. Each kernel is attributed to the JAX operation it comes from (the
@@ -145,11 +148,41 @@ def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int,
             "kernel_sources": sources, "kernel_op_names": full, "kernel_hlo": dumps}
 
 
+def profile_train(cfg, attention: str, batch: int, size, reps: int, seed: int,
+                  precision: str = "default", boxes: int = 7, max_targets: int | None = None,
+                  dump: tuple[str, ...] = ()) -> dict:
+    """:func:`profile_setting` for the training step the benchmark times (random weights
+    and targets; ``boxes`` real targets per image padded to ``max_targets``)."""
+    from detr_jax import benchmark
+    argv = ["--config", "-", "--size", f"{size[0]}x{size[1]}", "--boxes", str(boxes),
+            "--seed", str(seed)] + ([] if max_targets is None else ["--max-targets", str(max_targets)])
+    call, step, _ = benchmark.train_step_call(cfg, benchmark.build_parser().parse_args(argv),
+                                              attention, batch, precision)
+    for _ in range(3):
+        jax.block_until_ready(call())
+    per_call, events = traced_device_events(call, reps)
+    op_names = hlo_op_names(step.as_text())
+    return {"mode": "train", "attention": attention, "batch": batch,
+            "size": f"{size[0]}x{size[1]}", "precision": precision,
+            "device": jax.devices()[0].device_kind, "reps": reps,
+            "busy_ms_per_call": sum(per_call.values()), "events_per_call": events,
+            "kernels_ms_per_call": dict(sorted(per_call.items(), key=lambda kv: -kv[1])),
+            "kernel_sources": {name: attribute(name, op_names) for name in per_call},
+            "kernel_op_names": {name: attribute(name, op_names, scopes=0) for name in per_call},
+            "kernel_hlo": {name: fused_computation(step.as_text(), name) for name in dump}}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--attention", nargs="+", default=["exact"])
+    parser.add_argument("--mode", choices=("infer", "train"), default="infer")
+    parser.add_argument("--precision", default="default", choices=("default", "highest", "bf16"),
+                        help="training step (--mode train): as the benchmark's --precision")
+    parser.add_argument("--boxes", type=int, default=7, help="training step: targets per image")
+    parser.add_argument("--max-targets", type=int, default=None,
+                        help="training step: targets padded to this count (default --boxes)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--size", type=parse_size, default=(800, 1216))
     parser.add_argument("--reps", type=int, default=10)
@@ -163,10 +196,14 @@ def main(argv=None) -> int:
     cfg = config_for_parser(parser, args.config, rest)
     results = []
     for attention in args.attention:
-        r = profile_setting(cfg, attention, args.batch, args.size, args.reps, args.seed,
-                            tuple(args.dump))
+        if args.mode == "train":
+            r = profile_train(cfg, attention, args.batch, args.size, args.reps, args.seed,
+                              args.precision, args.boxes, args.max_targets, tuple(args.dump))
+        else:
+            r = profile_setting(cfg, attention, args.batch, args.size, args.reps, args.seed,
+                                tuple(args.dump))
         results.append(r)
-        print(f"\n{attention}, batch {args.batch}, {r['size']} on {r['device']}: "
+        print(f"\n{attention}, {args.mode}, batch {args.batch}, {r['size']} on {r['device']}: "
               f"{r['busy_ms_per_call']:.3f} ms of device events per call "
               f"({r['events_per_call']:.0f} events)")
         print("| ms per call | share | event | JAX operation |\n| --- | --- | --- | --- |")

@@ -146,8 +146,11 @@ def _max_targets(args) -> int:
     return max(args.max_targets or args.boxes, args.boxes, 1)
 
 
-def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
-    import jax
+def train_step_call(cfg, args, attention: str, batch: int, precision: str):
+    """One training step of the config's detector on random inputs, compiled ahead as
+    train.py's loop does: (``call()`` -> the step's loss, the compiled step, compile
+    seconds). ``args``: this module's parsed arguments (kernel, key splits, matmul
+    precision, size, boxes, targets, seed)."""
     import numpy as np
     from detr_jax.training.defaults import loss_config, train_config
     from detr_jax.training.trainer import Trainer
@@ -176,6 +179,11 @@ def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
     def one():  # the training loop's call: flat state leaves in, new leaves out
         return trainer.step_global(global_batch)["loss"]
 
+    return one, step, compile_s
+
+
+def bench_train(cfg, args, attention: str, batch: int, precision: str) -> dict:
+    one, step, compile_s = train_step_call(cfg, args, attention, batch, precision)
     times = _timed(one, args.warmup, args.repeats)
     return {"compile_s": compile_s, "times_s": times, "xla_memory_mib": _xla_memory_mib(step)}
 

@@ -5,8 +5,9 @@
 #   flags    batch 8, TF32 and bf16, under each of $VARIANTS (XLA_FLAGS values, | separated;
 #            "base" = none) and with the cuDNN attention kernel
 #   targets  batch 1 (TF32, bf16) and batch 32 (bf16)
-#   GPU=0 bash benchmarks/device/speed_peers.sh [peers] [profile] [flags] [targets]
-# -> $OUT/peers.json, peers.log, profile.tar, flags.tar, targets.json
+#   train_profile  device profile of the DC5 training step at batch 4 (TF32, kernel_profile.py --mode train)
+#   GPU=0 bash benchmarks/device/speed_peers.sh [peers] [profile] [flags] [targets] [train_profile]
+# -> $OUT/peers.json, peers.log, profile.tar, flags.tar, targets.json, train_profile.json
 set -uo pipefail
 source benchmarks/device/common.sh
 export CUDA_VISIBLE_DEVICES="${GPU:-0}"
@@ -46,7 +47,11 @@ for group in ${@:-peers profile}; do
         --precision default bf16 --size 800x1216 --repeats "${REPEATS:-20}" --json "$out/targets_b1.json" 2>&1 | grep -E "^\| infer|rror"
       python3 -m detr_jax.benchmark --config configs/detr_r50_dc5.py --mode infer --batch 32 \
         --precision bf16 --size 800x1216 --repeats "${REPEATS:-20}" --json "$out/targets_b32.json" 2>&1 | grep -E "^\| infer|rror" ;;
-    *) echo "unknown group $group (peers profile flags targets)"; exit 2 ;;
+    train_profile)
+      python3 benchmarks/kernel_profile.py --config configs/detr_r50_dc5.py --mode train --batch 4 \
+        --reps 5 --top 40 --output "$out/train_profile.json" > "$out/train_profile.log" 2>&1
+      grep -E "ms of device|rror" "$out/train_profile.log" ;;
+    *) echo "unknown group $group (peers profile flags targets train_profile)"; exit 2 ;;
   esac
   echo "-- $group done at $(elapsed) s"
 done
