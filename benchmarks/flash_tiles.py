@@ -5,9 +5,9 @@
 At batch 1 the kernel's grid (query blocks x 8 heads) is small next to an H100's 132
 multiprocessors, so halving the real query rows (ACT at N/2) need not halve the time
 unless the keys are split over several programs (``--splits``, split-K).
-This times ``flash.flash_attention`` (N = ``--tokens`` = 3800 keys, 8 heads of 32, fp32
-inputs, default matmul precision) for every (block_q, block_k, num_warps, key splits) in
-the sweep, with all N query rows real (exact attention) and with N/2, N/4, N/8 real rows
+This times ``flash.flash_attention`` (N = ``--tokens`` = 3800 keys, 8 heads of 32, inputs
+of each of ``--dtypes``: float32 with the default matmul precision (TF32), bfloat16) for
+every (block_q, block_k, num_warps, num_stages, key splits) in the sweep, with all N query rows real (exact attention) and with N/2, N/4, N/8 real rows
 per (image, head) (ACT's prototype slots). It prints the median wall-clock ms and the
 device-busy ms (a profiler trace: the kernel plus the split combination) of each, and
 the best setting per case by device time. Without a GPU it runs the Pallas interpreter
