@@ -30,18 +30,29 @@ Kernels:
 - ``"auto"``: ``"flash"`` where the kernel compiles on the default backend (a CUDA GPU),
   ``"tpu_flash"`` on TPUs, ``"xla_map"`` on CPUs, ``"xla"`` elsewhere.
 
-Attention dropout (training): no fused kernel drops probabilities, so a training
-call with attention dropout runs on ``"xla"``. ``MultiHeadAttention.__call__`` (given a
-dropout key and a rate above 0) hands its ``attend`` the backend
-:meth:`AttentionBackend.with_dropout` returns: kernel ``"xla"`` carrying the rate and the
-key, which :meth:`AttentionBackend.attention` applies to the softmax probabilities. The
-variants read ``self.backend`` as always, so their fused paths (``backend.fused``) are not
-taken while dropping. Evaluation (no dropout key) keeps the built backend. Training with
-``model.attention_dropout = 0`` keeps the fused kernels and their speed and memory.
+Attention dropout (training): ``MultiHeadAttention.__call__`` (given a dropout key and a
+rate above 0) hands its ``attend`` the backend :meth:`AttentionBackend.with_dropout`
+returns. How training calls run is the backend's ``training`` setting (the model config's
+``attention_training``):
+
+- ``"xla"`` (the default): a call with attention dropout runs on kernel ``"xla"``
+  carrying the rate and the key, which :meth:`AttentionBackend.attention` applies to the
+  softmax probabilities; the variants read ``self.backend`` as always, so their fused
+  paths (``backend.fused``) are not taken while dropping. Without dropout the fused
+  kernel's gradient recomputes the probabilities with XLA ops.
+- ``"fused"``: the fused GPU kernel keeps training calls: it draws the dropout mask
+  inside the kernel (``flash.dropout_keep``, a hash of a seed from the key; not
+  jax.random's stream) and its gradient runs the backward kernels
+  (``flash_backward``; the XLA recomputation, with the same mask, for ACT's prototype
+  means). No (Nq, Nk) matrix is stored, forward or backward. Other kernels ignore it.
+
+Evaluation (no dropout key) keeps the built backend. Training with
+``model.attention_dropout = 0`` keeps the fused kernels under both settings.
 
 ``resolve_backend`` turns a name into an :class:`AttentionBackend` for the platform it is
-called on; the model calls it once, when it is built (config fields ``attention_backend``
-and ``attention_key_splits``), and hands the result to its attention modules. Nothing
+called on; the model calls it once, when it is built (config fields ``attention_backend``,
+``attention_key_splits`` and ``attention_training``), and hands the result to its
+attention modules. Nothing
 read at trace time decides what a compiled function computes.
 """
 
@@ -59,6 +70,7 @@ from detr_jax.attention.softmax import (cudnn_attention, mapped_softmax_attentio
 BACKENDS = ("auto", "xla", "xla_map", "flash", "cudnn", "flash_interpret", "tpu_flash",
             "tpu_flash_interpret")
 FUSED = ("flash", "flash_interpret")
+TRAINING = ("xla", "fused")
 TPU_KERNELS = ("tpu_flash", "tpu_flash_interpret")
 
 
@@ -72,10 +84,14 @@ class AttentionBackend:
         or None for ``flash.auto_key_splits``.
       dropout_rate, dropout_rng: attention dropout applied by :meth:`attention` (set by
         :meth:`with_dropout` for one training call; 0 and None otherwise).
+      training: ``"xla"`` or ``"fused"``: how the fused kernel's training calls run
+        (dropout on XLA and an XLA gradient, or dropout and gradient in kernels; see the
+        module's docstring).
     """
 
     kernel: str = "xla"
     key_splits: int | None = None
+    training: str = "xla"
     # Attention dropout of a training call (``with_dropout``): rate and PRNG key.
     dropout_rate: float = 0.0
     dropout_rng: Any = dataclasses.field(default=None, compare=False, hash=False)
@@ -89,14 +105,18 @@ class AttentionBackend:
                                             or self.key_splits < 1):
             raise ValueError(f"AttentionBackend: key_splits={self.key_splits!r} must be a "
                              "positive integer or None")
+        if self.training not in TRAINING:
+            raise ValueError(f"AttentionBackend: training={self.training!r} must be one of "
+                             f"{TRAINING}")
 
     def with_dropout(self, rate: float, rng: jax.Array | None) -> "AttentionBackend":
-        """The backend of a training call with attention dropout: ``"xla"`` (the fused
-        kernels have no dropout) with ``rate`` and ``rng``; ``self`` when ``rng`` is None
-        or ``rate`` is 0."""
+        """The backend of a training call with attention dropout ``rate`` and key ``rng``:
+        this kernel when it is fused and ``training`` is ``"fused"``, else ``"xla"``;
+        ``self`` when ``rng`` is None or ``rate`` is 0."""
         if rng is None or not rate:
             return self
-        return dataclasses.replace(self, kernel="xla", dropout_rate=float(rate),
+        kernel = self.kernel if self.fused and self.training == "fused" else "xla"
+        return dataclasses.replace(self, kernel=kernel, dropout_rate=float(rate),
                                    dropout_rng=rng)
 
     @property
@@ -113,7 +133,8 @@ class AttentionBackend:
     def tiled(self) -> bool:
         """Whether exact attention (no logit bias, no dropout) runs through a kernel that
         never stores the (Nq, Nk) probabilities: the fused GPU kernel or the TPU kernel."""
-        return not self.dropping and (self.fused or self.kernel in TPU_KERNELS)
+        # a dropping backend is fused only under training "fused", whose kernel drops
+        return self.fused or (not self.dropping and self.kernel in TPU_KERNELS)
 
     @property
     def numbering(self) -> str:
@@ -133,11 +154,11 @@ class AttentionBackend:
         (zeros), the other kernels compute them. With dropout (:meth:`with_dropout`) the
         probabilities are dropped (``softmax.drop_probabilities``).
         """
-        if self.dropping:
-            return self.softmax(q, k, v, key_padding_mask)
-        if self.fused:
+        if self.fused:  # dropping too under training "fused" (else the kernel is "xla")
             valid = None if key_padding_mask is None else ~key_padding_mask.astype(bool)
             return self.flash(q, k, v, valid, query_counts)
+        if self.dropping:
+            return self.softmax(q, k, v, key_padding_mask)
         if self.kernel == "cudnn":
             return cudnn_attention(q, k, v, key_padding_mask)
         return self.softmax(q, k, v, key_padding_mask)
@@ -169,10 +190,15 @@ class AttentionBackend:
         return masked_softmax_attention(q, k, v, key_padding_mask, key_bias=key_bias)
 
     def flash(self, q, k, v, key_valid=None, query_counts=None, query_divisors=None, **options):
-        """``flash.flash_attention`` with this backend's interpreter flag and key splits."""
+        """``flash.flash_attention`` with this backend's interpreter flag, key splits,
+        dropout and, under training ``"fused"``, the backward kernels (not for
+        ``query_divisors``, whose gradient the XLA recomputation gives)."""
+        fused_backward = self.training == "fused" and query_divisors is None
         return flash.flash_attention(q, k, v, key_valid, query_counts, query_divisors,
                                      interpret=self.kernel == "flash_interpret",
-                                     key_splits=self.key_splits, **options)
+                                     key_splits=self.key_splits,
+                                     dropout_rate=self.dropout_rate, dropout_rng=self.dropout_rng,
+                                     backward="kernel" if fused_backward else "xla", **options)
 
 
 def parse_key_splits(value) -> int | None:
@@ -185,13 +211,15 @@ def parse_key_splits(value) -> int | None:
     return int(text)
 
 
-def resolve_backend(name: str = "auto", key_splits: int | str | None = "auto") -> AttentionBackend:
+def resolve_backend(name: str = "auto", key_splits: int | str | None = "auto",
+                    training: str = "xla") -> AttentionBackend:
     """The backend ``name`` (one of ``BACKENDS``) for the platform this is called on.
 
     ``"auto"`` becomes ``"flash"`` where the fused kernel compiles (CUDA GPUs),
     ``"tpu_flash"`` on TPUs, ``"xla_map"`` on CPUs and ``"xla"`` elsewhere. ``"flash"`` and
     ``"cudnn"`` need a GPU and ``"tpu_flash"`` a TPU: they raise ValueError on other
-    platforms. ``key_splits``: ``"auto"`` (or None) or a positive integer.
+    platforms. ``key_splits``: ``"auto"`` (or None) or a positive integer. ``training``:
+    ``"xla"`` or ``"fused"`` (:class:`AttentionBackend`).
     """
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r}: choose one of {BACKENDS}")
@@ -209,4 +237,6 @@ def resolve_backend(name: str = "auto", key_splits: int | str | None = "auto") -
         raise ValueError(f"attention backend 'tpu_flash' needs a TPU; the default JAX backend "
                          f"is {jax.default_backend()!r} (use 'tpu_flash_interpret' to run "
                          "its kernels in the interpreter, or 'auto')")
-    return AttentionBackend(name, parse_key_splits(key_splits))
+    if training not in TRAINING:
+        raise ValueError(f"attention training {training!r}: choose one of {TRAINING}")
+    return AttentionBackend(name, parse_key_splits(key_splits), training)

@@ -42,6 +42,48 @@ from detr_jax.attention.softmax import masked_softmax_attention
 NEG_INF = -1e30  # finite: a block of only masked keys stays finite
 LOG2E = 1.4426950408889634  # log2(e): the kernel's softmax runs in base 2
 LN2 = 0.6931471805599453
+# Attention dropout inside the kernels: each probability's keep bit is a hash of (seed,
+# image x head, query row, key column), so the backward pass redraws exactly the forward
+# pass's mask without storing it. int32 arithmetic throughout (products wrap, shifts are
+# logical), which Triton and XLA compute alike.
+_GOLDEN = -1640531527  # 0x9E3779B9 as int32
+_MIX = (0x21F0AAAD, 0x735A2D97)  # a 32-bit integer hash's multipliers ("lowbias32")
+KEEP_BITS = 24  # keep <=> the hash's top 24 bits < (1 - rate) * 2**24
+
+
+def _shift_right(x, n: int):
+    return jax.lax.shift_right_logical(x, jnp.full_like(x, n))
+
+
+def _mix32(x):
+    """A 32-bit integer hash of int32 ``x`` (elementwise; bijective, well mixed)."""
+    x = x ^ _shift_right(x, 16)
+    x = x * _MIX[0]
+    x = x ^ _shift_right(x, 15)
+    x = x * _MIX[1]
+    return x ^ _shift_right(x, 15)
+
+
+def keep_threshold(rate: float) -> int:
+    """The integer below which a hash's top ``KEEP_BITS`` bits keep a probability."""
+    return int(round((1.0 - rate) * (1 << KEEP_BITS)))
+
+
+def dropout_keep(seed, image_head, rows, cols, nk: int, rate: float):
+    """Keep mask of attention dropout for query ``rows`` x key ``cols``.
+
+    Args:
+      seed: int32 scalar; image_head: int32 ``b * heads + h``, a scalar or an array (its
+        shape leads the result's); rows (Nr,) and cols (Nc,) int32 indices; nk: the keys
+        per row (column stride of the index); rate: the dropout rate.
+    Returns:
+      bool (*image_head.shape, Nr, Nc), True where the probability is kept (about
+      ``1 - rate`` of them).
+    """
+    stream = _mix32(jnp.asarray(seed, jnp.int32) ^ (jnp.asarray(image_head, jnp.int32) * _GOLDEN))
+    index = rows[:, None] * nk + cols[None, :]
+    bits = _shift_right(_mix32(index ^ stream[..., None, None]), 32 - KEEP_BITS)
+    return bits < keep_threshold(rate)
 
 
 def _matmul_precision():
@@ -56,40 +98,71 @@ def _matmul_precision():
     return jax.lax.DotAlgorithmPreset.TF32_TF32_F32
 
 
+def tile_exp2(fast: bool):
+    """The kernels' 2**x of an fp32 tile: with ``fast``, one ``ex2.approx.ftz``
+    instruction per element on the GPU (results below 2**-126, weights that cannot matter
+    next to the row's largest, flush to 0); else jnp.exp2 (the Pallas interpreter)."""
+    if not fast:
+        return jnp.exp2
+    from jax.experimental.pallas import triton as plgpu
+
+    def exp2(x):
+        return plgpu.elementwise_inline_asm(
+            "ex2.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f", pack=1,
+            result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, jnp.float32)])[0]
+    return exp2
+
+
+def load_key_tile(k_ref, v_ref, valid_ref, start, block_k: int, nk: int):
+    """(keys, values, logit bias) of the kernels' key tile ``start .. start + block_k``:
+    (block_k, Dh) keys and values (zeros past Nk) and a (block_k,) bias, 0 on real keys
+    and -inf past Nk or where ``valid_ref`` (None: all valid) is 0."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+    keys = pl.ds(start, block_k)
+    in_range = start + jnp.arange(block_k) < nk
+    tile_mask = jnp.broadcast_to(in_range[:, None], (block_k, k_ref.shape[-1]))
+    k = plgpu.load(k_ref.at[keys, :], mask=tile_mask, other=0.0)
+    v = plgpu.load(v_ref.at[keys, :], mask=tile_mask, other=0.0)
+    ok = in_range
+    if valid_ref is not None:
+        ok = ok & (plgpu.load(valid_ref.at[keys], mask=in_range, other=0) != 0)
+    return k, v, jnp.where(ok, 0.0, -jnp.inf)
+
+
 def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, nq: int,
             nk: int, blocks_per_split: int, heads: int, splits: int, precision, ragged: bool,
-            masked_keys: bool, divided: bool, fast_exp2: bool):
+            masked_keys: bool, divided: bool, fast_exp2: bool, dropout: float = 0.0,
+            with_lse: bool = False):
     """One program: ``block_q`` query rows of one (image, head) against one key range.
 
     The refs hold whole unpadded rows ((Nq, Dh) queries, (Nk, Dh) keys and values): tiles
     are read and written with masked loads and stores, so no padded copy of q, k, v is made.
     With ``splits`` > 1 the third grid axis runs over (head, split) pairs and the program
-    also writes each row's log-sum-exp of its key range."""
+    also writes each row's log-sum-exp of its key range; with ``with_lse`` (one split) it
+    writes the row's log-sum-exp over all keys, which the backward kernels need. With
+    ``dropout`` > 0 the probabilities that weigh the values are dropped by
+    ``dropout_keep`` (the normalizer is the undropped one, as in XLA's dropout after the
+    softmax) and the kept ones scaled by 1 / (1 - dropout)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
     valid_ref = refs[0] if masked_keys else None
     divisor_ref = refs[int(masked_keys)] if divided else None
-    o_ref, lse_ref = (refs[-2], refs[-1]) if splits > 1 else (refs[-1], None)
+    seed_ref = refs[int(masked_keys) + int(divided)] if dropout else None
+    o_ref, lse_ref = (refs[-2], refs[-1]) if splits > 1 or with_lse else (refs[-1], None)
     first_row = pl.program_id(0) * block_q  # program ids are read outside conditionals
     head_split = pl.program_id(2)
     head = head_split // splits if splits > 1 else head_split
     first_block = (head_split % splits) * blocks_per_split if splits > 1 else 0
-    count = counts_ref[pl.program_id(1) * heads + head] if ragged else nq
+    image_head = pl.program_id(1) * heads + head
+    count = counts_ref[image_head] if ragged else nq
     rows = first_row + jnp.arange(block_q)
     row_ok = rows < jnp.minimum(count, nq)
     queries = pl.ds(first_row, block_q)
     dim = q_ref.shape[-1]
 
-    def exp2(x):
-        """2**x of an fp32 tile: one ``ex2.approx.ftz`` instruction per element on the GPU
-        (results below 2**-126, weights that cannot matter next to the row's largest,
-        flush to 0); jnp.exp2 in the interpreter."""
-        if not fast_exp2:
-            return jnp.exp2(x)
-        return plgpu.elementwise_inline_asm(
-            "ex2.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f", pack=1,
-            result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, jnp.float32)])[0]
+    exp2 = tile_exp2(fast_exp2)
 
     def write(out, lse):
         plgpu.store(o_ref.at[queries, :], out.astype(o_ref.dtype),
@@ -110,23 +183,19 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, 
             # would go through libdevice's accurate expf (several instructions per logit).
             m, l, acc = carry
             start = (first_block + j) * block_k
-            keys = pl.ds(start, block_k)
-            in_range = start + jnp.arange(block_k) < nk
-            tile_mask = jnp.broadcast_to(in_range[:, None], (block_k, dim))
-            k = plgpu.load(k_ref.at[keys, :], mask=tile_mask, other=0.0)
-            v = plgpu.load(v_ref.at[keys, :], mask=tile_mask, other=0.0)
-            ok = in_range
-            if valid_ref is not None:
-                ok = ok & (plgpu.load(valid_ref.at[keys], mask=in_range, other=0) != 0)
             # masked keys get -inf: exp2 gives them exactly 0 without a second select,
             # and the running maximum, which starts at the finite NEG_INF, stays finite
-            bias = jnp.where(ok, 0.0, -jnp.inf)
+            k, v, bias = load_key_tile(k_ref, v_ref, valid_ref, start, block_k, nk)
             s = plgpu.dot(q, k, trans_b=True, precision=precision).astype(jnp.float32)
             s = s * LOG2E + bias[None, :]
             m_new = jnp.maximum(m, jnp.max(s, axis=1))
             p = exp2(s - m_new[:, None])
             scale = exp2(m - m_new)
             l = l * scale + jnp.sum(p, axis=1)
+            if dropout:
+                keep = dropout_keep(seed_ref[0], image_head, rows,
+                                    start + jnp.arange(block_k), nk, dropout)
+                p = jnp.where(keep, p, 0.0)  # the normalizer l above keeps every weight
             pv = plgpu.dot(p.astype(v.dtype), v, precision=precision).astype(jnp.float32)
             return m_new, l, acc * scale[:, None] + pv
 
@@ -134,6 +203,8 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, 
                 jnp.zeros((block_q, dim), jnp.float32))
         m, l, acc = jax.lax.fori_loop(0, blocks_per_split, body, init)
         out = acc / jnp.maximum(l, 1e-30)[:, None]
+        if dropout:
+            out = out * (1.0 / (1.0 - dropout))
         out = jnp.where(row_ok[:, None], out, 0.0)  # rows past the count: zeros
         # a range of only masked keys gets no weight in the combination; the log-sum-exp
         # goes back to natural units
@@ -190,8 +261,11 @@ def combine_splits(partial: jax.Array, lse: jax.Array) -> jax.Array:
     return jnp.sum(weights[..., None] * partial, axis=0) / total[..., None]
 
 
-def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, *, block_q, block_k,
-                    num_warps, num_stages, interpret, key_splits):
+def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, seed=None, *, block_q,
+                    block_k, num_warps, num_stages, interpret, key_splits, dropout_rate=0.0,
+                    with_lse=False):
+    """(output (B, Nq, H, Dh), log-sum-exp (B, H, Nq) fp32 over all keys or None): the
+    kernel's forward pass; the log-sum-exp only ``with_lse``."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
@@ -216,7 +290,7 @@ def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, *, block_q
         _kernel, block_q=block_q, block_k=block_k, nq=nq, nk=nk,
         blocks_per_split=blocks_per_split, heads=heads, splits=splits, precision=precision,
         ragged=ragged, masked_keys=key_valid is not None, divided=query_divisors is not None,
-        fast_exp2=not interpret)
+        fast_exp2=not interpret, dropout=float(dropout_rate), with_lse=with_lse)
     head_of = (lambda hs: hs // splits) if splits > 1 else (lambda hs: hs)
     row_spec = lambda n: pl.BlockSpec((None, n, None, dim_p), lambda i, b, hs: (b, 0, head_of(hs), 0))
     in_specs = [pl.BlockSpec((counts.shape[0],), lambda i, b, hs: (0,)),
@@ -228,9 +302,15 @@ def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, *, block_q
     if query_divisors is not None:
         in_specs.append(pl.BlockSpec((None, None, nq), lambda i, b, hs: (b, head_of(hs), 0)))
         operands.append(query_divisors.astype(jnp.float32))
+    if dropout_rate:
+        in_specs.append(pl.BlockSpec((1,), lambda i, b, hs: (0,)))
+        operands.append(jnp.asarray(seed, jnp.int32).reshape(1))
     if splits == 1:
         out_specs = row_spec(nq)
         out_shape = jax.ShapeDtypeStruct((batch, nq, heads, dim_p), q.dtype)
+        if with_lse:
+            out_specs = [out_specs, pl.BlockSpec((None, None, nq), lambda i, b, hs: (b, hs, 0))]
+            out_shape = [out_shape, jax.ShapeDtypeStruct((batch, heads, nq), jnp.float32)]
     else:
         out_specs = [
             pl.BlockSpec((None, None, nq, None, dim_p),
@@ -249,49 +329,84 @@ def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, *, block_q
         interpret=interpret,
         name="detr_flash_attention",
     )(*operands)
+    lse = None
     if splits > 1:
-        out = combine_splits(*out).astype(q.dtype)
-    return out if dim_p == dim else out[..., :dim]
+        partial, split_lse = out
+        out = combine_splits(partial, split_lse).astype(q.dtype)
+        if with_lse:  # log-sum-exp over the ranges' log-sum-exps
+            top = jnp.max(split_lse, axis=0)
+            lse = top + jnp.log(jnp.maximum(jnp.sum(jnp.exp(split_lse - top), axis=0), 1e-30))
+    elif with_lse:
+        out, lse = out
+    return (out if dim_p == dim else out[..., :dim]), lse
 
 
-def reference_attention(q, k, v, key_valid, query_counts, query_divisors=None):
-    """The XLA computation the kernel fuses (rows past ``query_counts`` are zero)."""
+def reference_attention(q, k, v, key_valid, query_counts, query_divisors=None,
+                        dropout_rate: float = 0.0, seed=None):
+    """The XLA computation the kernel fuses (rows past ``query_counts`` are zero), with the
+    kernel's attention dropout (``dropout_keep`` of ``seed``) when ``dropout_rate`` > 0."""
     if query_divisors is not None:
         divisors = jnp.maximum(query_divisors.astype(jnp.float32), 1.0).transpose(0, 2, 1)
         q = (q.astype(jnp.float32) / divisors[..., None]).astype(q.dtype)
     mask = None if key_valid is None else ~key_valid.astype(bool)
-    out = masked_softmax_attention(q, k, v, mask)
+    if dropout_rate:
+        batch, nq, heads, _ = q.shape
+        nk = k.shape[1]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask[:, None, None, :], -jnp.inf, logits)
+        weights = jax.nn.softmax(logits, axis=-1)
+        keep = dropout_keep(seed, jnp.arange(batch * heads).reshape(batch, heads),
+                            jnp.arange(nq), jnp.arange(nk), nk, dropout_rate)
+        weights = jnp.where(keep, weights, 0.0) / (1.0 - dropout_rate)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    else:
+        out = masked_softmax_attention(q, k, v, mask)
     if query_counts is not None:
         rows = jnp.arange(q.shape[1])[None, :, None]
         out = jnp.where((rows < query_counts[:, None, :])[..., None], out, 0.0).astype(out.dtype)
     return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10, 11))
-def _flash(q, k, v, key_valid, query_counts, query_divisors, block_q, block_k, num_warps,
-           num_stages, interpret, key_splits):
-    return _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, block_q=block_q,
-                           block_k=block_k, num_warps=num_warps, num_stages=num_stages,
-                           interpret=interpret, key_splits=key_splits)
+@functools.partial(jax.custom_vjp, nondiff_argnums=tuple(range(7, 15)))
+def _flash(q, k, v, key_valid, query_counts, query_divisors, seed, block_q, block_k,
+           num_warps, num_stages, interpret, key_splits, dropout_rate, backward):
+    return _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, seed,
+                           block_q=block_q, block_k=block_k, num_warps=num_warps,
+                           num_stages=num_stages, interpret=interpret, key_splits=key_splits,
+                           dropout_rate=dropout_rate)[0]
 
 
-def _flash_fwd(q, k, v, key_valid, query_counts, query_divisors, *static):
-    return (_flash(q, k, v, key_valid, query_counts, query_divisors, *static),
-            (q, k, v, key_valid, query_counts, query_divisors))
+def _flash_fwd(q, k, v, key_valid, query_counts, query_divisors, seed, block_q, block_k,
+               num_warps, num_stages, interpret, key_splits, dropout_rate, backward):
+    out, lse = _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, seed,
+                               block_q=block_q, block_k=block_k, num_warps=num_warps,
+                               num_stages=num_stages, interpret=interpret,
+                               key_splits=key_splits, dropout_rate=dropout_rate,
+                               with_lse=backward == "kernel")
+    saved = (out, lse) if backward == "kernel" else (None, None)
+    return out, (q, k, v, key_valid, query_counts, query_divisors, seed) + saved
 
 
-def _flash_bwd(block_q, block_k, num_warps, num_stages, interpret, key_splits, residuals, grad):
-    q, k, v, key_valid, query_counts, query_divisors = residuals
-    # Recompute the probabilities only once the incoming gradient exists: without the
-    # barrier XLA may schedule every layer's recomputation right after the forward pass
-    # (it depends only on q, k, v) and keep all of them alive at once.
-    q, k, v, grad = jax.lax.optimization_barrier((q, k, v, grad))
-    _, vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, key_valid, query_counts,
-                                                         query_divisors), q, k, v)
-    dq, dk, dv = vjp(grad)
+def _flash_bwd(block_q, block_k, num_warps, num_stages, interpret, key_splits, dropout_rate,
+               backward, residuals, grad):
+    q, k, v, key_valid, query_counts, query_divisors, seed, out, lse = residuals
+    if backward == "kernel":
+        from detr_jax.attention import flash_backward
+        dq, dk, dv = flash_backward.attention_grads(
+            q, k, v, key_valid, query_counts, seed, out, lse, grad, dropout_rate=dropout_rate,
+            num_warps=num_warps, interpret=interpret)
+    else:
+        # Recompute the probabilities only once the incoming gradient exists: without the
+        # barrier XLA may schedule every layer's recomputation right after the forward
+        # pass (it depends only on q, k, v) and keep all of them alive at once.
+        q, k, v, grad = jax.lax.optimization_barrier((q, k, v, grad))
+        _, vjp = jax.vjp(lambda q, k, v: reference_attention(
+            q, k, v, key_valid, query_counts, query_divisors, dropout_rate, seed), q, k, v)
+        dq, dk, dv = vjp(grad)
     zero = lambda x: None if x is None else jnp.zeros(x.shape, jax.dtypes.float0)
     divisor_grad = None if query_divisors is None else jnp.zeros_like(query_divisors)
-    return dq, dk, dv, zero(key_valid), zero(query_counts), divisor_grad
+    return dq, dk, dv, zero(key_valid), zero(query_counts), divisor_grad, zero(seed)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -309,7 +424,9 @@ def default_tiles(dtype) -> tuple[int, int, int]:
 def flash_attention(q, k, v, key_valid=None, query_counts=None, query_divisors=None, *,
                     block_q: int | None = None, block_k: int | None = None, num_warps: int = 4,
                     num_stages: int | None = None,
-                    interpret: bool = False, key_splits: int | None = None) -> jax.Array:
+                    interpret: bool = False, key_splits: int | None = None,
+                    dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+                    backward: str = "xla") -> jax.Array:
     """Scaled dot-product attention with padded keys and ragged queries, fused.
 
     Args:
@@ -324,6 +441,14 @@ def flash_attention(q, k, v, key_valid=None, query_counts=None, query_divisors=N
       interpret: run through the Pallas interpreter (CPU tests).
       key_splits: programs per row's keys (split-K, a positive integer); None:
         ``auto_key_splits``.
+      dropout_rate, dropout_rng: attention dropout (training), drawn inside the kernel
+        from a seed taken from ``dropout_rng`` (``dropout_keep``; not jax.random's
+        stream, so the XLA path drops other probabilities); none when ``dropout_rng`` is
+        None or the rate 0.
+      backward: how the gradient is computed: ``"xla"`` recomputes the probabilities with
+        XLA ops (the (Nq, Nk) matrix of one layer in memory at a time), ``"kernel"`` runs
+        the fused backward kernels (``flash_backward``; memory linear in N; not with
+        ``query_divisors``).
     Returns:
       (B, Nq, H, Dh) in q's dtype.
     """
@@ -342,8 +467,22 @@ def flash_attention(q, k, v, key_valid=None, query_counts=None, query_divisors=N
     if query_divisors is not None and query_divisors.shape != (q.shape[0], q.shape[2], q.shape[1]):
         raise ValueError(f"flash_attention: query_divisors {query_divisors.shape} must be "
                          f"(B, H, Nq) = {(q.shape[0], q.shape[2], q.shape[1])}")
-    return _flash(q, k, v, key_valid, query_counts, query_divisors, block_q, block_k, num_warps,
-                  num_stages, bool(interpret), key_splits)
+    if backward not in ("xla", "kernel"):
+        raise ValueError(f"flash_attention: backward={backward!r} must be 'xla' or 'kernel'")
+    if backward == "kernel" and query_divisors is not None:
+        raise ValueError("flash_attention: backward='kernel' does not take query_divisors "
+                         "(ACT's prototype means); use backward='xla'")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"flash_attention: dropout_rate={dropout_rate!r} must be in [0, 1)")
+    seed = None
+    if dropout_rate and dropout_rng is not None:
+        seed = jax.random.randint(dropout_rng, (1,), jnp.iinfo(jnp.int32).min,
+                                  jnp.iinfo(jnp.int32).max, jnp.int32)
+    else:
+        dropout_rate = 0.0
+    return _flash(q, k, v, key_valid, query_counts, query_divisors, seed, block_q, block_k,
+                  num_warps, num_stages, bool(interpret), key_splits, float(dropout_rate),
+                  backward)
 
 
 def available() -> bool:

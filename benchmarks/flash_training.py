@@ -1,0 +1,89 @@
+"""Attention forward + backward at DC5 training size, three ways, with attention dropout.
+
+    python benchmarks/flash_training.py --batch 4 --dtypes float32,bfloat16 --json flash_training.json
+
+Times ``jax.value_and_grad`` of one encoder layer's attention (N = ``--tokens`` = 3800
+queries and keys, 8 heads of 32, a random cotangent) under jit, for:
+
+- ``xla``: ``softmax.masked_softmax_attention`` with jax.random dropout: what a training
+  call with attention dropout runs under ``attention_training = "xla"`` (the default);
+- ``kernel+xla``: the fused kernel forward without dropout, its gradient recomputed with
+  XLA ops: the default's training call when ``attention_dropout = 0``;
+- ``kernel+kernel``: the fused kernel with its in-kernel dropout and the backward kernels
+  (``attention_training = "fused"``).
+
+Prints median ms per call and XLA's memory footprint of each compiled gradient. Without a
+GPU the kernels run in the Pallas interpreter (a check of the script, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from detr_jax.attention.flash import flash_attention  # noqa: E402
+from detr_jax.attention.softmax import masked_softmax_attention  # noqa: E402
+from detr_jax.benchmark import _timed, _xla_memory_mib  # noqa: E402
+
+HEADS, HEAD_DIM = 8, 32
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=3800)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--rate", type=float, default=0.1, help="attention dropout")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--json", default="")
+    args = parser.parse_args(argv)
+    interpret = jax.default_backend() != "gpu"
+    rows = []
+    for dtype in args.dtypes.split(","):
+        rng = np.random.default_rng(0)
+        shape = (args.batch, args.tokens, HEADS, HEAD_DIM)
+        q, k, v, cotangent = (jnp.asarray(rng.normal(size=shape) / (HEAD_DIM ** 0.25 if i < 2 else 1.0),
+                                          dtype) for i in range(4))
+        padding = jnp.zeros((args.batch, args.tokens), bool)
+        key = jax.random.key(1)
+        ways = {
+            "xla": lambda q, k, v: masked_softmax_attention(
+                q, k, v, padding, dropout_rate=args.rate, dropout_rng=key),
+            "kernel+xla": lambda q, k, v: flash_attention(
+                q, k, v, ~padding, interpret=interpret),
+            "kernel+kernel": lambda q, k, v: flash_attention(
+                q, k, v, ~padding, dropout_rate=args.rate, dropout_rng=key, backward="kernel",
+                interpret=interpret),
+        }
+        for way, attend in ways.items():
+            loss = lambda q, k, v, attend=attend: jnp.sum(
+                attend(q, k, v).astype(jnp.float32) * cotangent.astype(jnp.float32))
+            step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+            compiled = step.lower(q, k, v).compile()
+            ms = statistics.median(_timed(lambda: compiled(q, k, v), 3, args.reps)) * 1e3
+            row = dict(way=way, dtype=dtype, batch=args.batch, tokens=args.tokens,
+                       dropout=0.0 if way == "kernel+xla" else args.rate, ms=ms,
+                       xla_memory_mib=_xla_memory_mib(compiled),
+                       device=jax.devices()[0].device_kind)
+            rows.append(row)
+            memory = row["xla_memory_mib"]
+            print(f"{dtype} {way}: {ms:.3f} ms, XLA footprint "
+                  f"{'n/a' if memory is None else f'{memory:.0f} MiB'}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
