@@ -137,15 +137,21 @@ def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int,
         jax.block_until_ready(forward(pixels, mask, key))
     per_call, events = traced_device_events(lambda: forward(pixels, mask, key), reps)
     hlo = forward._run.lower(forward.state, pixels, mask, key).compile().as_text()
-    op_names = hlo_op_names(hlo)
-    sources = {name: attribute(name, op_names) for name in per_call}
-    full = {name: attribute(name, op_names, scopes=0) for name in per_call}
-    dumps = {name: fused_computation(hlo, name) for name in dump}
     return {"attention": attention, "batch": batch, "size": f"{size[0]}x{size[1]}",
-            "device": jax.devices()[0].device_kind, "reps": reps,
+            "reps": reps, **kernel_table(per_call, events, hlo, dump)}
+
+
+def kernel_table(per_call: dict[str, float], events: float, hlo: str,
+                 dump: tuple[str, ...] = ()) -> dict:
+    """A profile's per-kernel part: busy time, the kernels by time, each one's JAX op
+    (last scopes and whole op_name), and the HLO of the kernels named in ``dump``."""
+    op_names = hlo_op_names(hlo)
+    return {"device": jax.devices()[0].device_kind,
             "busy_ms_per_call": sum(per_call.values()), "events_per_call": events,
             "kernels_ms_per_call": dict(sorted(per_call.items(), key=lambda kv: -kv[1])),
-            "kernel_sources": sources, "kernel_op_names": full, "kernel_hlo": dumps}
+            "kernel_sources": {name: attribute(name, op_names) for name in per_call},
+            "kernel_op_names": {name: attribute(name, op_names, scopes=0) for name in per_call},
+            "kernel_hlo": {name: fused_computation(hlo, name) for name in dump}}
 
 
 def profile_train(cfg, attention: str, batch: int, size, reps: int, seed: int,
@@ -161,15 +167,9 @@ def profile_train(cfg, attention: str, batch: int, size, reps: int, seed: int,
     for _ in range(3):
         jax.block_until_ready(call())
     per_call, events = traced_device_events(call, reps)
-    op_names = hlo_op_names(step.as_text())
     return {"mode": "train", "attention": attention, "batch": batch,
-            "size": f"{size[0]}x{size[1]}", "precision": precision,
-            "device": jax.devices()[0].device_kind, "reps": reps,
-            "busy_ms_per_call": sum(per_call.values()), "events_per_call": events,
-            "kernels_ms_per_call": dict(sorted(per_call.items(), key=lambda kv: -kv[1])),
-            "kernel_sources": {name: attribute(name, op_names) for name in per_call},
-            "kernel_op_names": {name: attribute(name, op_names, scopes=0) for name in per_call},
-            "kernel_hlo": {name: fused_computation(step.as_text(), name) for name in dump}}
+            "size": f"{size[0]}x{size[1]}", "precision": precision, "reps": reps,
+            **kernel_table(per_call, events, step.as_text(), dump)}
 
 
 def main(argv=None) -> int:

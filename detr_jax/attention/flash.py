@@ -261,6 +261,38 @@ def combine_splits(partial: jax.Array, lse: jax.Array) -> jax.Array:
     return jnp.sum(weights[..., None] * partial, axis=0) / total[..., None]
 
 
+def pad_head_dim(*arrays):
+    """(Dh padded to a power of 2 >= 16, the (B, N, H, Dh) arrays zero-padded to it): the
+    kernels' tiles need a power-of-2 head dim."""
+    dim = arrays[0].shape[-1]
+    dim_p = max(16, 1 << (dim - 1).bit_length())
+    if dim_p == dim:
+        return dim, arrays
+    return dim_p, tuple(jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, dim_p - dim))) for x in arrays)
+
+
+def row_counts(query_counts, batch: int, heads: int):
+    """The kernels' per-(image, head) query counts, int32, padded to a power-of-2 length
+    (one unused zero when ``query_counts`` is None)."""
+    counts = (query_counts.astype(jnp.int32).reshape(batch * heads) if query_counts is not None
+              else jnp.zeros((1,), jnp.int32))
+    return jnp.pad(counts, (0, (1 << max(counts.shape[0] - 1, 0).bit_length()) - counts.shape[0]))
+
+
+def kernel_precision(dtype, interpret: bool):
+    """The kernels' matrix-product algorithm: the setting's for fp32 inputs on the GPU,
+    DEFAULT for 16-bit inputs and in the interpreter (the CPU takes DEFAULT)."""
+    if dtype == jnp.float32 and not interpret:
+        return _matmul_precision()
+    return jax.lax.DotAlgorithmPreset.DEFAULT
+
+
+def dropout_seed(rng: jax.Array) -> jax.Array:
+    """The kernels' int32 (1,) dropout seed drawn from a dropout key."""
+    return jax.random.randint(rng, (1,), jnp.iinfo(jnp.int32).min, jnp.iinfo(jnp.int32).max,
+                              jnp.int32)
+
+
 def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, seed=None, *, block_q,
                     block_k, num_warps, num_stages, interpret, key_splits, dropout_rate=0.0,
                     with_lse=False):
@@ -275,17 +307,10 @@ def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, seed=None,
     splits = key_splits or auto_key_splits(q_blocks * batch * heads, key_blocks)
     splits = max(1, min(splits, key_blocks))
     blocks_per_split = -(-key_blocks // splits)
-    dim_p = max(16, 1 << (dim - 1).bit_length())
-    if dim_p != dim:  # tiles need a power-of-2 head dim
-        pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, dim_p - dim)))
-        q, k, v = pad(q), pad(k), pad(v)
+    dim_p, (q, k, v) = pad_head_dim(q, k, v)
     ragged = query_counts is not None
-    rows = batch * heads
-    counts = (query_counts.astype(jnp.int32).reshape(rows) if ragged
-              else jnp.zeros((1,), jnp.int32))
-    counts = jnp.pad(counts, (0, (1 << max(counts.shape[0] - 1, 0).bit_length()) - counts.shape[0]))
-    precision = (_matmul_precision() if q.dtype == jnp.float32 and not interpret
-                 else jax.lax.DotAlgorithmPreset.DEFAULT)  # the interpreter (CPU) takes DEFAULT
+    counts = row_counts(query_counts, batch, heads)
+    precision = kernel_precision(q.dtype, interpret)
     kernel = functools.partial(
         _kernel, block_q=block_q, block_k=block_k, nq=nq, nk=nk,
         blocks_per_split=blocks_per_split, heads=heads, splits=splits, precision=precision,
@@ -476,8 +501,7 @@ def flash_attention(q, k, v, key_valid=None, query_counts=None, query_divisors=N
         raise ValueError(f"flash_attention: dropout_rate={dropout_rate!r} must be in [0, 1)")
     seed = None
     if dropout_rate and dropout_rng is not None:
-        seed = jax.random.randint(dropout_rng, (1,), jnp.iinfo(jnp.int32).min,
-                                  jnp.iinfo(jnp.int32).max, jnp.int32)
+        seed = dropout_seed(dropout_rng)
     else:
         dropout_rate = 0.0
     return _flash(q, k, v, key_valid, query_counts, query_divisors, seed, block_q, block_k,

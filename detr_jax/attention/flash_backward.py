@@ -136,17 +136,11 @@ def attention_grads(q, k, v, key_valid, query_counts, seed, out, lse, grad, *,
     nk = k.shape[1]
     # D = rowsum(dO * O), fp32, as (B, H, Nq) rows
     delta = jnp.sum(grad.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).transpose(0, 2, 1)
-    dim_p = max(16, 1 << (dim - 1).bit_length())
-    if dim_p != dim:
-        pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, dim_p - dim)))
-        q, k, v, grad = pad(q), pad(k), pad(v), pad(grad)
+    dim_p, (q, k, v, grad) = flash.pad_head_dim(q, k, v, grad)
     grad = grad.astype(q.dtype)
     ragged = query_counts is not None
-    counts = (query_counts.astype(jnp.int32).reshape(batch * heads) if ragged
-              else jnp.zeros((1,), jnp.int32))
-    counts = jnp.pad(counts, (0, (1 << max(counts.shape[0] - 1, 0).bit_length()) - counts.shape[0]))
-    precision = (flash._matmul_precision() if q.dtype == jnp.float32 and not interpret
-                 else jax.lax.DotAlgorithmPreset.DEFAULT)
+    counts = flash.row_counts(query_counts, batch, heads)
+    precision = flash.kernel_precision(q.dtype, interpret)
     rows = lambda n: pl.BlockSpec((None, n, None, dim_p), lambda i, b, h: (b, 0, h, 0))
     per_row = pl.BlockSpec((None, None, nq), lambda i, b, h: (b, h, 0))
     in_specs = [pl.BlockSpec((counts.shape[0],), lambda i, b, h: (0,)), rows(nq), rows(nk),

@@ -6,17 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from detr_jax.attention.flash import dropout_keep, flash_attention, reference_attention
+from detr_jax.attention.flash import (dropout_keep, dropout_seed, flash_attention,
+                                      reference_attention)
 from tests.attention.test_flash import inputs
 
 VALID = np.arange(100)[None] < np.array([[100], [37]])  # image 1: 37 real keys of 100
 COUNTS = np.array([[70, 10, 33], [1, 64, 0]], np.int32)  # inside, at and across blocks
-
-
-def _seed(rng):
-    """The int32 seed flash_attention draws from a dropout key."""
-    return jax.random.randint(rng, (1,), jnp.iinfo(jnp.int32).min, jnp.iinfo(jnp.int32).max,
-                              jnp.int32)
 
 
 def test_dropout_keep_is_a_seeded_mask_of_the_rate():
@@ -41,7 +36,7 @@ def test_dropout_in_the_kernel_matches_the_reference(splits):
     rng = jax.random.key(3)
     out = flash_attention(q, k, v, valid, counts, block_q=16, block_k=16, key_splits=splits,
                           dropout_rate=0.2, dropout_rng=rng, interpret=True)
-    ref = reference_attention(q, k, v, valid, counts, None, 0.2, _seed(rng))
+    ref = reference_attention(q, k, v, valid, counts, None, 0.2, dropout_seed(rng))
     np.testing.assert_allclose(out, ref, atol=3e-6)
     plain = flash_attention(q, k, v, valid, counts, block_q=16, block_k=16, interpret=True)
     assert float(jnp.abs(out - plain).max()) > 0.05  # something was dropped
@@ -70,7 +65,7 @@ def test_backward_kernels_give_the_reference_gradients(rate, ragged, splits):
                                              key_splits=splits, backward="kernel",
                                              interpret=True)
     reference = lambda q, k, v: reference_attention(q, k, v, valid, counts, None, rate,
-                                                    _seed(rng))
+                                                    dropout_seed(rng))
     got = jax.grad(loss(kernel), argnums=(0, 1, 2))(q, k, v)
     want = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
     for name, g, w in zip("qkv", got, want):
@@ -111,7 +106,7 @@ def test_fused_training_backend_keeps_the_kernel_for_dropout_and_gradients():
     loss = lambda attend: lambda q, k, v: jnp.sum(attend(q, k, v) * cotangent)
     got = jax.grad(loss(lambda q, k, v: fused.attention(q, k, v, padding)), argnums=(0, 1, 2))(q, k, v)
     want = jax.grad(loss(lambda q, k, v: reference_attention(
-        q, k, v, jnp.asarray(VALID), None, None, 0.2, _seed(rng))), argnums=(0, 1, 2))(q, k, v)
+        q, k, v, jnp.asarray(VALID), None, None, 0.2, dropout_seed(rng))), argnums=(0, 1, 2))(q, k, v)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-5)
     with pytest.raises(ValueError, match="training"):
@@ -158,7 +153,7 @@ def test_backward_kernels_in_bf16_follow_the_fp32_gradients():
         q, k, v, valid, dropout_rate=0.1, dropout_rng=rng, backward="kernel",
         interpret=True).astype(jnp.float32) * cotangent)
     reference = lambda q, k, v: jnp.sum(reference_attention(
-        q, k, v, valid, None, None, 0.1, _seed(rng)) * cotangent)
+        q, k, v, valid, None, None, 0.1, dropout_seed(rng)) * cotangent)
     got = jax.grad(kernel, argnums=(0, 1, 2))(q, k, v)
     want = jax.grad(reference, argnums=(0, 1, 2))(*(x.astype(jnp.float32) for x in (q, k, v)))
     for g, w in zip(got, want):
