@@ -131,9 +131,10 @@ class AttentionBackend:
 
     @property
     def tiled(self) -> bool:
-        """Whether exact attention (no logit bias, no dropout) runs through a kernel that
-        never stores the (Nq, Nk) probabilities: the fused GPU kernel or the TPU kernel."""
-        # a dropping backend is fused only under training "fused", whose kernel drops
+        """Whether exact attention (no logit bias) runs through a kernel that never stores
+        the (Nq, Nk) probabilities: the fused GPU kernel (while dropping too: a dropping
+        backend is fused only under training "fused", whose kernel drops) or the TPU
+        kernel (not while dropping)."""
         return self.fused or (not self.dropping and self.kernel in TPU_KERNELS)
 
     @property
