@@ -14,7 +14,7 @@
 # carry/backbone.tar when carried, else pretrained here once (on GPU 0, written to
 # $OUT/backbone.tar); each run unpacks its own copy of it. -> $OUT/RUN.log,
 # $OUT/RUN_metrics.jsonl and $OUT/RUN_model.tar (the exported model, once the run has one)
-# for both runs.
+# for both runs. Then time them: benchmarks/device/time_trained.sh with the same RUN specs.
 set -uo pipefail
 budget="${1:?usage: train_pair.sh SECONDS RUN=CONFIG[@ATTENTION] RUN=CONFIG[@ATTENTION] [overrides]}"
 first="${2:?two runs}"; second="${3:?two runs}"
@@ -34,8 +34,9 @@ fi
 echo "backbone: $shared_tar ($(elapsed) s)"
 workers=$(( $(nproc) / 2 - 1 )); [ "$workers" -ge 1 ] || workers=1
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU"); [ "$gpus" -ge 1 ] || gpus=1
-# two processes on one GPU: each may take under half of its memory (JAX takes 75% by default)
-[ "$gpus" -ge 2 ] || export XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
+# two processes on one GPU: each may take under half of its memory (JAX takes 75% by
+# default); PAIR_MEM_FRACTION lowers it to leave room for other work beside them
+[ "$gpus" -ge 2 ] || export XLA_PYTHON_CLIENT_MEM_FRACTION="${PAIR_MEM_FRACTION:-0.45}"
 pids=(); names=()
 gpu=0
 for spec in "$first" "$second"; do
