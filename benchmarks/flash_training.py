@@ -38,6 +38,15 @@ from detr_jax.benchmark import _timed, _xla_memory_mib  # noqa: E402
 HEADS, HEAD_DIM = 8, 32
 
 
+def inputs(batch: int, tokens: int, dtype):
+    """Seeded q, k, v and an output cotangent, each (batch, tokens, HEADS, HEAD_DIM), with
+    q and k scaled so that the logits have unit variance."""
+    rng = np.random.default_rng(0)
+    shape = (batch, tokens, HEADS, HEAD_DIM)
+    return tuple(jnp.asarray(rng.normal(size=shape) / (HEAD_DIM ** 0.25 if i < 2 else 1.0), dtype)
+                 for i in range(4))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--batch", type=int, default=4)
@@ -55,10 +64,7 @@ def main(argv=None) -> int:
         return check(args, interpret)
     rows = []
     for dtype in args.dtypes.split(","):
-        rng = np.random.default_rng(0)
-        shape = (args.batch, args.tokens, HEADS, HEAD_DIM)
-        q, k, v, cotangent = (jnp.asarray(rng.normal(size=shape) / (HEAD_DIM ** 0.25 if i < 2 else 1.0),
-                                          dtype) for i in range(4))
+        q, k, v, cotangent = inputs(args.batch, args.tokens, dtype)
         padding = jnp.zeros((args.batch, args.tokens), bool)
         key = jax.random.key(1)
         ways = {
@@ -103,10 +109,7 @@ def check(args, interpret: bool) -> int:
     relative norm error passes 1e-2 (TF32 and bf16 products; fp32 at highest: ~1e-6)."""
     worst = 0.0
     for dtype in args.dtypes.split(","):
-        rng = np.random.default_rng(0)
-        shape = (args.batch, args.tokens, HEADS, HEAD_DIM)
-        q, k, v, cotangent = (jnp.asarray(rng.normal(size=shape) / (HEAD_DIM ** 0.25 if i < 2 else 1.0),
-                                          dtype) for i in range(4))
+        q, k, v, cotangent = inputs(args.batch, args.tokens, dtype)
         valid = jnp.ones((args.batch, args.tokens), bool).at[-1, args.tokens * 3 // 4:].set(False)
         key = jax.random.key(1)
         for rate in (0.0, args.rate):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The ENACT paper's timing columns for models trained by train_pair.sh or train_demo.sh
-# on this warm machine (/tmp/RUN/model): each model's inference on its trained weights
+# on this warm machine (TRAINED_ROOT/RUN/model, TRAINED_ROOT=/tmp by default): each model's inference on its trained weights
 # (batch 1 and 8, 512 x 512, TF32, medians of 20 calls) and, for each config, the
 # training step of every attention of the runs in one process (random weights, batch 32,
 # 512 x 512, 7 boxes per image, medians of 10 steps, with peak memory).
@@ -12,7 +12,8 @@
 set -uo pipefail
 [ "$#" -ge 1 ] || { echo "usage: time_trained.sh RUN=CONFIG[@ATTENTION] ..." >&2; exit 2; }
 source benchmarks/device/common.sh
-dir=/tmp/timings; rm -rf "$dir"; mkdir -p "$dir"
+root="${TRAINED_ROOT:-/tmp}"
+dir="${TIMINGS_DIR:-/tmp/timings}"; rm -rf "$dir"; mkdir -p "$dir"
 declare -A attentions=()
 order=()
 for spec in "$@"; do
@@ -20,12 +21,12 @@ for spec in "$@"; do
   config="${rest%%@*}"; attention=exact
   [ "$rest" != "$config" ] && attention="${rest#*@}"
   [ -f "$config" ] || { echo "error: $spec: no config file $config" >&2; exit 2; }
-  if [ ! -d "/tmp/$name/model" ]; then
-    echo "error: $spec: no trained model in /tmp/$name/model on this machine" >&2; continue
+  if [ ! -d "$root/$name/model" ]; then
+    echo "error: $spec: no trained model in $root/$name/model on this machine" >&2; continue
   fi
   [ -n "${attentions[$config]:-}" ] || order+=("$config")
   attentions[$config]="${attentions[$config]:-} $attention"
-  python3 -m detr_jax.benchmark --config "$config" --checkpoint "/tmp/$name/model" --mode infer \
+  python3 -m detr_jax.benchmark --config "$config" --checkpoint "$root/$name/model" --mode infer \
     --attention "$attention" --batch 1 8 \
     --size 512x512 --repeats 20 --json "$dir/${name}_infer.json" 2>&1 \
     | tee -a "$dir/timings.log" | grep -E "^\| infer|rror"
