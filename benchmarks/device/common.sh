@@ -1,10 +1,12 @@
 # Shared set-up of the device scripts (sourced): carried wheels, the synthetic benchmark.
 #   source benchmarks/device/common.sh; make_synthetic; "${SYN_DATA[@]}" are config overrides
+# The carried wheels (WHEELS, default .whl/) go into SITE (default /tmp/site) once per machine.
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site ]; then
-  pip install --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null 2>&1
+wheels="${WHEELS:-.whl}"; site="${SITE:-/tmp/site}"
+if ls "$wheels"/*.whl >/dev/null 2>&1 && [ ! -d "$site" ]; then
+  pip install --no-index --no-deps --target "$site" "$wheels"/*.whl >/dev/null 2>&1
 fi
-[ -d /tmp/site ] && export PYTHONPATH=/tmp/site:$PWD
+[ -d "$site" ] && export PYTHONPATH="$site:$PWD"
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 

@@ -12,7 +12,9 @@ COMMON = os.path.join(ROOT, "benchmarks", "device", "common.sh")
 
 def bash(script, cwd, env):
     return subprocess.run(["bash", "-c", f"set -euo pipefail; source {COMMON}; {script}"],
-                          cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True)
+                          cwd=cwd, env={**os.environ, "WHEELS": str(cwd / "no_wheels"),
+                                        "SITE": str(cwd / "site"), **env},
+                          capture_output=True, text=True)
 
 
 def test_parts_carried_over_two_calls_restore_the_checkpoint(tmp_path):

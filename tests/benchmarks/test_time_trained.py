@@ -25,7 +25,8 @@ def test_timings_per_run_and_per_config(tmp_path):
         (runs / name / "model").mkdir(parents=True)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
            "CALLS": str(tmp_path / "calls"), "TRAINED_ROOT": str(runs),
-           "TIMINGS_DIR": str(tmp_path / "timings")}
+           "TIMINGS_DIR": str(tmp_path / "timings"), "WHEELS": str(tmp_path / "no_wheels"),
+           "SITE": str(tmp_path / "site")}
     config = "configs/anchor_detr_synthetic.py"
     done = subprocess.run(
         ["bash", "benchmarks/device/time_trained.sh", f"plain={config}",
