@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The ENACT paper's timing columns for models trained by train_pair.sh or train_demo.sh
-# on this warm machine (TRAINED_ROOT/RUN/model, TRAINED_ROOT=/tmp by default): each model's inference on its trained weights
-# (batch 1 and 8, 512 x 512, TF32, medians of 20 calls) and, for each config, the
-# training step of every attention of the runs in one process (random weights, batch 32,
-# 512 x 512, 7 boxes per image, medians of 10 steps, with peak memory).
+# on this warm machine (TRAINED_ROOT/RUN/model, TRAINED_ROOT=/tmp by default): each
+# model's inference on its trained weights (batch 1 and 8, 512 x 512, TF32, medians of 20
+# calls) and, for each config, the training step of every attention of the runs in one
+# process (random weights, batch 32, 512 x 512, 7 boxes per image, medians of 10 steps,
+# with peak memory).
 #   bash benchmarks/device/time_trained.sh RUN=CONFIG[@ATTENTION] [RUN=CONFIG[@ATTENTION] ...]
 # e.g. after the Anchor DETR pair of train_pair.sh:
 #   bash benchmarks/device/time_trained.sh anchor_demo=configs/anchor_detr_synthetic.py \
