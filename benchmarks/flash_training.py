@@ -6,11 +6,11 @@ Times ``jax.value_and_grad`` of one encoder layer's attention (N = ``--tokens`` 
 queries and keys, 8 heads of 32, a random cotangent) under jit, for:
 
 - ``xla``: ``softmax.masked_softmax_attention`` with jax.random dropout: what a training
-  call with attention dropout runs under ``attention_training = "xla"`` (the default);
+  call with attention dropout runs under ``attention_training = "xla"``;
 - ``kernel+xla``: the fused kernel forward without dropout, its gradient recomputed with
-  XLA ops: the default's training call when ``attention_dropout = 0``;
+  XLA ops: ``"xla"``'s training call when ``attention_dropout = 0``;
 - ``kernel+kernel``: the fused kernel with its in-kernel dropout and the backward kernels
-  (``attention_training = "fused"``).
+  (``attention_training = "fused"``, the default).
 
 Prints median ms per call and XLA's memory footprint of each compiled gradient. ``--check``
 compares ``kernel+kernel``'s output and gradients with ``flash.reference_attention`` under the

@@ -35,12 +35,12 @@ rate above 0) hands its ``attend`` the backend :meth:`AttentionBackend.with_drop
 returns. How training calls run is the backend's ``training`` setting (the model config's
 ``attention_training``):
 
-- ``"xla"`` (the default): a call with attention dropout runs on kernel ``"xla"``
+- ``"xla"``: a call with attention dropout runs on kernel ``"xla"``
   carrying the rate and the key, which :meth:`AttentionBackend.attention` applies to the
   softmax probabilities; the variants read ``self.backend`` as always, so their fused
   paths (``backend.fused``) are not taken while dropping. Without dropout the fused
   kernel's gradient recomputes the probabilities with XLA ops.
-- ``"fused"``: the fused GPU kernel keeps training calls: it draws the dropout mask
+- ``"fused"`` (the default): the fused GPU kernel keeps training calls: it draws the dropout mask
   inside the kernel (``flash.dropout_keep``, a hash of a seed from the key; not
   jax.random's stream) and its gradient runs the backward kernels
   (``flash_backward``; the XLA recomputation, with the same mask, for ACT's prototype
@@ -91,7 +91,7 @@ class AttentionBackend:
 
     kernel: str = "xla"
     key_splits: int | None = None
-    training: str = "xla"
+    training: str = "fused"
     # Attention dropout of a training call (``with_dropout``): rate and PRNG key.
     dropout_rate: float = 0.0
     dropout_rng: Any = dataclasses.field(default=None, compare=False, hash=False)
@@ -213,7 +213,7 @@ def parse_key_splits(value) -> int | None:
 
 
 def resolve_backend(name: str = "auto", key_splits: int | str | None = "auto",
-                    training: str = "xla") -> AttentionBackend:
+                    training: str = "fused") -> AttentionBackend:
     """The backend ``name`` (one of ``BACKENDS``) for the platform this is called on.
 
     ``"auto"`` becomes ``"flash"`` where the fused kernel compiles (CUDA GPUs),

@@ -64,7 +64,7 @@ def anchor_detr_config(**overrides) -> ml_collections.ConfigDict:
         :mod:`detr_jax.models.rcda_enact`).
       attention_backend, attention_key_splits, attention_training: the attention kernel
         of the standard attentions and how training calls use it
-        (``detr_jax.attention.backend.resolve_backend``), "auto", "auto" and "xla".
+        (``detr_jax.attention.backend.resolve_backend``), "auto", "auto" and "fused".
       dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
       matmul_precision: ``default``, ``high`` or ``highest`` (``detr_jax.precision``).
     """
@@ -89,7 +89,7 @@ def anchor_detr_config(**overrides) -> ml_collections.ConfigDict:
     cfg.encoder_attention = "exact"
     cfg.attention_backend = "auto"
     cfg.attention_key_splits = "auto"
-    cfg.attention_training = "xla"
+    cfg.attention_training = "fused"
     cfg.dtype = "float32"
     cfg.matmul_precision = "default"
     for key, value in overrides.items():

@@ -24,8 +24,9 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       attention_dropout: dropout of the attention probabilities in training (encoder
         self-attention, decoder self- and cross-attention, and the clustered variants'
         attention); None (the default): ``dropout``, as the official code; 0 disables it.
-        Training with it runs attention on the XLA kernel unless ``attention_training`` is
-        ``fused`` (``detr_jax.attention.backend``).
+        On the fused GPU kernel it is drawn inside the kernel (``attention_training``
+        ``fused``, the default) or moves the call to XLA ops (``xla``; see
+        ``detr_jax.attention.backend``).
       pre_norm: pre-norm transformer layers (the official ``--pre_norm``), for training
         from scratch; the official checkpoints are post-norm (False).
       num_queries: object queries; num_classes: highest class id (91 for COCO), the class
@@ -37,9 +38,10 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
         ``tpu_flash`` on TPUs, ``xla_map`` on CPUs; see ``detr_jax.attention.backend``).
       attention_key_splits: key ranges per row of the fused kernel: ``auto`` or a
         positive integer, kept as a string (``"2"``; an int given here is converted).
-      attention_training: how training calls use the fused GPU kernel: ``xla`` (attention
-        dropout on XLA ops, gradient recomputed with XLA ops) or ``fused`` (dropout drawn
-        in the kernel, backward kernels; see ``detr_jax.attention.backend``).
+      attention_training: how training calls use the fused GPU kernel: ``fused`` (the
+        default: dropout drawn in the kernel, backward kernels) or ``xla`` (attention
+        dropout on XLA ops, gradient recomputed with XLA ops; the default before the fused
+        backward, kept for comparison; see ``detr_jax.attention.backend``).
       dtype: compute dtype (``float32`` or ``bfloat16``); parameters stay float32.
       matmul_precision: precision of float32 matrix products and convolutions,
         ``default``, ``high`` or ``highest`` (``detr_jax.precision``: TF32 / TF32 / fp32
@@ -65,7 +67,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     cfg.encoder_attention = "exact"
     cfg.attention_backend = "auto"
     cfg.attention_key_splits = "auto"
-    cfg.attention_training = "xla"
+    cfg.attention_training = "fused"
     cfg.dtype = "float32"
     cfg.matmul_precision = "default"
     for key, value in overrides.items():

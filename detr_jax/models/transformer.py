@@ -51,11 +51,11 @@ def encoder_layer_keys(rng: jax.Array | None, index: int
 
 def model_backend(cfg) -> AttentionBackend:
     """The attention backend of a model config (fields ``attention_backend`` and
-    ``attention_key_splits``, "auto" when absent, and ``attention_training``, "xla" when
+    ``attention_key_splits``, "auto" when absent, and ``attention_training``, "fused" when
     absent), resolved for this platform."""
     return resolve_backend(cfg.get("attention_backend", "auto"),
                            cfg.get("attention_key_splits", "auto"),
-                           cfg.get("attention_training", "xla"))
+                           cfg.get("attention_training", "fused"))
 
 
 def _keys(rng, count):

@@ -50,7 +50,7 @@ def test_padded_keys_stay_unattended_with_dropout():
 
 
 def test_backend_with_dropout_runs_xla_and_only_with_a_key():
-    backend = AttentionBackend("flash_interpret")
+    backend = AttentionBackend("flash_interpret", training="xla")
     assert backend.with_dropout(0.1, None) is backend
     assert backend.with_dropout(0.0, jax.random.key(0)) is backend
     dropping = backend.with_dropout(0.1, jax.random.key(0))

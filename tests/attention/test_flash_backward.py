@@ -100,7 +100,8 @@ def test_fused_training_backend_keeps_the_kernel_for_dropout_and_gradients():
     rng = jax.random.key(9)
     fused = AttentionBackend("flash_interpret", training="fused").with_dropout(0.2, rng)
     assert fused.kernel == "flash_interpret" and fused.dropping and fused.tiled
-    xla = AttentionBackend("flash_interpret").with_dropout(0.2, rng)
+    xla = AttentionBackend("flash_interpret", training="xla").with_dropout(0.2, rng)
+    assert AttentionBackend("flash_interpret").training == "fused"  # the default
     assert xla.kernel == "xla" and not xla.tiled
     cotangent = jnp.asarray(np.random.default_rng(4).normal(size=q.shape), jnp.float32)
     loss = lambda attend: lambda q, k, v: jnp.sum(attend(q, k, v) * cotangent)
@@ -113,20 +114,34 @@ def test_fused_training_backend_keeps_the_kernel_for_dropout_and_gradients():
         resolve_backend("xla", training="kernel")
 
 
-def test_model_trains_through_the_fused_kernels():
-    """A tiny DETR on the interpreted kernel: with attention_training="fused" and no
-    attention dropout its gradients equal those of the XLA recomputation; with dropout
-    the kernel drops."""
+def _tiny(detector):
+    from detr_jax.models.anchor_detr import tiny_anchor_detr_config
+    from detr_jax.models.conditional_detr import tiny_conditional_detr_config
+    from detr_jax.models.config import tiny_model_config
+    return {"detr": tiny_model_config, "conditional": tiny_conditional_detr_config,
+            "anchor": tiny_anchor_detr_config}[detector]
+
+
+# The kernel's distinct training calls: plain attention (DETR; K-means attends its
+# prototypes through the same call), ACT's prototypes (query divisors: the XLA
+# recomputation), Conditional DETR's concatenated cross-attention heads and Anchor DETR's
+# decoder self-attention (ENACT's encoder layers compute on XLA: no kernel call).
+@pytest.mark.parametrize("detector,encoder", [
+    ("detr", "exact"), ("detr", "act:L=8"), ("conditional", "exact"), ("anchor", "exact")])
+def test_model_trains_through_the_fused_kernels(detector, encoder):
+    """Tiny detectors on the interpreted kernel, each encoder attention: with
+    attention_training="fused" (the default) and no attention dropout the loss and
+    gradients equal those of "xla" (the XLA recomputation); with dropout the kernel
+    drops and the gradients stay finite."""
     from flax import nnx
     from detr_jax.models.build import build_model
-    from detr_jax.models.config import tiny_model_config
     pixels = jax.random.normal(jax.random.key(0), (1, 64, 48, 3))
     mask = jnp.zeros((1, 64, 48), bool).at[:, :, 32:].set(True)
     key = jax.random.key(7)
 
     def grads(training, rate):
-        model = build_model(tiny_model_config(
-            dropout=0.0, attention_dropout=rate, enc_layers=1, dec_layers=1,
+        model = build_model(_tiny(detector)(
+            dropout=rate, enc_layers=1, dec_layers=1, encoder_attention=encoder,
             attention_backend="flash_interpret", attention_training=training))
         graph, state = nnx.split(model)
 
