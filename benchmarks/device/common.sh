@@ -9,6 +9,14 @@ fi
 [ -d "$site" ] && export PYTHONPATH="$site:$PWD"
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
+# A run spec RUN=CONFIG[@ATTENTION] -> run_name, run_config, run_attention ("" when absent);
+# exits 2 naming the spec when CONFIG is not a file.
+parse_run() {
+  run_name="${1%%=*}"; local rest="${1#*=}"
+  run_config="${rest%%@*}"; run_attention=""
+  [ "$rest" != "$run_config" ] && run_attention="${rest#*@}"
+  [ -f "$run_config" ] || { echo "error: $1: no config file $run_config" >&2; exit 2; }
+}
 
 # Generate the synthetic benchmark (8000 train / 300 val) in /tmp/syn unless this warm
 # machine already has the one of the current generator.

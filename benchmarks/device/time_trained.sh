@@ -18,10 +18,7 @@ dir="${TIMINGS_DIR:-/tmp/timings}"; rm -rf "$dir"; mkdir -p "$dir"
 declare -A attentions=()
 order=()
 for spec in "$@"; do
-  name="${spec%%=*}"; rest="${spec#*=}"
-  config="${rest%%@*}"; attention=exact
-  [ "$rest" != "$config" ] && attention="${rest#*@}"
-  [ -f "$config" ] || { echo "error: $spec: no config file $config" >&2; exit 2; }
+  parse_run "$spec"; name="$run_name"; config="$run_config"; attention="${run_attention:-exact}"
   if [ ! -d "$root/$name/model" ]; then
     echo "error: $spec: no trained model in $root/$name/model on this machine" >&2; continue
   fi

@@ -40,10 +40,7 @@ gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU"); [ "$gpus" -ge 1 ] || gpus=1
 pids=(); names=()
 gpu=0
 for spec in "$first" "$second"; do
-  name="${spec%%=*}"; rest="${spec#*=}"
-  config="${rest%%@*}"; attention=""
-  [ "$rest" != "$config" ] && attention="${rest#*@}"
-  [ -f "$config" ] || { echo "error: $spec: no config file $config" >&2; exit 2; }
+  parse_run "$spec"; name="$run_name"; config="$run_config"; attention="$run_attention"
   extra=()
   if [ -n "$attention" ]; then
     extra=(--config.model.encoder_attention="$attention" "--config.eval.attention=('$attention',)")
