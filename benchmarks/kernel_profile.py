@@ -63,15 +63,56 @@ def device_event_times(trace_dir: str) -> dict[str, float]:
     return device_events(trace_dir)[0]
 
 
-def traced_device_events(call, reps: int) -> tuple[dict[str, float], float]:
+def idle_gaps(trace_dir: str, reps: int, top: int = 12) -> dict:
+    """Where the device waits between kernels, over a trace of ``reps`` calls.
+
+    The device events of all streams are merged into busy intervals; every interval
+    between them is idle. Returns ms per call of: ``span`` (first kernel start to last
+    kernel end, over ``reps``), ``busy``, ``idle`` (in the span), idle time by gap size
+    (``"<5us"``, ``"5-20us"``, ``"20-100us"``, ``">=100us"``; the gaps between calls, host
+    synchronization and dispatch, fall in the last) and the ``top`` kernels by the idle
+    time just before them (the gap a launch did not hide), with gap counts per call.
+    """
+    events = load_events(trace_dir)
+    names = process_names(events)
+    device = {pid for pid, name in names.items() if "/device:" in name} or set(names)
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), e["name"])
+                   for e in events if e.get("ph") == "X" and e.get("pid") in device)
+    if not spans:
+        return {}
+    busy = 0.0
+    end = spans[0][0]
+    buckets = collections.Counter()
+    before = collections.Counter()
+    counts = collections.Counter()
+    for start, stop, name in spans:
+        if start > end:
+            gap = start - end
+            bucket = ("<5us" if gap < 5 else "5-20us" if gap < 20 else "20-100us" if gap < 100
+                      else ">=100us")
+            buckets[bucket] += gap / 1e3 / reps
+            before[name] += gap / 1e3 / reps
+            counts[name] += 1 / reps
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    span = (end - spans[0][0]) / 1e3 / reps
+    return {"span_ms": span, "busy_ms": busy / 1e3 / reps, "idle_ms": span - busy / 1e3 / reps,
+            "idle_by_gap_ms": dict(buckets),
+            "idle_before_ms": {n: [ms, counts[n]] for n, ms in before.most_common(top)}}
+
+
+def traced_device_events(call, reps: int, gaps: dict | None = None) -> tuple[dict[str, float], float]:
     """(device milliseconds per call of each event name, device events per call) over a
-    trace of ``reps`` calls of ``call()`` (each ended by ``block_until_ready``)."""
+    trace of ``reps`` calls of ``call()`` (each ended by ``block_until_ready``). With a
+    dict ``gaps``, it is filled with :func:`idle_gaps` of the same trace."""
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         for _ in range(reps):
             jax.block_until_ready(call())
         jax.profiler.stop_trace()
         totals, count = device_events(trace_dir)
+        if gaps is not None:
+            gaps.update(idle_gaps(trace_dir, reps))
         return {name: ms / reps for name, ms in totals.items()}, count / reps
 
 
@@ -135,10 +176,11 @@ def profile_setting(cfg, attention: str, batch: int, size, reps: int, seed: int,
     key = jax.random.PRNGKey(seed)
     for _ in range(3):
         jax.block_until_ready(forward(pixels, mask, key))
-    per_call, events = traced_device_events(lambda: forward(pixels, mask, key), reps)
+    gaps: dict = {}
+    per_call, events = traced_device_events(lambda: forward(pixels, mask, key), reps, gaps)
     hlo = forward._run.lower(forward.state, pixels, mask, key).compile().as_text()
     return {"attention": attention, "batch": batch, "size": f"{size[0]}x{size[1]}",
-            "reps": reps, **kernel_table(per_call, events, hlo, dump)}
+            "reps": reps, **kernel_table(per_call, events, hlo, dump), "gaps": gaps}
 
 
 def kernel_table(per_call: dict[str, float], events: float, hlo: str,
@@ -210,6 +252,13 @@ def main(argv=None) -> int:
         for name, ms in list(r["kernels_ms_per_call"].items())[:args.top]:
             print(f"| {ms:.4f} | {ms / r['busy_ms_per_call']:.1%} | {name[:60]} | "
                   f"{r['kernel_sources'].get(name, '')[:110]} |")
+        gaps = r.get("gaps")
+        if gaps:
+            print(f"device span {gaps['span_ms']:.3f} ms per call: busy {gaps['busy_ms']:.3f}, "
+                  f"idle {gaps['idle_ms']:.3f} (" + ", ".join(
+                      f"{k} {v:.3f}" for k, v in sorted(gaps["idle_by_gap_ms"].items())) + ")")
+            print("idle ms before (gaps per call):", "; ".join(
+                f"{n[:40]} {ms:.3f} ({c:.0f})" for n, (ms, c) in gaps["idle_before_ms"].items()))
         for name, text in r["kernel_hlo"].items():
             print(f"\nHLO of {name}:\n{text}")
     if args.output:

@@ -110,18 +110,20 @@ class SettingsRunner:
     def __init__(self, model, settings, layout: Layout, *, seed: int = 0, hash_seeds: int = 1):
         from detr_jax.attention import parse_attention
         from detr_jax.models.build import with_encoder_attention
+        from detr_jax.models.inference import inference_model
 
         self.settings = list(settings)
         self.runs = setting_runs(self.settings, hash_seeds)
         self.run_names = [name for s in self.settings for name, _ in self.runs[s]]
         self.layout = layout
-        base_graphdef, state = nnx.split(model)
+        # inference copies: frozen BatchNorms folded into the convolutions once
+        base_graphdef, state = nnx.split(inference_model(model))
         self.matmul_precision = config_matmul_precision(model.config)
         self.graphdefs = {}
         for setting in self.settings:
             spec = parse_attention(setting)
             variant = model if spec == model.attention_spec else with_encoder_attention(model, spec)
-            self.graphdefs[setting] = nnx.split(variant)[0]
+            self.graphdefs[setting] = nnx.split(inference_model(variant))[0]
         # One encoder key per draw, the same for every batch. Keys travel as raw key data
         # (a plain uint32 array) and are wrapped inside the jit.
         draws = sorted({d for runs in self.runs.values() for _, d in runs})

@@ -222,6 +222,11 @@ class AnchorDETR(nnx.Module):
         return topk_postprocess(outputs["pred_logits"], outputs["pred_boxes"], original_sizes,
                                 self.num_select)
 
+    def fold_frozen_norms(self):
+        """Fold the backbone's frozen BatchNorms into its convolutions, in place (for
+        inference copies: ``detr_jax.models.inference.inference_model``)."""
+        self.backbone.fold_norms()
+
     def encoder_attention_layers(self):
         """The encoder's attention modules in layer order for the "nn.MultiheadAttention"
         type; none for RCDA (not one of the swappable encoder attentions)."""

@@ -11,6 +11,11 @@ The stride sits on the 3x3 convolution (v1.5). With ``dilation=True`` (DC5) the 
 stage keeps stride 16: its first block has stride 1 and dilation 1, the later blocks
 dilation 2 and padding 2, as torchvision's ``replace_stride_with_dilation``. All
 convolutions use explicit symmetric padding, never 'SAME'.
+
+For inference, ``ResNet.fold_norms()`` folds each frozen BatchNorm into the convolution
+before it once (``FoldedConv``: the scaled kernel stored in cuDNN's OHWI order and the
+shift as a bias), so that a jitted forward pass does not fold and transpose every kernel
+again on every call. Trainable GroupNorms stay as they are.
 """
 
 from __future__ import annotations
@@ -55,6 +60,63 @@ class FrozenBatchNorm(nnx.Module):
         scale, shift = self.affine()
         return folded_conv(conv, x, scale, shift)
 
+    def fold(self, conv: nnx.Conv) -> tuple[nnx.Module, nnx.Module]:
+        """(``FoldedConv`` of ``conv`` and this norm, ``NoNorm()``): the pair that computes
+        ``after_conv(conv, x)`` with the fold done now rather than on every call."""
+        scale, shift = self.affine()
+        return FoldedConv.of(conv, scale, shift), NoNorm()
+
+
+class NoNorm(nnx.Module):
+    """The norm interface's identity: ``after_conv(conv, x) = conv(x)`` (the norm of a
+    ``FoldedConv``, which holds it already)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x
+
+    def after_conv(self, conv: nnx.Module, x: jax.Array) -> jax.Array:
+        return conv(x)
+
+    def fold(self, conv: nnx.Module) -> tuple[nnx.Module, nnx.Module]:
+        return conv, self
+
+
+class FoldedConv(nnx.Module):
+    """A convolution with a frozen BatchNorm folded in, for inference: ``conv(x) * scale
+    + shift`` as one convolution with the kernel ``kernel * scale`` and the bias
+    ``shift``, both computed once (``FoldedConv.of``). The kernel is held as (C_out, kh,
+    kw, C_in) (OHWI), the order of cuDNN's NHWC convolutions, in the compute dtype, so a
+    jitted call neither transposes nor casts it. x: (B, H, W, C_in) -> (B, H', W', C_out)."""
+
+    def __init__(self, kernel: jax.Array, bias: jax.Array, *, strides, padding, dilation,
+                 dtype: Any, precision: Any):
+        self.kernel = Frozen(kernel)
+        self.bias = Frozen(bias)
+        self.strides, self.padding, self.dilation = strides, padding, dilation
+        self.dtype, self.precision = dtype, precision
+
+    @classmethod
+    def of(cls, conv: nnx.Conv, scale: jax.Array, shift: jax.Array) -> "FoldedConv":
+        """The fold of a bias-free 2-D ``conv`` (explicit padding) and the norm's (C_out,)
+        float32 ``scale`` and ``shift``: the products are those ``folded_conv`` forms
+        on every call, in float32, then cast to ``conv.dtype`` (None: kept in float32)."""
+        kernel = conv.kernel[...] * scale
+        if conv.dtype is not None:
+            kernel = kernel.astype(conv.dtype)
+        return cls(jnp.transpose(kernel, (3, 0, 1, 2)), jnp.asarray(shift, jnp.float32),
+                   strides=_pair(conv.strides), padding=conv.padding,
+                   dilation=_pair(conv.kernel_dilation), dtype=conv.dtype,
+                   precision=conv.precision)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...]
+        dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
+        y = jax.lax.conv_general_dilated(
+            x.astype(dtype), kernel.astype(dtype), window_strides=self.strides,
+            padding=self.padding, rhs_dilation=self.dilation,
+            dimension_numbers=("NHWC", "OHWI", "NHWC"), precision=self.precision)
+        return y + self.bias[...].astype(y.dtype)
+
 
 class GroupNorm(nnx.GroupNorm):
     """``nnx.GroupNorm`` with the backbone's norm interface (:meth:`after_conv`)."""
@@ -62,6 +124,18 @@ class GroupNorm(nnx.GroupNorm):
     def after_conv(self, conv: nnx.Conv, x: jax.Array) -> jax.Array:
         """``self(conv(x))``: a trainable norm over groups cannot be folded into the conv."""
         return self(conv(x))
+
+    def fold(self, conv: nnx.Conv) -> tuple[nnx.Module, nnx.Module]:
+        """(conv, self): nothing to fold (normalization over groups depends on the input)."""
+        return conv, self
+
+
+def fold_pairs(module: nnx.Module, pairs: tuple[tuple[str, str], ...]) -> None:
+    """Replace each (conv, norm) attribute pair of ``module`` by ``norm.fold(conv)``."""
+    for conv_name, norm_name in pairs:
+        conv_, norm = getattr(module, norm_name).fold(getattr(module, conv_name))
+        setattr(module, conv_name, conv_)
+        setattr(module, norm_name, norm)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -114,6 +188,10 @@ class Downsample(nnx.Module):
     def __call__(self, x):
         return self.bn.after_conv(self.conv, x)
 
+    def fold_norms(self) -> None:
+        """Fold the norm into the conv in place (``fold_pairs``)."""
+        fold_pairs(self, (("conv", "bn"),))
+
 
 class Bottleneck(nnx.Module):
     """ResNet v1.5 bottleneck: 1x1 -> 3x3 (stride, dilation) -> 1x1 (x4), residual, ReLU."""
@@ -139,6 +217,12 @@ class Bottleneck(nnx.Module):
         out = self.bn3.after_conv(self.conv3, out)
         shortcut = self.downsample(x) if self.downsample is not None else x
         return jax.nn.relu(out + shortcut)
+
+    def fold_norms(self) -> None:
+        """Fold each norm into its conv in place (``fold_pairs``), the shortcut's too."""
+        fold_pairs(self, (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")))
+        if self.downsample is not None:
+            self.downsample.fold_norms()
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
@@ -184,3 +268,14 @@ class ResNet(nnx.Module):
             for block in getattr(self, f"layer{index + 1}"):
                 x = block(x)
         return x
+
+    def fold_norms(self) -> None:
+        """Fold every frozen BatchNorm into the convolution before it, in place, for
+        inference (module docstring). The outputs stay those of the unfolded network up
+        to rounding; the state's structure changes, so fold a copy
+        (``detr_jax.models.inference.inference_model``), never a model that trains or
+        is saved."""
+        fold_pairs(self, (("conv1", "bn1"),))
+        for index in range(self.num_stages):
+            for block in getattr(self, f"layer{index + 1}"):
+                block.fold_norms()

@@ -197,6 +197,11 @@ class ConditionalDETR(nnx.Module):
         return topk_postprocess(outputs["pred_logits"], outputs["pred_boxes"],
                                 jnp.asarray(original_sizes), self.num_detections)
 
+    def fold_frozen_norms(self):
+        """Fold the backbone's frozen BatchNorms into its convolutions, in place (for
+        inference copies: ``detr_jax.models.inference.inference_model``)."""
+        self.backbone.fold_norms()
+
     def encoder_attention_layers(self):
         """The encoder's self-attention modules, in layer order."""
         return self.transformer.encoder.attention_layers()

@@ -69,6 +69,11 @@ class Detector(Protocol):
         width) -> scores (B, Q') float32, labels (B, Q') int, boxes (B, Q', 4) xyxy in
         original pixels."""
 
+    def fold_frozen_norms(self) -> None:
+        """Folds every frozen BatchNorm into the convolution before it, in place, so that
+        inference does not redo the fold on every call; changes the state's structure
+        (called on inference copies only, ``detr_jax.models.inference.inference_model``)."""
+
     def encoder_attention_layers(self) -> list:
         """The encoder-attention modules in encoder order (for cluster maps)."""
 

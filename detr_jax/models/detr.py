@@ -141,6 +141,11 @@ class DETR(nnx.Module):
                                                    original_sizes)
         return scores, labels.astype(jnp.int32), boxes
 
+    def fold_frozen_norms(self):
+        """Fold the backbone's frozen BatchNorms into its convolutions, in place (for
+        inference copies: ``detr_jax.models.inference.inference_model``)."""
+        self.backbone.fold_norms()
+
     def encoder_attention_layers(self):
         """The encoder's self-attention modules, in layer order."""
         return self.transformer.encoder.attention_layers()

@@ -14,6 +14,18 @@ def on_device(state):
     return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), state)
 
 
+def inference_model(model):
+    """A copy of ``model`` for jitted inference: the same arrays (not copied) except the
+    backbone's, whose frozen BatchNorms are folded into their convolutions once
+    (``fold_frozen_norms``). Unfolded, every call would fold each kernel again and
+    transpose it into cuDNN's order: on an H200 about 55 extra kernels per DETR-DC5
+    forward pass (0.5 ms of device time at batch 1). Outputs equal the model's up to
+    rounding. ``model`` itself is left as it is (it may train or be saved)."""
+    copy = nnx.clone(model)
+    copy.fold_frozen_norms()
+    return copy
+
+
 class Forward:
     """``forward(pixel_values, padding_mask, rng=None)`` -> the model's output dict, jitted.
 
@@ -22,11 +34,12 @@ class Forward:
     once, here: a model loaded from a checkpoint holds host (NumPy) arrays, which a jitted
     call would otherwise copy to the device again on every call (hundreds of transfers,
     milliseconds per call on a GPU). One compile per input shape; ``compiles`` counts them
-    (a shape bucket ladder keeps it small).
+    (a shape bucket ladder keeps it small). With ``fold_norms`` (the default) it runs
+    ``inference_model(model)``; ``model`` itself is not changed.
     """
 
-    def __init__(self, model, *, return_intermediates: bool = False):
-        self.graphdef, state = nnx.split(model)
+    def __init__(self, model, *, return_intermediates: bool = False, fold_norms: bool = True):
+        self.graphdef, state = nnx.split(inference_model(model) if fold_norms else model)
         self.state = on_device(state)
         self.compiles = 0
         graphdef = self.graphdef

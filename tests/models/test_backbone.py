@@ -58,3 +58,66 @@ def test_resnet_gradients_reach_the_folded_kernels():
     grads = nnx.grad(loss)(model)
     assert float(jnp.abs(grads.conv1.kernel[...]).sum()) > 0
     assert float(jnp.abs(grads.layer1[0].conv1.kernel[...]).sum()) > 0
+
+
+def random_frozen_bns(model, seed):
+    """Give every FrozenBatchNorm of ``model`` random statistics (in place)."""
+    for index, (_, module) in enumerate(nnx.iter_modules(model)):
+        if isinstance(module, FrozenBatchNorm):
+            fresh = random_frozen_bn(module.weight[...].shape[0], seed + index)
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(module, name)[...] = getattr(fresh, name)[...]
+
+
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+def test_folded_resnet_computes_the_unfolded_one(dtype):
+    """fold_norms (inference) gives the outputs of the per-call fold, every BatchNorm
+    of the DC5 layout folded (strided, dilated, downsampling convolutions), with
+    kernels stored (C_out, kh, kw, C_in) in the compute dtype."""
+    model = ResNet((1, 2), width=4, dilation=True, dtype=dtype, rngs=nnx.Rngs(0))
+    random_frozen_bns(model, 10)
+    x = jax.random.normal(jax.random.PRNGKey(5), (2, 32, 40, 3))
+    with jax.default_matmul_precision("highest"):
+        want = model(x)
+        kernel = model.layer2[1].conv2.kernel[...]  # (3, 3, 8, 8) HWIO, dilation 2
+        folded = nnx.clone(model)
+        folded.fold_norms()
+        got = folded(x)
+    assert not any(isinstance(m, FrozenBatchNorm) for _, m in nnx.iter_modules(folded))
+    assert any(isinstance(m, FrozenBatchNorm) for _, m in nnx.iter_modules(model)), "model kept"
+    assert folded.layer2[1].conv2.kernel[...].shape == (kernel.shape[3], *kernel.shape[:3])
+    assert folded.layer2[1].conv2.kernel[...].dtype == (dtype or jnp.float32)
+    assert folded.layer2[1].conv2.dilation == (2, 2)
+    assert got.dtype == want.dtype
+    if dtype is None:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    else:  # the same bf16 products: the kernels were cast from the same fp32 folds
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                   rtol=2e-2, atol=2e-2)
+
+
+def test_folded_resnet_forward_does_no_per_call_fold():
+    """The folded network's jitted forward pass has no norm arithmetic left: no rsqrt,
+    no multiplication, no transpose (the unfolded one folds and transposes every kernel
+    on every call)."""
+    model = ResNet((1, 1), width=4, rngs=nnx.Rngs(0))
+    x = jnp.zeros((1, 32, 32, 3))
+
+    def primitives(m):
+        graphdef, state = nnx.split(m)
+        jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, x)
+        return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+
+    assert {"rsqrt", "mul"} <= primitives(model)
+    folded = nnx.clone(model)
+    folded.fold_norms()
+    assert not {"rsqrt", "mul", "transpose"} & primitives(folded)
+
+
+def test_group_norm_resnet_folds_nothing():
+    model = ResNet((1, 1), width=8, norm="group", norm_groups=4, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(6), (1, 32, 32, 3))
+    folded = nnx.clone(model)
+    folded.fold_norms()
+    assert jax.tree.structure(nnx.state(folded)) == jax.tree.structure(nnx.state(model))
+    np.testing.assert_array_equal(folded(x), model(x))

@@ -29,3 +29,23 @@ def test_loaded_state_is_placed_on_the_device_once(tmp_path):
     np.testing.assert_allclose(np.asarray(got["pred_logits"]), np.asarray(want["pred_logits"]),
                                rtol=1e-6, atol=1e-6)
     assert forward.compiles == 1
+
+
+def test_forward_folds_a_copy_and_computes_what_the_model_computes():
+    """Forward runs the inference copy (frozen BatchNorms folded once); the model it was
+    given keeps its state (it may train or be saved), and the outputs match the unfolded
+    forward pass."""
+    from detr_jax.models.backbone import FrozenBatchNorm
+    model = detr_jax.build_model(tiny_model_config(), seed=4)
+    before = jax.tree.structure(nnx.state(model))
+    pixels = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    mask = np.zeros((2, 64, 64), bool)
+    mask[1, 40:] = True
+    with jax.default_matmul_precision("highest"):
+        folded = Forward(model)(pixels, mask)
+        unfolded = Forward(model, fold_norms=False)(pixels, mask)
+    assert jax.tree.structure(nnx.state(model)) == before
+    assert any(isinstance(m, FrozenBatchNorm) for _, m in nnx.iter_modules(model))
+    for key in ("pred_logits", "pred_boxes"):
+        np.testing.assert_allclose(np.asarray(folded[key]), np.asarray(unfolded[key]),
+                                   rtol=1e-5, atol=1e-5)
