@@ -113,23 +113,17 @@ def tile_exp2(fast: bool):
     return exp2
 
 
-def load_key_tile(k_ref, v_ref, valid_ref, start, block_k: int, nk: int,
-                  values_transposed: bool = False):
+def load_key_tile(k_ref, v_ref, valid_ref, start, block_k: int, nk: int):
     """(keys, values, logit bias) of the kernels' key tile ``start .. start + block_k``:
     (block_k, Dh) keys and values (zeros past Nk) and a (block_k,) bias, 0 on real keys
-    and -inf past Nk or where ``valid_ref`` (None: all valid) is 0. With
-    ``values_transposed`` ``v_ref`` holds (Dh, Nk) and the values come as (Dh, block_k)."""
+    and -inf past Nk or where ``valid_ref`` (None: all valid) is 0."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
     keys = pl.ds(start, block_k)
     in_range = start + jnp.arange(block_k) < nk
     tile_mask = jnp.broadcast_to(in_range[:, None], (block_k, k_ref.shape[-1]))
     k = plgpu.load(k_ref.at[keys, :], mask=tile_mask, other=0.0)
-    if values_transposed:
-        v = plgpu.load(v_ref.at[:, keys], mask=jnp.broadcast_to(in_range[None, :], (v_ref.shape[0], block_k)),
-                       other=0.0)
-    else:
-        v = plgpu.load(v_ref.at[keys, :], mask=tile_mask, other=0.0)
+    v = plgpu.load(v_ref.at[keys, :], mask=tile_mask, other=0.0)
     ok = in_range
     if valid_ref is not None:
         ok = ok & (plgpu.load(valid_ref.at[keys], mask=in_range, other=0) != 0)
@@ -139,7 +133,7 @@ def load_key_tile(k_ref, v_ref, valid_ref, start, block_k: int, nk: int,
 def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, nq: int,
             nk: int, blocks_per_split: int, heads: int, splits: int, precision, ragged: bool,
             masked_keys: bool, divided: bool, fast_exp2: bool, dropout: float = 0.0,
-            with_lse: bool = False, values_transposed: bool = False):
+            with_lse: bool = False):
     """One program: ``block_q`` query rows of one (image, head) against one key range.
 
     The refs hold whole unpadded rows ((Nq, Dh) queries, (Nk, Dh) keys and values): tiles
@@ -191,8 +185,7 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, 
             start = (first_block + j) * block_k
             # masked keys get -inf: exp2 gives them exactly 0 without a second select,
             # and the running maximum, which starts at the finite NEG_INF, stays finite
-            k, v, bias = load_key_tile(k_ref, v_ref, valid_ref, start, block_k, nk,
-                                       values_transposed)
+            k, v, bias = load_key_tile(k_ref, v_ref, valid_ref, start, block_k, nk)
             s = plgpu.dot(q, k, trans_b=True, precision=precision).astype(jnp.float32)
             s = s * LOG2E + bias[None, :]
             m_new = jnp.maximum(m, jnp.max(s, axis=1))
@@ -203,8 +196,7 @@ def _kernel(counts_ref, q_ref, k_ref, v_ref, *refs, block_q: int, block_k: int, 
                 keep = dropout_keep(seed_ref[0], image_head, rows,
                                     start + jnp.arange(block_k), nk, dropout)
                 p = jnp.where(keep, p, 0.0)  # the normalizer l above keeps every weight
-            pv = plgpu.dot(p.astype(v.dtype), v, trans_b=values_transposed,
-                           precision=precision).astype(jnp.float32)
+            pv = plgpu.dot(p.astype(v.dtype), v, precision=precision).astype(jnp.float32)
             return m_new, l, acc * scale[:, None] + pv
 
         init = (jnp.full((block_q,), NEG_INF, jnp.float32), jnp.zeros((block_q,), jnp.float32),
@@ -303,10 +295,9 @@ def dropout_seed(rng: jax.Array) -> jax.Array:
 
 def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, seed=None, *, block_q,
                     block_k, num_warps, num_stages, interpret, key_splits, dropout_rate=0.0,
-                    with_lse=False, values_transposed=False):
+                    with_lse=False):
     """(output (B, Nq, H, Dh), log-sum-exp (B, H, Nq) fp32 over all keys or None): the
-    kernel's forward pass; the log-sum-exp only ``with_lse``. ``values_transposed``: the
-    kernel reads the values as (B, H, Dh, Nk) (a transposed copy of ``v``)."""
+    kernel's forward pass; the log-sum-exp only ``with_lse``."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
@@ -324,16 +315,11 @@ def _pallas_forward(q, k, v, key_valid, query_counts, query_divisors, seed=None,
         _kernel, block_q=block_q, block_k=block_k, nq=nq, nk=nk,
         blocks_per_split=blocks_per_split, heads=heads, splits=splits, precision=precision,
         ragged=ragged, masked_keys=key_valid is not None, divided=query_divisors is not None,
-        fast_exp2=not interpret, dropout=float(dropout_rate), with_lse=with_lse,
-        values_transposed=values_transposed)
+        fast_exp2=not interpret, dropout=float(dropout_rate), with_lse=with_lse)
     head_of = (lambda hs: hs // splits) if splits > 1 else (lambda hs: hs)
     row_spec = lambda n: pl.BlockSpec((None, n, None, dim_p), lambda i, b, hs: (b, 0, head_of(hs), 0))
-    value_spec = row_spec(nk)
-    if values_transposed:
-        v = v.transpose(0, 2, 3, 1)  # (B, H, Dh, Nk)
-        value_spec = pl.BlockSpec((None, None, dim_p, nk), lambda i, b, hs: (b, head_of(hs), 0, 0))
     in_specs = [pl.BlockSpec((counts.shape[0],), lambda i, b, hs: (0,)),
-                row_spec(nq), row_spec(nk), value_spec]
+                row_spec(nq), row_spec(nk), row_spec(nk)]
     operands = [counts, q, k, v]
     if key_valid is not None:
         in_specs.append(pl.BlockSpec((None, nk), lambda i, b, hs: (b, 0)))

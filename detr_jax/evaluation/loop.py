@@ -116,8 +116,10 @@ class SettingsRunner:
         self.runs = setting_runs(self.settings, hash_seeds)
         self.run_names = [name for s in self.settings for name, _ in self.runs[s]]
         self.layout = layout
-        # inference copies: frozen BatchNorms folded into the convolutions once
+        # inference copies: frozen BatchNorms folded into the convolutions once; the
+        # state travels as its flat list of arrays (flattened in C++, see Forward)
         base_graphdef, state = nnx.split(inference_model(model))
+        state, treedef = jax.tree.flatten(state)
         self.matmul_precision = config_matmul_precision(model.config)
         self.graphdefs = {}
         for setting in self.settings:
@@ -142,11 +144,12 @@ class SettingsRunner:
             head_out = None
 
         def backbone(state, pixel_values, padding_mask):
-            return nnx.merge(base_graphdef, state).backbone_features(pixel_values, padding_mask)
+            module = nnx.merge(base_graphdef, jax.tree.unflatten(treedef, state))
+            return module.backbone_features(pixel_values, padding_mask)
 
         def make_head(graphdef):
             def head(state, features, mask, pos, key_data, original_sizes):
-                module = nnx.merge(graphdef, state)
+                module = nnx.merge(graphdef, jax.tree.unflatten(treedef, state))
                 memory, stats = module.encode(features, mask, pos,
                                               rng=jax.random.wrap_key_data(key_data))
                 scores, labels, boxes = module.postprocess(module.decode(memory, mask, pos),
