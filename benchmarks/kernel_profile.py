@@ -12,7 +12,10 @@ back here as JSON) and sum the duration of every device event by name. Prints th
 ``--top`` names per setting (ms per call and share of the busy time) and writes all of
 them with ``--output``. Each kernel is attributed to the JAX operation it comes from (the
 ``op_name`` of the HLO instruction of the same name in the compiled program), so ACT's
-pieces (hashing, numbering, means) can be told apart from the rest. On a machine without an accelerator the events are the host's XLA
+pieces (hashing, numbering, means) can be told apart from the rest. For inference it
+also prints where the device sat idle (``idle_gaps``: idle time by gap size and by the
+kernel each gap preceded; the gap before a call's first kernel is the host's time between
+synchronous calls). On a machine without an accelerator the events are the host's XLA
 thunks, which still rank the ops but include the CPU runtime's own events.
 """
 
