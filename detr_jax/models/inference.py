@@ -18,9 +18,9 @@ def inference_model(model):
     """A copy of ``model`` for jitted inference: the same arrays (not copied) except the
     backbone's, whose frozen BatchNorms are folded into their convolutions once
     (``fold_frozen_norms``). Unfolded, every call would fold each kernel again and
-    transpose it into cuDNN's order: on an H200 about 55 extra kernels per DETR-DC5
-    forward pass (0.5 ms of device time at batch 1). Outputs equal the model's up to
-    rounding. ``model`` itself is left as it is (it may train or be saved)."""
+    transpose it into cuDNN's order: on an H200 a DETR-DC5 forward pass ran 430 kernels
+    per call unfolded against 324 folded (0.55 ms more device time at batch 1). Outputs
+    equal the model's up to rounding. ``model`` itself is left as it is (it may train or be saved)."""
     copy = nnx.clone(model)
     copy.fold_frozen_norms()
     return copy
