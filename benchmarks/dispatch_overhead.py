@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -34,21 +33,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from detr_jax.benchmark import parse_size  # noqa: E402
+from detr_jax.benchmark import _timed, parse_size  # noqa: E402
 from detr_jax.config_cli import config_for_parser  # noqa: E402
 from detr_jax.models.build import build_model  # noqa: E402
 from detr_jax.models.inference import inference_model, on_device  # noqa: E402
 
 
 def median_us(call, warmup: int, reps: int) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(call())
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    """Median microseconds of a synchronous ``call()`` after ``warmup`` calls."""
+    return statistics.median(_timed(call, warmup, reps)) * 1e6
 
 
 def main(argv=None) -> int:
