@@ -118,14 +118,16 @@ class SettingsRunner:
         self.layout = layout
         # inference copies: frozen BatchNorms folded into the convolutions once; the
         # state travels as its flat list of arrays (flattened in C++, see Forward)
-        base_graphdef, state = nnx.split(inference_model(model))
+        base = inference_model(model)
+        base_graphdef, state = nnx.split(base)
         state, treedef = jax.tree.flatten(state)
         self.matmul_precision = config_matmul_precision(model.config)
         self.graphdefs = {}
         for setting in self.settings:
             spec = parse_attention(setting)
-            variant = model if spec == model.attention_spec else with_encoder_attention(model, spec)
-            self.graphdefs[setting] = nnx.split(inference_model(variant))[0]
+            variant = (base if spec == model.attention_spec
+                       else inference_model(with_encoder_attention(model, spec)))
+            self.graphdefs[setting] = nnx.split(variant)[0]
         # One encoder key per draw, the same for every batch. Keys travel as raw key data
         # (a plain uint32 array) and are wrapped inside the jit.
         draws = sorted({d for runs in self.runs.values() for _, d in runs})
